@@ -1,0 +1,8 @@
+//! Images in and out, labelled data sets, synthetic data.
+
+pub mod dataset;
+pub mod image_io;
+pub mod synth;
+
+pub use dataset::{Dataset, Sample, Split};
+pub use image_io::Planar;

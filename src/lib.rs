@@ -1,0 +1,16 @@
+//! gcm-inspect: quality inspection with Generative Contribution Mappings.
+//!
+//! A GCM network produces one full-resolution weight map per class (CWM); the
+//! class contribution map (CCM) is `CWM x input`, and its plain mean is the
+//! class score. The evidence image therefore reproduces the decision exactly,
+//! which this product checks for every decision it logs.
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod rng;
+
+pub use error::{Error, Result};

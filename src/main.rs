@@ -1,0 +1,16 @@
+//! `gcm-inspect`: parse the command line, run the subcommand, map errors to
+//! the documented exit codes (see `gcm_inspect::error::exit`).
+
+use clap::Parser;
+
+fn main() {
+    let cli = gcm_inspect::cli::Cli::parse();
+    gcm_inspect::cli::init_tracing(cli.verbose);
+    match gcm_inspect::cli::run(cli) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}

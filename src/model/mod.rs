@@ -1,0 +1,15 @@
+//! The GCM network, its scoring op, checkpoints and inference.
+
+pub mod checkpoint;
+pub mod config;
+pub mod folded;
+pub mod gcm;
+pub mod layers;
+pub mod predictor;
+pub mod score;
+
+pub use checkpoint::{load_model, ModelCard};
+pub use config::{InputScaling, ModelConfig};
+pub use gcm::{Gcm, GcmOutput};
+pub use predictor::{Decision, Predictor};
+pub use score::{ccm, gcm_score};
