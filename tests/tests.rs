@@ -6,3 +6,9 @@ mod util;
 
 #[path = "it/synth.rs"]
 mod synth;
+
+// GPU parity tests: built with `--features cuda`, all #[ignore]d, run by
+// scripts/gpu-run.sh on a machine with a GPU (see the module's docs).
+#[cfg(feature = "cuda")]
+#[path = "it/gpu.rs"]
+mod gpu;

@@ -7,6 +7,13 @@
 //! it never materialises the tiled weights or the CCM. The CPU implementation
 //! here is the reference that every other implementation (the CUDA kernel, the
 //! daemon's evidence check) is compared against.
+//!
+//! With the `cuda` feature, tensors on a GPU run our own kernels
+//! (`kernels/score.cu`): the forward pass for f32, f64, f16 and bf16 (f16 and
+//! bf16 accumulate in f32), for any B, N, R, C and for inputs whose batch,
+//! class or channel strides are not the contiguous ones (each [R, C] plane must
+//! be contiguous; other inputs are made so first); and a fused backward pass
+//! (two elementwise kernels), so training on the GPU uses the same op.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -15,9 +22,47 @@ use rayon::prelude::*;
 /// image `[B, D, R, C]`. Differentiable with respect to both inputs.
 pub fn gcm_score(cwm: &Tensor, image: &Tensor) -> Result<Tensor> {
     check_shapes(cwm, image)?;
-    let cwm = cwm.contiguous()?;
-    let image = image.contiguous()?;
+    let (cwm, image) = if cwm.device().is_cuda() {
+        // The kernel takes strided batches as they are.
+        (planes_contiguous(cwm)?, planes_contiguous(image)?)
+    } else {
+        (cwm.contiguous()?, image.contiguous()?)
+    };
     cwm.apply_op2(&image, GcmScore)
+}
+
+/// `t` itself when its [R, C] planes are contiguous, else a contiguous copy.
+fn planes_contiguous(t: &Tensor) -> Result<Tensor> {
+    if plane_strides(t.layout()).is_some() {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// Batch and plane strides (in elements) of a `[B, X, R, C]` layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlaneStrides {
+    /// From one batch item to the next.
+    pub batch: usize,
+    /// From one class map (or image channel) to the next.
+    pub plane: usize,
+}
+
+/// The strides of `l` if every `[R, C]` plane of it is contiguous, else `None`.
+pub(crate) fn plane_strides(l: &Layout) -> Option<PlaneStrides> {
+    let (dims, st) = (l.dims(), l.stride());
+    if dims.len() != 4 {
+        return None;
+    }
+    let (r, c) = (dims[2], dims[3]);
+    if (c > 1 && st[3] != 1) || (r > 1 && st[2] != c) {
+        return None;
+    }
+    Some(PlaneStrides {
+        batch: st[0],
+        plane: st[1],
+    })
 }
 
 /// Class contribution maps `[B, N, D, R, C]`: `CCM_j = tile(CWM_j) x image`.
@@ -144,6 +189,17 @@ impl CustomOp2 for GcmScore {
         Ok((out, shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::score_fwd(s1, l1, s2, l2)
+    }
+
     fn bwd(
         &self,
         cwm: &Tensor,
@@ -153,6 +209,15 @@ impl CustomOp2 for GcmScore {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, n, r, c) = cwm.dims4()?;
         let d = image.dim(1)?;
+        if cwm.device().is_cuda() {
+            // Two fused kernels instead of the chain of tensor ops below.
+            let g = grad.contiguous()?;
+            let grad_cwm = image.contiguous()?.apply_op2_no_bwd(&g, &GradCwm)?;
+            let grad_img = cwm
+                .contiguous()?
+                .apply_op2_no_bwd(&g, &GradImage { channels: d })?;
+            return Ok((Some(grad_cwm), Some(grad_img)));
+        }
         let inv = 1.0 / (r * c * d) as f64;
         let g = (grad.reshape((b, n, 1, 1))? * inv)?;
         // d score_j / d CWM_j(r,c) = S(r,c) / (RCD)
@@ -165,6 +230,418 @@ impl CustomOp2 for GcmScore {
             .broadcast_as((b, d, r, c))?
             .contiguous()?;
         Ok((Some(grad_cwm), Some(grad_img)))
+    }
+}
+
+/// The gradient of the scores with respect to the CWM: `image` `[B, D, R, C]`
+/// and the incoming gradient `g` `[B, N]` give `g[b, j] * S[b] / (R*C*D)`,
+/// `[B, N, R, C]`. The backward pass uses it on the GPU; `cpu_fwd` is its
+/// reference (the CPU backward pass itself keeps the tensor ops).
+pub(crate) struct GradCwm;
+
+/// The gradient of the scores with respect to the image: `cwm` `[B, N, R, C]`
+/// and `g` `[B, N]` give `sum_j g[b, j] * CWM[b, j] / (R*C*D)` on every one of
+/// the `channels` channels, `[B, D, R, C]`.
+pub(crate) struct GradImage {
+    pub channels: usize,
+}
+
+/// `(b, n, r, c)` of a `[B, X, R, C]` tensor and `n` of its `[B, N]` gradient.
+fn grad_dims(l: &Layout, lg: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, x, r, c) = l.shape().dims4()?;
+    let (bg, n) = lg.shape().dims2()?;
+    if bg != b {
+        candle_core::bail!("gcm_score backward: batch {b} vs gradient batch {bg}")
+    }
+    Ok((b, x, r, c, n))
+}
+
+fn grad_cwm_cpu<T: num_like::Float>(
+    img: &[T],
+    g: &[T],
+    b: usize,
+    d: usize,
+    hw: usize,
+    n: usize,
+) -> Vec<T> {
+    let inv = 1.0 / (hw * d) as f64;
+    let mut out = Vec::with_capacity(b * n * hw);
+    for bi in 0..b {
+        let im = &img[bi * d * hw..(bi + 1) * d * hw];
+        let s: Vec<f64> = (0..hw)
+            .map(|p| (0..d).map(|ch| im[ch * hw + p].to_f64()).sum())
+            .collect();
+        for j in 0..n {
+            let gj = g[bi * n + j].to_f64() * inv;
+            out.extend(s.iter().map(|&v| T::from_f64(gj * v)));
+        }
+    }
+    out
+}
+
+fn grad_img_cpu<T: num_like::Float>(
+    cwm: &[T],
+    g: &[T],
+    b: usize,
+    n: usize,
+    hw: usize,
+    d: usize,
+) -> Vec<T> {
+    let inv = 1.0 / (hw * d) as f64;
+    let mut out = Vec::with_capacity(b * d * hw);
+    for bi in 0..b {
+        let plane: Vec<T> = (0..hw)
+            .map(|p| {
+                let t: f64 = (0..n)
+                    .map(|j| g[bi * n + j].to_f64() * cwm[(bi * n + j) * hw + p].to_f64())
+                    .sum();
+                T::from_f64(t * inv)
+            })
+            .collect();
+        for _ in 0..d {
+            out.extend_from_slice(&plane);
+        }
+    }
+    out
+}
+
+impl CustomOp2 for GradCwm {
+    fn name(&self) -> &'static str {
+        "gcm-score-grad-cwm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, d, r, c, n) = grad_dims(l1, l2)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(i), CpuStorage::F32(g)) => CpuStorage::F32(grad_cwm_cpu(
+                contiguous_slice(i, l1)?,
+                contiguous_slice(g, l2)?,
+                b,
+                d,
+                r * c,
+                n,
+            )),
+            (CpuStorage::F64(i), CpuStorage::F64(g)) => CpuStorage::F64(grad_cwm_cpu(
+                contiguous_slice(i, l1)?,
+                contiguous_slice(g, l2)?,
+                b,
+                d,
+                r * c,
+                n,
+            )),
+            _ => candle_core::bail!("gcm_score backward on CPU supports f32 and f64"),
+        };
+        Ok((out, Shape::from((b, n, r, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, d, r, c, n) = grad_dims(l1, l2)?;
+        cuda::score_grad(cuda::Grad::Cwm, s1, l1, s2, l2, (b, n, d, r * c))
+            .map(|s| (s, Shape::from((b, n, r, c))))
+    }
+}
+
+impl CustomOp2 for GradImage {
+    fn name(&self) -> &'static str {
+        "gcm-score-grad-image"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n, r, c, ng) = grad_dims(l1, l2)?;
+        if ng != n {
+            candle_core::bail!("gcm_score backward: {n} class maps vs {ng} gradients")
+        }
+        let d = self.channels;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => CpuStorage::F32(grad_img_cpu(
+                contiguous_slice(m, l1)?,
+                contiguous_slice(g, l2)?,
+                b,
+                n,
+                r * c,
+                d,
+            )),
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => CpuStorage::F64(grad_img_cpu(
+                contiguous_slice(m, l1)?,
+                contiguous_slice(g, l2)?,
+                b,
+                n,
+                r * c,
+                d,
+            )),
+            _ => candle_core::bail!("gcm_score backward on CPU supports f32 and f64"),
+        };
+        Ok((out, Shape::from((b, d, r, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, n, r, c, ng) = grad_dims(l1, l2)?;
+        if ng != n {
+            candle_core::bail!("gcm_score backward: {n} class maps vs {ng} gradients")
+        }
+        let d = self.channels;
+        cuda::score_grad(cuda::Grad::Image, s1, l1, s2, l2, (b, n, d, r * c))
+            .map(|s| (s, Shape::from((b, d, r, c))))
+    }
+}
+
+/// The launches of `kernels/score.cu`.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+    use half::{bf16, f16};
+
+    use super::{plane_strides, PlaneStrides, ScoreDims};
+    use crate::gpu::ptx;
+
+    /// Threads per block and plane elements per block of the partial kernel
+    /// (`SCORE_THREADS * SCORE_K` in the kernel).
+    const THREADS: u32 = 256;
+    const TILE: usize = 256 * 4;
+
+    pub(super) fn score_fwd(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dims = ScoreDims::of(l1, l2)?;
+        let (Some(sc), Some(si)) = (plane_strides(l1), plane_strides(l2)) else {
+            candle_core::bail!("gcm_score: each [R, C] plane must be contiguous")
+        };
+        let dev = &s1.device;
+        let inv = 1.0 / (dims.hw * dims.d) as f64;
+        let args = Args {
+            dev,
+            l1,
+            l2,
+            dims,
+            sc,
+            si,
+        };
+        let slice = match (&s1.slice, &s2.slice) {
+            (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => {
+                CudaStorageSlice::F32(args.fwd(a, b, "f32", inv as f32)?)
+            }
+            (CudaStorageSlice::F64(a), CudaStorageSlice::F64(b)) => {
+                CudaStorageSlice::F64(args.fwd(a, b, "f64", inv)?)
+            }
+            (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => {
+                CudaStorageSlice::F16(args.fwd::<f16, f32>(a, b, "f16", inv as f32)?)
+            }
+            (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => {
+                CudaStorageSlice::BF16(args.fwd::<bf16, f32>(a, b, "bf16", inv as f32)?)
+            }
+            _ => candle_core::bail!(
+                "gcm_score on CUDA supports f32, f64, f16 and bf16, got {:?}",
+                s1.dtype()
+            ),
+        };
+        let out = CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((out, Shape::from((dims.b, dims.n))))
+    }
+
+    struct Args<'a> {
+        dev: &'a CudaDevice,
+        l1: &'a Layout,
+        l2: &'a Layout,
+        dims: ScoreDims,
+        sc: PlaneStrides,
+        si: PlaneStrides,
+    }
+
+    impl Args<'_> {
+        /// Partial sums per (score, tile), then one warp per score adds them.
+        /// `A` is the accumulator type (f32, or f64 for f64 inputs).
+        fn fwd<T: DeviceRepr, A: DeviceRepr>(
+            &self,
+            cwm: &CudaSlice<T>,
+            img: &CudaSlice<T>,
+            suffix: &str,
+            inv: A,
+        ) -> Result<CudaSlice<T>> {
+            let ScoreDims { b, n, d, hw } = self.dims;
+            let dev = self.dev;
+            let n_chunks = hw.div_ceil(TILE).max(1);
+            // SAFETY: allocation only; every element is written by the finishing
+            // kernel below (one warp per score) before anyone reads it.
+            let mut out = unsafe { dev.alloc::<T>(b * n)? };
+            if b * n == 0 {
+                return Ok(out);
+            }
+            // SAFETY: allocation only; block (b, chunk) of the partial kernel
+            // writes partial[(b * n + j) * n_chunks + chunk] for every j < n,
+            // and the grid has one block per (b, chunk): all of it is written.
+            let mut partial = unsafe { dev.alloc::<A>(b * n * n_chunks)? };
+            let cwm = cwm.slice(self.l1.start_offset()..);
+            let img = img.slice(self.l2.start_offset()..);
+            let stream = dev.cuda_stream();
+            {
+                let f = ptx::function(dev, &ptx::SCORE, &format!("gcm_score_partial_{suffix}"))?;
+                let u = |v: usize| v as u64;
+                let (nn, dd, hh, nc) = (u(n), u(d), u(hw), u(n_chunks));
+                let (csb, csn) = (u(self.sc.batch), u(self.sc.plane));
+                let (isb, isd) = (u(self.si.batch), u(self.si.plane));
+                let mut lb = stream.launch_builder(&f);
+                lb.arg(&cwm).arg(&img).arg(&mut partial);
+                lb.arg(&nn).arg(&dd).arg(&hh).arg(&csb).arg(&csn);
+                lb.arg(&isb).arg(&isd).arg(&nc);
+                let cfg = ptx::linear(b * n_chunks, THREADS)?;
+                // SAFETY: the arguments match gcm_score_partial_* in
+                // kernels/score.cu (T*, T*, A*, then eight u64). With the
+                // strides of the layouts and their start offsets, every read
+                // stays inside the two input buffers (the layouts were checked
+                // by candle against their storage); writes stay inside
+                // `partial`, sized above.
+                unsafe { lb.launch(cfg) }.w()?;
+            }
+            {
+                let f = ptx::function(dev, &ptx::SCORE, &format!("gcm_score_finish_{suffix}"))?;
+                let (scores, nc) = ((b * n) as u64, n_chunks as u64);
+                let mut lb = stream.launch_builder(&f);
+                lb.arg(&partial)
+                    .arg(&mut out)
+                    .arg(&scores)
+                    .arg(&nc)
+                    .arg(&inv);
+                let cfg = ptx::linear((b * n).div_ceil(8), 256)?;
+                // SAFETY: matches gcm_score_finish_* (A*, T*, u64, u64, A);
+                // warp i < scores reads partial[i * n_chunks ..][..n_chunks]
+                // and writes out[i], both inside their allocations.
+                unsafe { lb.launch(cfg) }.w()?;
+            }
+            Ok(out)
+        }
+    }
+
+    /// Which gradient [`score_grad`] computes.
+    pub(super) enum Grad {
+        /// Inputs (image, g): out `[B, N, R, C]`.
+        Cwm,
+        /// Inputs (cwm, g): out `[B, D, R, C]`.
+        Image,
+    }
+
+    /// The fused backward kernels; `(b, n, d, hw)` are the problem's sizes.
+    pub(super) fn score_grad(
+        which: Grad,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        (b, n, d, hw): (usize, usize, usize, usize),
+    ) -> Result<CudaStorage> {
+        if !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("gcm_score backward: inputs must be contiguous")
+        }
+        let dev = &s1.device;
+        let inv = 1.0 / (hw * d) as f64;
+        let run = Backward {
+            dev,
+            which,
+            o1: l1.start_offset(),
+            o2: l2.start_offset(),
+            sizes: (b, n, d, hw),
+        };
+        let slice = match (&s1.slice, &s2.slice) {
+            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(g)) => {
+                CudaStorageSlice::F32(run.launch(x, g, "f32", inv as f32)?)
+            }
+            (CudaStorageSlice::F64(x), CudaStorageSlice::F64(g)) => {
+                CudaStorageSlice::F64(run.launch(x, g, "f64", inv)?)
+            }
+            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(g)) => {
+                CudaStorageSlice::F16(run.launch::<f16, f32>(x, g, "f16", inv as f32)?)
+            }
+            (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(g)) => {
+                CudaStorageSlice::BF16(run.launch::<bf16, f32>(x, g, "bf16", inv as f32)?)
+            }
+            _ => candle_core::bail!(
+                "gcm_score backward on CUDA supports f32, f64, f16 and bf16, got {:?}",
+                s1.dtype()
+            ),
+        };
+        Ok(CudaStorage {
+            slice,
+            device: dev.clone(),
+        })
+    }
+
+    struct Backward<'a> {
+        dev: &'a CudaDevice,
+        which: Grad,
+        o1: usize,
+        o2: usize,
+        sizes: (usize, usize, usize, usize),
+    }
+
+    impl Backward<'_> {
+        fn launch<T: DeviceRepr, A: DeviceRepr>(
+            &self,
+            x: &CudaSlice<T>,
+            g: &CudaSlice<T>,
+            suffix: &str,
+            inv: A,
+        ) -> Result<CudaSlice<T>> {
+            let (b, n, d, hw) = self.sizes;
+            let (name, len, rows) = match self.which {
+                Grad::Cwm => ("gcm_score_grad_cwm", b * n * hw, b * n),
+                Grad::Image => ("gcm_score_grad_img", b * d * hw, b),
+            };
+            // SAFETY: allocation only; the kernel writes every element: each
+            // (plane row, position) pair of the output is visited by the grid-
+            // striding loops over rows and positions.
+            let mut out = unsafe { self.dev.alloc::<T>(len)? };
+            if len == 0 {
+                return Ok(out);
+            }
+            let f = ptx::function(self.dev, &ptx::SCORE, &format!("{name}_{suffix}"))?;
+            let stream = self.dev.cuda_stream();
+            let (x, g) = (x.slice(self.o1..), g.slice(self.o2..));
+            let (bb, nn, dd, hh) = (b as u64, n as u64, d as u64, hw as u64);
+            let mut lb = stream.launch_builder(&f);
+            lb.arg(&x).arg(&g).arg(&mut out);
+            lb.arg(&bb).arg(&nn).arg(&dd).arg(&hh).arg(&inv);
+            let cfg = ptx::strided_2d(hw, rows, 256);
+            // SAFETY: matches gcm_score_grad_{cwm,img}_* (T*, T*, T*, four u64,
+            // A). The inputs are contiguous from their offsets with the sizes
+            // given (image or CWM [B, D or N, hw], g [B, N]), so every read
+            // and write is in bounds.
+            unsafe { lb.launch(cfg) }.w()?;
+            Ok(out)
+        }
     }
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# CUDA compile check for CI (called by .ci/run): no GPU is needed or used.
+#
+# 1. Installs nvcc (Debian's nvidia-cuda-toolkit, from the non-free component
+#    of the archive the machine already uses) if it is not there yet.
+# 2. Builds every target with `--features cuda` and runs clippy on them with
+#    warnings denied, so the CUDA code (our kernels in kernels/*.cu, compiled
+#    to PTX by build.rs, and the Rust behind `#[cfg(feature = "cuda")]`)
+#    cannot rot on machines without a GPU.
+#
+# The CUDA build has its own target directory (candle-kernels alone takes
+# many minutes of nvcc on two cores), by default outside the clone so that
+# later CI runs on the same machine reuse it:
+#   GCM_CUDA_TARGET_DIR (default: $HOME/.cache/gcm-inspect/target-cuda)
+# Idempotent and non-interactive; safe to run again.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+log() { printf '[cuda.sh] %s\n' "$*"; }
+start=$(date +%s)
+
+install_nvcc() {
+    if command -v nvcc >/dev/null 2>&1; then
+        log "nvcc present: $(nvcc --version | tail -n 1)"
+        return
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    # The contrib and non-free components of the same mirror and suite the
+    # machine uses (nvcc is in non-free; libcuda1, which it needs, depends on
+    # nvidia-support from contrib).
+    local list=/etc/apt/sources.list.d/gcm-inspect-non-free.sources
+    if [ ! -f "$list" ]; then
+        local uri suite
+        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+            uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+            suite=$(awk '/^Suites:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+        else
+            uri=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list)
+            suite=$(awk '$1 == "deb" {print $3; exit}' /etc/apt/sources.list)
+        fi
+        : "${uri:?no Debian mirror found in the apt sources}"
+        : "${suite:?no Debian suite found in the apt sources}"
+        log "adding contrib non-free from $uri $suite"
+        printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$uri" "$suite" | $sudo tee "$list" >/dev/null
+    fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends nvidia-cuda-toolkit >/dev/null
+    log "installed: $(nvcc --version | tail -n 1)"
+}
+
+install_nvcc
+log "install step: $(( $(date +%s) - start )) s"
+
+# Debian's nvcc 11.8 takes at most gcc 11 as host compiler; bookworm's nvcc
+# wrapper already points at a supported one (NVCC_CCBIN is honoured if set).
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
+export CARGO_TARGET_DIR="${GCM_CUDA_TARGET_DIR:-$HOME/.cache/gcm-inspect/target-cuda}"
+mkdir -p "$CARGO_TARGET_DIR"
+log "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+t=$(date +%s)
+cargo build --locked --features cuda --all-targets
+log "build: $(( $(date +%s) - t )) s"
+t=$(date +%s)
+cargo clippy --locked --all-targets --features cuda -- -D warnings
+log "clippy: $(( $(date +%s) - t )) s"
+log "total: $(( $(date +%s) - start )) s"

@@ -1,0 +1,27 @@
+//! Our own GPU ops besides the fused score (which lives with the model, in
+//! [`crate::model::score`]): frame preprocessing and CCM evidence.
+//!
+//! Each op is a candle custom op with two implementations: `cpu_fwd`, plain
+//! Rust that is the reference, and, with the `cuda` feature, `cuda_fwd`, our
+//! kernel in `kernels/*.cu`. The public functions take a [`Device`] (or work
+//! on the device of their input tensors), so the same call runs the reference
+//! on the CPU and the kernel on a GPU; the GPU parity tests
+//! (`tests/it/gpu.rs`) compare the two.
+//!
+//! - [`preprocess`]: camera bytes (GREY, YUYV, RGB24) -> model input
+//!   `[1, D, R, C]` f32 with crop, resize and the model's input scaling. Only
+//!   the camera bytes of the region of interest cross the bus.
+//! - [`evidence`]: the CCM of chosen (frame, class) pairs, split into positive
+//!   and negative parts and quantised, so only those bytes come back to the
+//!   host.
+//!
+//! [`Device`]: candle_core::Device
+
+pub mod evidence;
+pub mod preprocess;
+
+#[cfg(feature = "cuda")]
+pub(crate) mod ptx;
+
+pub use evidence::{ccm_evidence, CcmEvidence, Pick};
+pub use preprocess::{preprocess, preprocess_cpu, Frame, PixelFormat, PreprocessSpec, Roi};
