@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CUDA compile check for CI (called by .ci/run): no GPU is needed or used.
 #
-# 1. Installs nvcc (Debian's nvidia-cuda-toolkit, from the non-free component
-#    of the archive the machine already uses) if it is not there yet.
+# 1. Installs nvcc (Debian's nvidia-cuda-toolkit 11.8, from the non-free and
+#    contrib components of the mirror and suite the machine already uses) if
+#    it is not there yet.
 # 2. Builds every target with `--features cuda` and runs clippy on them with
 #    warnings denied, so the CUDA code (our kernels in kernels/*.cu, compiled
 #    to PTX by build.rs, and the Rust behind `#[cfg(feature = "cuda")]`)
@@ -13,6 +14,7 @@
 # later CI runs on the same machine reuse it:
 #   GCM_CUDA_TARGET_DIR (default: $HOME/.cache/gcm-inspect/target-cuda)
 # Idempotent and non-interactive; safe to run again.
+# `.ci/cuda.sh --install-only` stops after step 1 (scripts/gpu-build.sh uses it).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +57,9 @@ install_nvcc() {
 
 install_nvcc
 log "install step: $(( $(date +%s) - start )) s"
+if [ "${1:-}" = "--install-only" ]; then
+    exit 0
+fi
 
 # Debian's nvcc 11.8 takes at most gcc 11 as host compiler; bookworm's nvcc
 # wrapper already points at a supported one (NVCC_CCBIN is honoured if set).
