@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::error::Result;
 
 pub mod synth;
+pub mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,11 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// Write a synthetic inspection set (EL images of solar cells) as DIR/<class>/*.png.
     Synth(synth::Args),
+    /// Train a GCM on image folders or a CSV manifest.
+    Train(train::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 
