@@ -6,3 +6,9 @@ mod util;
 
 #[path = "it/synth.rs"]
 mod synth;
+
+#[path = "it/train.rs"]
+mod train;
+
+#[path = "it/bad_input.rs"]
+mod bad_input;
