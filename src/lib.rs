@@ -10,8 +10,11 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod eval;
+pub mod evidence;
 pub mod gpu;
 pub mod model;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

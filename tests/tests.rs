@@ -7,6 +7,12 @@ mod util;
 #[path = "it/synth.rs"]
 mod synth;
 
+#[path = "it/train.rs"]
+mod train;
+
+#[path = "it/bad_input.rs"]
+mod bad_input;
+
 // GPU parity tests: built with `--features cuda`, all #[ignore]d, run by
 // scripts/gpu-run.sh on a machine with a GPU (see the module's docs).
 #[cfg(feature = "cuda")]

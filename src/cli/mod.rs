@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 
+pub mod eval;
+pub mod explain;
 pub mod synth;
+pub mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,11 +27,20 @@ pub struct Cli {
 pub enum Command {
     /// Write a synthetic inspection set (EL images of solar cells) as DIR/<class>/*.png.
     Synth(synth::Args),
+    /// Decisions and their evidence (CWM heatmap, CCM parts) for image files.
+    Explain(explain::Args),
+    /// Accuracy, per-class precision/recall, confusion and decline ratios on labelled images.
+    Eval(eval::Args),
+    /// Train a GCM on image folders or a CSV manifest.
+    Train(train::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 
