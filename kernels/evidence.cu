@@ -1,15 +1,18 @@
 // CCM evidence for the frames whose evidence is written.
 //
-// For each pick k = (b, j): CCM = CWM[b, j] (tiled over channels) x I[b], split
-// into its positive part max(CCM, 0) and its negative part max(-CCM, 0), each
-// quantised to 0..levels against its own maximum:
+// For each pick k = (b, j): CCM = CWM[b, j] (tiled over channels) x I[b],
+// split into its positive part max(CCM, 0) and the magnitude of its negative
+// part max(-CCM, 0), each quantised to 16 bits exactly as the evidence format
+// does on the host (src/evidence.rs, QuantCcm::new):
 //
-//   q = rint(v * (levels / max))   (round half to even, as Rust's round_ties_even)
+//   scale = max / 65535 (f64; 0 when the part is empty),
+//   q     = clamp(round(v / scale), 0, 65535)   (f64, round half away from zero)
 //
-// Two kernels: `ccm_max` finds the two maxima per pick, `ccm_quantise` writes
-// the quantised parts. Only these (bytes, not floats, and only for the picked
-// classes) go back to the host. Inputs are contiguous f32: CWM [B, N, R, C],
-// scaled image [B, D, R, C]; picks are (b, j) pairs as u32.
+// Output per pick, u32: [max_pos bits, max_neg bits, then D*R*C values with
+// the positive part in the low and the negative part in the high 16 bits].
+// So only these 4 bytes a value, for the picked classes only, go back to the
+// host. Inputs are contiguous f32: CWM [B, N, R, C], scaled image [B, D, R, C];
+// picks are (b, j) pairs as u32.
 
 #include "common.cuh"
 
@@ -17,20 +20,21 @@
 
 namespace gcm {
 
-// Grid: one block per pick. maxima[2k] = max positive, maxima[2k+1] = max of
-// the negative part's magnitude (0 when a part is empty).
+// Grid: one block per pick. Writes the two maxima (as f32 bits) at the head
+// of the pick's output row.
 __device__ void ccm_max(const float* __restrict__ cwm, const float* __restrict__ img,
-                        const uint32_t* __restrict__ picks, float* __restrict__ maxima,
+                        const uint32_t* __restrict__ picks, uint32_t* __restrict__ out,
                         uint64_t n, uint64_t d, uint64_t hw) {
     __shared__ float sp[EV_THREADS / 32], sn[EV_THREADS / 32];
     const uint64_t k = blockIdx.x;
     const uint64_t b = picks[2 * k], j = picks[2 * k + 1];
     const float* m = cwm + (b * n + j) * hw;
     const float* im = img + b * d * hw;
+    // fmaxf ignores NaN, as f32::max does on the host.
     float mp = 0.0f, mn = 0.0f;
     for (uint64_t ch = 0; ch < d; ++ch) {
         for (uint64_t p = threadIdx.x; p < hw; p += EV_THREADS) {
-            const float v = m[p] * im[ch * hw + p];
+            const float v = im[ch * hw + p] * m[p];
             mp = fmaxf(mp, v);
             mn = fmaxf(mn, -v);
         }
@@ -48,41 +52,39 @@ __device__ void ccm_max(const float* __restrict__ cwm, const float* __restrict__
             a = fmaxf(a, sp[w]);
             c = fmaxf(c, sn[w]);
         }
-        maxima[2 * k] = a;
-        maxima[2 * k + 1] = c;
+        uint32_t* row = out + k * (2 + d * hw);
+        row[0] = __float_as_uint(a);
+        row[1] = __float_as_uint(c);
     }
 }
 
-__device__ __forceinline__ float level_of(float v, float mul, float levels) {
-    // v >= 0 here; v * mul <= levels up to rounding, clamp anyway.
-    return fminf(rintf(v * mul), levels);
+// QuantCcm::new's q(): v >= 0 or NaN (fmax maps NaN to 0 first).
+__device__ __forceinline__ uint32_t q16(double v, double scale) {
+    if (!(scale > 0.0)) return 0u;
+    const double q = fmin(fmax(round(v / scale), 0.0), 65535.0);
+    return (uint32_t)q;
 }
 
-// out: [K, 2, D, R, C] (part 0 positive, part 1 negative). Grid: x over the
-// R*C plane of one pick, y over the picks (grid-stride).
-template <typename Q>
+// Grid: x over the R*C plane of one pick, y over the picks (grid-stride).
 __device__ void ccm_quantise(const float* __restrict__ cwm, const float* __restrict__ img,
-                             const uint32_t* __restrict__ picks,
-                             const float* __restrict__ maxima, Q* __restrict__ out,
-                             uint64_t k_count, uint64_t n, uint64_t d, uint64_t hw,
-                             float levels) {
-    const uint64_t per = d * hw;
+                             const uint32_t* __restrict__ picks, uint32_t* __restrict__ out,
+                             uint64_t k_count, uint64_t n, uint64_t d, uint64_t hw) {
     for (uint64_t k = blockIdx.y; k < k_count; k += gridDim.y) {
         const uint64_t b = picks[2 * k], j = picks[2 * k + 1];
         const float* m = cwm + (b * n + j) * hw;
         const float* im = img + b * d * hw;
-        const float maxp = maxima[2 * k], maxn = maxima[2 * k + 1];
-        const float mulp = maxp > 0.0f ? levels / maxp : 0.0f;
-        const float muln = maxn > 0.0f ? levels / maxn : 0.0f;
-        Q* pos = out + 2 * k * per;
-        Q* neg = pos + per;
+        uint32_t* row = out + k * (2 + d * hw);
+        const double sp = (double)__uint_as_float(row[0]) / 65535.0;
+        const double sn = (double)__uint_as_float(row[1]) / 65535.0;
+        uint32_t* vals = row + 2;
         for (uint64_t p = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; p < hw;
              p += (uint64_t)gridDim.x * blockDim.x) {
             const float w = m[p];
             for (uint64_t ch = 0; ch < d; ++ch) {
-                const float v = w * im[ch * hw + p];
-                pos[ch * hw + p] = (Q)(v > 0.0f ? level_of(v, mulp, levels) : 0.0f);
-                neg[ch * hw + p] = (Q)(v < 0.0f ? level_of(-v, muln, levels) : 0.0f);
+                const float v = im[ch * hw + p] * w;
+                const uint32_t pos = q16(fmax((double)v, 0.0), sp);
+                const uint32_t neg = q16(fmax((double)(-v), 0.0), sn);
+                vals[ch * hw + p] = pos | (neg << 16);
             }
         }
     }
@@ -91,21 +93,14 @@ __device__ void ccm_quantise(const float* __restrict__ cwm, const float* __restr
 }  // namespace gcm
 
 extern "C" __global__ void __launch_bounds__(EV_THREADS)
-    gcm_ccm_max(const float* cwm, const float* img, const uint32_t* picks, float* maxima,
+    gcm_ccm_max(const float* cwm, const float* img, const uint32_t* picks, uint32_t* out,
                 uint64_t n, uint64_t d, uint64_t hw) {
-    gcm::ccm_max(cwm, img, picks, maxima, n, d, hw);
+    gcm::ccm_max(cwm, img, picks, out, n, d, hw);
 }
 
-extern "C" __global__ void gcm_ccm_quantise_u8(const float* cwm, const float* img,
-                                               const uint32_t* picks, const float* maxima,
-                                               uint8_t* out, uint64_t k_count, uint64_t n,
-                                               uint64_t d, uint64_t hw, float levels) {
-    gcm::ccm_quantise<uint8_t>(cwm, img, picks, maxima, out, k_count, n, d, hw, levels);
-}
-
-extern "C" __global__ void gcm_ccm_quantise_u32(const float* cwm, const float* img,
-                                                const uint32_t* picks, const float* maxima,
-                                                uint32_t* out, uint64_t k_count, uint64_t n,
-                                                uint64_t d, uint64_t hw, float levels) {
-    gcm::ccm_quantise<uint32_t>(cwm, img, picks, maxima, out, k_count, n, d, hw, levels);
+extern "C" __global__ void gcm_ccm_quantise(const float* cwm, const float* img,
+                                            const uint32_t* picks, uint32_t* out,
+                                            uint64_t k_count, uint64_t n, uint64_t d,
+                                            uint64_t hw) {
+    gcm::ccm_quantise(cwm, img, picks, out, k_count, n, d, hw);
 }

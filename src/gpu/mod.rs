@@ -12,8 +12,9 @@
 //!   `[1, D, R, C]` f32 with crop, resize and the model's input scaling. Only
 //!   the camera bytes of the region of interest cross the bus.
 //! - [`evidence`]: the CCM of chosen (frame, class) pairs, split into positive
-//!   and negative parts and quantised, so only those bytes come back to the
-//!   host.
+//!   and negative parts and quantised to 16 bits exactly as the evidence
+//!   format stores them ([`crate::evidence::QuantCcm`]), so only those values
+//!   come back to the host.
 //!
 //! [`Device`]: candle_core::Device
 
@@ -23,5 +24,5 @@ pub mod preprocess;
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 
-pub use evidence::{ccm_evidence, CcmEvidence, Pick};
+pub use evidence::{ccm_evidence, Pick};
 pub use preprocess::{preprocess, preprocess_cpu, Frame, PixelFormat, PreprocessSpec, Roi};
