@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 
+pub mod bench;
 pub mod synth;
 
 #[derive(Debug, Parser)]
@@ -24,11 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// Write a synthetic inspection set (EL images of solar cells) as DIR/<class>/*.png.
     Synth(synth::Args),
+    /// Measure how fast this machine runs a model: images/s and latency percentiles.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
