@@ -11,18 +11,54 @@ use rayon::prelude::*;
 
 use super::ops::{f32_slice, with_f32};
 
-/// Per-channel mean and biased variance of NCHW `x` (two-pass, `f64` sums).
+const LANES: usize = 16;
+
+/// `(sum(f(a)), sum(g(a)))` over the elements of `a` (and the zipped `b`, `c`),
+/// in `LANES` independent partial sums so the compiler vectorises it (one
+/// running f32 sum cannot be reordered).
+#[inline(always)]
+fn lane_sums(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let mut s0 = [0f32; LANES];
+    let mut s1 = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let cc = c.chunks_exact(LANES);
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
+        for l in 0..LANES {
+            let (u, v) = f(xa[l], xb[l], xc[l]);
+            s0[l] += u;
+            s1[l] += v;
+        }
+    }
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for ((&xa, &xb), &xc) in ra.iter().zip(rb).zip(rc) {
+        let (u, v) = f(xa, xb, xc);
+        t0 += u;
+        t1 += v;
+    }
+    (s0.iter().sum::<f32>() + t0, s1.iter().sum::<f32>() + t1)
+}
+
+/// Per-channel mean and biased variance of NCHW `x` (two-pass; per-plane
+/// sums in f32, summed over planes in f64).
 pub(crate) fn channel_stats(x: &[f32], (b, c, hw): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let n = (b * hw) as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..b).map(move |bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
-            let sum: f64 = planes().map(|p| p.iter().sum::<f32>() as f64).sum();
-            let mean = sum / n;
-            let m = mean as f32;
+            let sum: f64 = planes()
+                .map(|p| lane_sums(p, p, p, |v, _, _| (v, 0.0)).0 as f64)
+                .sum();
+            let m = (sum / n) as f32;
             let ss: f64 = planes()
-                .map(|p| p.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() as f64)
+                .map(|p| lane_sums(p, p, p, |v, _, _| ((v - m) * (v - m), 0.0)).0 as f64)
                 .sum();
             (m, (ss / n) as f32)
         })
@@ -93,32 +129,24 @@ impl CustomOp3 for BnTrain {
             with_f32(y, |y| {
                 with_f32(g, |g| {
                     // g' = g * relu'(y); per channel sum(g') and sum(g' * xhat).
-                    let masked = |i: usize| {
-                        if self.relu && y[i] <= 0.0 {
-                            0.0
-                        } else {
-                            g[i]
-                        }
-                    };
+                    let relu = self.relu;
                     let (sg, sgx): (Vec<f32>, Vec<f32>) = (0..c)
                         .into_par_iter()
                         .map(|ch| {
-                            let (m, is) = (self.mean[ch], self.inv_std[ch]);
+                            let m = self.mean[ch];
                             let mut s = 0f64;
                             let mut sx = 0f64;
                             for bi in 0..b {
-                                let base = (bi * c + ch) * hw;
-                                let mut ps = 0f32;
-                                let mut psx = 0f32;
-                                for i in base..base + hw {
-                                    let gv = masked(i);
-                                    ps += gv;
-                                    psx += gv * (x[i] - m) * is;
-                                }
-                                s += ps as f64;
-                                sx += psx as f64;
+                                let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
+                                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                                let (u, v) = lane_sums(xs, ys, gs, |xv, yv, gv| {
+                                    let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+                                    (gm, gm * (xv - m))
+                                });
+                                s += u as f64;
+                                sx += v as f64;
                             }
-                            (s as f32, sx as f32)
+                            (s as f32, (sx * self.inv_std[ch] as f64) as f32)
                         })
                         .unzip();
                     let mut dx = vec![0f32; x.len()];
@@ -126,11 +154,12 @@ impl CustomOp3 for BnTrain {
                         let ch = bc % c;
                         let (m, is) = (self.mean[ch], self.inv_std[ch]);
                         let k = gam[ch] * is / n;
-                        let base = bc * hw;
-                        for (j, dv) in d.iter_mut().enumerate() {
-                            let i = base + j;
-                            let xhat = (x[i] - m) * is;
-                            *dv = k * (n * masked(i) - sg[ch] - xhat * sgx[ch]);
+                        let r = bc * hw..(bc + 1) * hw;
+                        let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                        let (a, bsum) = (sg[ch], sgx[ch] * is);
+                        for (((dv, &xv), &yv), &gv) in d.iter_mut().zip(xs).zip(ys).zip(gs) {
+                            let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+                            *dv = k * (n * gm - a - (xv - m) * bsum);
                         }
                     });
                     Ok((dx, sgx, sg))

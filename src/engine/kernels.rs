@@ -110,25 +110,19 @@ unsafe fn conv_task<S: Simd, const OCB: usize, const NV: usize>(
                 ooff[v] = y * job.out_row + x * job.out_col;
                 ox[v] = x;
             }
-            let mut acc = [[S::zero(); NV]; OCB];
-            for ci in 0..cin {
-                let xc = xb.add(ci * job.x_ch);
-                let wc = wb.add(ci * nt * OCB);
-                for t in 0..nt {
-                    let xt = xc.add(*taps.add(t));
-                    let mut xv = [S::zero(); NV];
-                    for v in 0..NV {
-                        xv[v] = S::load(xt.add(xoff[v]));
-                    }
-                    let wt = wc.add(t * OCB);
-                    for (o, acc_o) in acc.iter_mut().enumerate() {
-                        let wv = S::splat(*wt.add(o));
-                        for v in 0..NV {
-                            acc_o[v] = S::fma(wv, xv[v], acc_o[v]);
-                        }
-                    }
+            // Vectors side by side in one row (the common case) get constant
+            // offsets, which fold into the loads' addressing.
+            let acc = if ooff[NV - 1] == ooff[0] + (NV - 1) * l * job.out_col
+                && xoff[NV - 1] == xoff[0] + (NV - 1) * l
+            {
+                let mut offs = [0usize; NV];
+                for (v, o) in offs.iter_mut().enumerate() {
+                    *o = v * S::LANES;
                 }
-            }
+                accumulate::<S, OCB, NV>(xb.add(xoff[0]), wb, taps, cin, nt, job.x_ch, offs)
+            } else {
+                accumulate::<S, OCB, NV>(xb, wb, taps, cin, nt, job.x_ch, xoff)
+            };
             let here = NV.min(total - pos);
             let zero = S::zero();
             for (o, acc_o) in acc.iter().enumerate().take(nvalid) {
@@ -156,8 +150,46 @@ unsafe fn conv_task<S: Simd, const OCB: usize, const NV: usize>(
     }
 }
 
+/// The `OCB x NV` accumulators of one tile: input vectors at `xb + offs[v]`
+/// plus each tap's offset, for every input channel.
+#[inline(always)]
+unsafe fn accumulate<S: Simd, const OCB: usize, const NV: usize>(
+    xb: *const f32,
+    wb: *const f32,
+    taps: *const usize,
+    cin: usize,
+    nt: usize,
+    x_ch: usize,
+    offs: [usize; NV],
+) -> [[S::V; NV]; OCB] {
+    let mut acc = [[S::zero(); NV]; OCB];
+    // SAFETY: the caller (`conv_task`) guarantees every address read is inside
+    // the prepared input and the packed weights.
+    unsafe {
+        for ci in 0..cin {
+            let xc = xb.add(ci * x_ch);
+            let wc = wb.add(ci * nt * OCB);
+            for t in 0..nt {
+                let xt = xc.add(*taps.add(t));
+                let mut xv = [S::zero(); NV];
+                for v in 0..NV {
+                    xv[v] = S::load(xt.add(offs[v]));
+                }
+                let wt = wc.add(t * OCB);
+                for (o, acc_o) in acc.iter_mut().enumerate() {
+                    let wv = S::splat(*wt.add(o));
+                    for v in 0..NV {
+                        acc_o[v] = S::fma(wv, xv[v], acc_o[v]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
 /// The weight gradient of a convolution over a prepared input.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct WgradJob<'a> {
     /// Output gradient, rows padded with zeros to whole vectors.
     pub g: &'a [f32],
