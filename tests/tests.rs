@@ -6,3 +6,6 @@ mod util;
 
 #[path = "it/synth.rs"]
 mod synth;
+
+#[path = "it/engine.rs"]
+mod engine;

@@ -12,7 +12,7 @@
 //! and dtypes use candle's stock ops. [`set_stock_ops`] switches the CPU back to
 //! candle's ops, for comparison benchmarks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 
 use candle_core::{DType, Result, Tensor};
 
@@ -24,19 +24,23 @@ mod ops;
 pub mod reference;
 pub mod simd;
 
+pub use ops::with_f32;
 pub use simd::Isa;
 
-static STOCK: AtomicBool = AtomicBool::new(false);
-
-/// Use candle's stock ops instead of the engine's kernels on the CPU (for
-/// measuring the difference; the engine is the default).
-pub fn set_stock_ops(stock: bool) {
-    STOCK.store(stock, Ordering::SeqCst);
+thread_local! {
+    static STOCK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether the engine's own CPU kernels run for these tensors.
+/// Use candle's stock ops instead of the engine's kernels on the CPU, for
+/// model code called from this thread (for measuring the difference and for
+/// tests; the engine is the default).
+pub fn set_stock_ops(stock: bool) {
+    STOCK.with(|s| s.set(stock));
+}
+
+/// Whether the engine's own CPU kernels run for these tensors (on this thread).
 pub fn uses_engine(x: &Tensor, w: &Tensor) -> bool {
-    !STOCK.load(Ordering::Relaxed)
+    !STOCK.with(|s| s.get())
         && x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
