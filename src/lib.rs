@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod evidence;
 pub mod model;
 pub mod rng;
 

@@ -160,6 +160,9 @@ fn value_noise(rng: &mut Rng, n: usize, g: usize) -> Vec<f32> {
     out
 }
 
+/// A line segment between two points.
+type Segment = ((f32, f32), (f32, f32));
+
 /// Distance from point p to segment ab.
 fn seg_dist(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
@@ -174,13 +177,7 @@ fn seg_dist(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
 }
 
 /// A crack: a jittery random walk from `start` with heading `angle`, with branches.
-fn crack_segments(
-    rng: &mut Rng,
-    n: f32,
-    start: (f32, f32),
-    angle: f32,
-    len: f32,
-) -> Vec<((f32, f32), (f32, f32))> {
+fn crack_segments(rng: &mut Rng, n: f32, start: (f32, f32), angle: f32, len: f32) -> Vec<Segment> {
     let mut segs = Vec::new();
     let mut stack = vec![(start, angle, len, 0)];
     while let Some((mut p, mut a, l, depth)) = stack.pop() {
@@ -204,7 +201,7 @@ fn crack_segments(
 }
 
 /// Darkens pixels near the segments: `v *= 1 - depth * profile(distance)`.
-fn draw_segments(c: &mut Canvas, segs: &[((f32, f32), (f32, f32))], width: f32, depth: f32) {
+fn draw_segments(c: &mut Canvas, segs: &[Segment], width: f32, depth: f32) {
     let n = c.n;
     for y in 0..n {
         for x in 0..n {

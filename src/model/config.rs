@@ -17,21 +17,16 @@ use crate::error::{Error, Result};
 
 /// How raw pixel values in [0, 1] are mapped before the network and before the
 /// multiplicative (CCM) path.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum InputScaling {
     /// `x` as it is, in [0, 1] (the paper's choice for the GCM).
+    #[default]
     Raw,
     /// `1 - x`: dark defects become bright and can carry evidence.
     Inverted,
     /// `x - mean[d]`, the mean per channel measured on the training data.
     Centred { mean: Vec<f32> },
-}
-
-impl Default for InputScaling {
-    fn default() -> Self {
-        InputScaling::Raw
-    }
 }
 
 impl InputScaling {
@@ -203,7 +198,7 @@ impl ModelConfig {
                 return Err("scaling.mean: not finite".into());
             }
         }
-        if !(self.bn_eps > 0.0) {
+        if self.bn_eps.is_nan() || self.bn_eps <= 0.0 {
             return Err("bn_eps: must be positive".into());
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! The GCM network, its scoring op, checkpoints and inference.
 
+pub mod bundled;
 pub mod checkpoint;
 pub mod config;
 pub mod folded;

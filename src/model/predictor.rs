@@ -36,15 +36,29 @@ pub struct Decision {
 }
 
 impl Predictor {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let (card, net) = checkpoint::load_model(dir, device)?;
-        let net = FoldedGcm::new(&net).map_err(|e| Error::model(dir, e.to_string()))?;
+    /// Wraps an already loaded model.
+    pub fn from_loaded(m: &super::checkpoint::LoadedModel, device: &Device) -> Result<Self> {
+        let net = m.build(device)?;
+        let net = FoldedGcm::new(&net).map_err(|e| Error::model(&m.dir, e.to_string()))?;
         Ok(Predictor {
-            dir: dir.to_path_buf(),
-            card,
+            dir: m.dir.clone(),
+            card: m.card.clone(),
             net,
             device: device.clone(),
         })
+    }
+
+    /// Opens a model by its spec: a model directory, or `builtin:demo` for the
+    /// demo model bundled in the binary (see `weights/README.md`).
+    pub fn open(spec: &str, device: &Device) -> Result<Self> {
+        match spec.strip_prefix("builtin:") {
+            Some(name) => super::bundled::load(name, device),
+            None => Predictor::load(Path::new(spec), device),
+        }
+    }
+
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Predictor::from_loaded(&checkpoint::load(dir)?, device)
     }
 
     pub fn config(&self) -> &ModelConfig {
