@@ -74,7 +74,10 @@ fn network(c: &mut Criterion) {
                         .unwrap();
                 }
             }
-            loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
+            loss.to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         })
     });
     g.finish();

@@ -68,7 +68,7 @@ impl Chain {
         }
         let last = self.plans.len() - 1;
         let n = b * self.plans[last].out_len();
-        if last % 2 == 0 {
+        if last.is_multiple_of(2) {
             &self.ping[..n]
         } else {
             &self.pong[..n]

@@ -92,17 +92,33 @@ impl Isa {
 pub unsafe trait Simd: Copy {
     const LANES: usize;
     type V: Copy;
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn zero() -> Self::V;
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn splat(x: f32) -> Self::V;
     /// Unaligned load of `LANES` floats.
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn load(p: *const f32) -> Self::V;
     /// Unaligned store of `LANES` floats.
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn store(p: *mut f32, v: Self::V);
     /// `a * b + c`.
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// Sum of the lanes.
+    /// # Safety
+    /// Only on a CPU with this instruction set; pointers valid for `LANES` floats.
     unsafe fn hsum(v: Self::V) -> f32;
 }
 

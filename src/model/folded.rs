@@ -154,10 +154,12 @@ impl FoldedGcm {
         let (b, d, r, c) = scaled.dims4()?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let key = [b, d, r, c];
-        if !plans.contains_key(&key) {
-            plans.insert(key, Executor::new(self, b, (d, r, c))?);
-        }
-        let exec = plans.get_mut(&key).expect("inserted above");
+        let exec = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Executor::new(self, b, (d, r, c))?)
+            }
+        };
         let n = exec.classes;
         let mut cwm = vec![0f32; b * n * r * c];
         engine::with_f32(scaled, |x| {
