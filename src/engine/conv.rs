@@ -69,13 +69,30 @@ impl Prep {
         }
     }
 
+    /// Fills prepared rows `lo..hi` (of every channel and phase) of one image.
+    fn fill_rows(&self, x: &[f32], out: &mut [f32], lo: usize, hi: usize) {
+        let hw = self.h * self.w;
+        for (c, dst) in out[..self.img_len()].chunks_mut(self.ch_len()).enumerate() {
+            self.fill_channel_rows(&x[c * hw..(c + 1) * hw], dst, lo, hi);
+        }
+    }
+
     fn fill_channel(&self, src: &[f32], dst: &mut [f32]) {
+        self.fill_channel_rows(src, dst, 0, self.rows)
+    }
+
+    fn fill_channel_rows(&self, src: &[f32], dst: &mut [f32], lo_row: usize, hi_row: usize) {
         let (h, w, step, pl) = (self.h, self.w, self.step, self.pad_left);
         for (ph, plane) in dst.chunks_mut(self.rows * self.cols).enumerate() {
             // Columns q with 0 <= q * step + ph - pad_left < w.
             let hi = (w + pl).saturating_sub(ph).div_ceil(step).min(self.cols);
             let lo = pl.saturating_sub(ph).div_ceil(step).min(hi);
-            for (r, d) in plane.chunks_mut(self.cols).enumerate() {
+            for (r, d) in plane
+                .chunks_mut(self.cols)
+                .enumerate()
+                .take(hi_row)
+                .skip(lo_row)
+            {
                 let iy = r as isize - self.pad_top as isize;
                 if iy < 0 || iy >= h as isize {
                     d.fill(0.0);
@@ -165,6 +182,10 @@ pub struct ConvPlan {
     parts: Vec<Part>,
     bias: Option<Vec<f32>>,
     relu: bool,
+    /// Output row `r` of every part reads prepared rows
+    /// `r * row_step .. r * row_step + row_span`.
+    row_step: usize,
+    row_span: usize,
     pub cin: usize,
     pub cout: usize,
     pub h: usize,
@@ -237,6 +258,8 @@ impl ConvPlan {
             }],
             bias: bias.map(|b| b.to_vec()),
             relu,
+            row_step: stride,
+            row_span: k,
             cin,
             cout,
             h,
@@ -343,6 +366,8 @@ impl ConvPlan {
             parts,
             bias: bias.map(|b| b.to_vec()),
             relu,
+            row_step: 1,
+            row_span: span + 1,
             cin,
             cout,
             h,
@@ -352,7 +377,7 @@ impl ConvPlan {
         }
     }
 
-    /// Floats of prepared input per image (scratch for [`ConvPlan::run`]).
+    /// Floats of prepared input per image (scratch for [`ConvPlan::run_image`]).
     pub fn scratch_len(&self) -> usize {
         self.prep.img_len()
     }
@@ -361,12 +386,12 @@ impl ConvPlan {
         self.cout * self.oh * self.ow
     }
 
-    /// Runs on `batch` NCHW images `x`, writing NCHW `out`; `scratch` holds
-    /// at least `batch * scratch_len()` floats.
-    pub fn run(&self, x: &[f32], batch: usize, scratch: &mut [f32], out: &mut [f32]) {
+    /// Runs on `batch` NCHW images `x`, writing NCHW `out`, split across the
+    /// threads. Allocates nothing once each thread's prepared-input buffer
+    /// has grown to this plan's size.
+    pub fn run(&self, x: &[f32], batch: usize, out: &mut [f32]) {
         assert_eq!(x.len(), batch * self.cin * self.h * self.w, "input size");
         assert_eq!(out.len(), batch * self.out_len(), "output size");
-        assert!(scratch.len() >= batch * self.scratch_len(), "scratch size");
         if batch == 0 {
             return;
         }
@@ -375,46 +400,41 @@ impl ConvPlan {
         let nob = self.cout.div_ceil(self.ocb);
         let kernel = self.kernel;
         let in_img = self.cin * self.h * self.w;
-        if batch >= IMAGES_PER_THREAD * rayon::current_num_threads() {
-            (0..batch).into_par_iter().for_each(|b| {
-                with_prep(self.scratch_len(), |prep| {
-                    self.prep.fill_image(&x[b * in_img..(b + 1) * in_img], prep);
-                    let jobs = self.jobs(prep, 0, outp, out_len);
-                    for (job, p) in jobs.iter().zip(&self.parts) {
-                        for ob in 0..nob {
-                            // SAFETY: `kernel` was chosen by `conv_tile` for the
-                            // detected ISA; `prep` and the packed weights were
-                            // sized by this plan; each task writes only image `b`.
-                            unsafe { kernel(job, b, ob, 0, p.oh) }
-                        }
-                    }
-                })
-            });
-            return;
-        }
-        self.prep.fill(x, batch, scratch);
-        let scratch = &scratch[..batch * self.scratch_len()];
-        let jobs = self.jobs(scratch, self.prep.img_len(), outp, out_len);
+        // Whole images per task when there are enough of them; otherwise
+        // bands of output rows, each task preparing just the input rows its
+        // band reads (one parallel region per layer, no shared scratch).
         let max_rows = self.parts.iter().map(|p| p.oh).max().unwrap_or(1);
-        let rpt = rows_per_task(max_rows, batch * nob * self.parts.len());
-        let mut tasks = Vec::new();
-        for (j, p) in self.parts.iter().enumerate() {
-            for b in 0..batch {
-                for ob in 0..nob {
-                    for r0 in (0..p.oh).step_by(rpt) {
-                        tasks.push((j, b, ob, r0, (r0 + rpt).min(p.oh)));
+        let rpt = if batch >= IMAGES_PER_THREAD * rayon::current_num_threads() {
+            max_rows
+        } else {
+            rows_per_task(max_rows, batch)
+        };
+        let chunks = max_rows.div_ceil(rpt);
+        (0..batch * chunks).into_par_iter().for_each(|t| {
+            let (b, r0) = (t / chunks, (t % chunks) * rpt);
+            let r1 = (r0 + rpt).min(max_rows);
+            with_prep(self.scratch_len(), |prep| {
+                let lo = r0 * self.row_step;
+                let hi = ((r1 - 1) * self.row_step + self.row_span).min(self.prep.rows);
+                self.prep
+                    .fill_rows(&x[b * in_img..(b + 1) * in_img], prep, lo, hi);
+                for p in &self.parts {
+                    let pr1 = r1.min(p.oh);
+                    if r0 >= pr1 {
+                        continue;
+                    }
+                    let job = self.job(p, prep, 0, outp, out_len);
+                    for ob in 0..nob {
+                        // SAFETY: `kernel` was chosen by `conv_tile` for the
+                        // detected ISA; the packed weights were sized by this
+                        // plan and `prep` holds every input row the rows
+                        // `r0..pr1` read; tasks write disjoint (image, rows),
+                        // and the phases of a transposed convolution write
+                        // disjoint pixels.
+                        unsafe { kernel(&job, b, ob, r0, pr1) }
                     }
                 }
-            }
-        }
-        tasks.par_iter().for_each(|&(j, b, ob, r0, r1)| {
-            let job = &jobs[j];
-            debug_assert!(job.out_len == out_len);
-            // SAFETY: `kernel` was chosen by `conv_tile` for the detected ISA;
-            // the prepared input and packed weights were sized by this plan;
-            // tasks cover disjoint (part, image, channel block, rows), and the
-            // phases of a transposed convolution write disjoint pixels.
-            unsafe { kernel(job, b, ob, r0, r1) }
+            })
         });
     }
 
@@ -425,48 +445,47 @@ impl ConvPlan {
         assert_eq!(out.len(), self.out_len(), "output size");
         let prep = &mut scratch[..self.scratch_len()];
         self.prep.fill_image(x, prep);
-        let jobs = self.jobs(prep, 0, OutPtr(out.as_mut_ptr()), out.len());
-        for (job, p) in jobs.iter().zip(&self.parts) {
+        let (outp, out_len) = (OutPtr(out.as_mut_ptr()), out.len());
+        for p in &self.parts {
+            let job = self.job(p, prep, 0, outp, out_len);
             for ob in 0..self.cout.div_ceil(self.ocb) {
                 // SAFETY: as in `run`; one image, written by this thread only.
-                unsafe { (self.kernel)(job, 0, ob, 0, p.oh) }
+                unsafe { (self.kernel)(&job, 0, ob, 0, p.oh) }
             }
         }
     }
 
-    /// The jobs of this plan's parts over prepared input `x` (`x_img` floats
-    /// per image; 0 when `x` holds one image).
-    fn jobs<'a>(
+    /// The job of one part over prepared input `x` (`x_img` floats per
+    /// image; 0 when `x` holds one image).
+    fn job<'a>(
         &'a self,
+        p: &'a Part,
         x: &'a [f32],
         x_img: usize,
         out: OutPtr,
         out_len: usize,
-    ) -> Vec<ConvJob<'a>> {
-        self.parts
-            .iter()
-            .map(|p| ConvJob {
-                x,
-                x_img,
-                x_ch: self.prep.ch_len(),
-                x_row: p.x_row,
-                taps: &p.taps,
-                cin: self.cin,
-                w: &p.w,
-                bias: self.bias.as_deref(),
-                relu: self.relu,
-                cout: self.cout,
-                oh: p.oh,
-                ow: p.ow,
-                out,
-                out_len,
-                out_off: p.out_off,
-                out_img: self.out_len(),
-                out_ch: self.oh * self.ow,
-                out_row: p.out_row,
-                out_col: p.out_col,
-            })
-            .collect()
+    ) -> ConvJob<'a> {
+        ConvJob {
+            x,
+            x_img,
+            x_ch: self.prep.ch_len(),
+            x_row: p.x_row,
+            taps: &p.taps,
+            cin: self.cin,
+            w: &p.w,
+            bias: self.bias.as_deref(),
+            relu: self.relu,
+            cout: self.cout,
+            oh: p.oh,
+            ow: p.ow,
+            out,
+            out_len,
+            out_off: p.out_off,
+            out_img: self.out_len(),
+            out_ch: self.oh * self.ow,
+            out_row: p.out_row,
+            out_col: p.out_col,
+        }
     }
 }
 
@@ -648,9 +667,16 @@ mod tests {
                     reference::conv2d(&x, (b, cin, h, w), &wt, (cout, k), stride, pad);
                 bias_relu(&mut want, bias, relu, oh * ow);
                 assert_eq!((plan.oh, plan.ow), (oh, ow));
-                let mut scratch = vec![f32::NAN; b * plan.scratch_len()];
                 let mut out = vec![f32::NAN; b * plan.out_len()];
-                plan.run(&x, b, &mut scratch, &mut out);
+                plan.run(&x, b, &mut out);
+                // One image at a time on this thread gives the same result.
+                let mut scratch = vec![f32::NAN; plan.scratch_len()];
+                let mut one = vec![f32::NAN; plan.out_len()];
+                let n_in = x.len() / b;
+                for bi in 0..b {
+                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
+                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
+                }
                 let what = format!(
                     "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
                 );
@@ -714,9 +740,16 @@ mod tests {
                 }
                 bias_relu(&mut want, bias, relu, oh * ow);
                 assert_eq!((plan.oh, plan.ow), (oh, ow));
-                let mut scratch = vec![f32::NAN; b * plan.scratch_len()];
                 let mut out = vec![f32::NAN; b * plan.out_len()];
-                plan.run(&x, b, &mut scratch, &mut out);
+                plan.run(&x, b, &mut out);
+                // One image at a time on this thread gives the same result.
+                let mut scratch = vec![f32::NAN; plan.scratch_len()];
+                let mut one = vec![f32::NAN; plan.out_len()];
+                let n_in = x.len() / b;
+                for bi in 0..b {
+                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
+                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
+                }
                 let what = format!(
                     "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad} op{oph},{opw}"
                 );

@@ -10,7 +10,6 @@ pub struct Chain {
     batch: usize,
     ping: Vec<f32>,
     pong: Vec<f32>,
-    scratch: Vec<f32>,
 }
 
 impl Chain {
@@ -25,13 +24,11 @@ impl Chain {
             );
         }
         let out = plans.iter().map(|p| p.out_len()).max().unwrap_or(0) * batch;
-        let scratch = plans.iter().map(|p| p.scratch_len()).max().unwrap_or(0) * batch;
         Chain {
             plans,
             batch,
             ping: vec![0.0; out],
             pong: vec![0.0; out],
-            scratch: vec![0.0; scratch],
         }
     }
 
@@ -64,7 +61,7 @@ impl Chain {
                 i if i % 2 == 1 => (&self.ping[..b * p.cin * p.h * p.w], &mut self.pong[..n]),
                 _ => (&self.pong[..b * p.cin * p.h * p.w], &mut self.ping[..n]),
             };
-            p.run(src, b, &mut self.scratch, dst);
+            p.run(src, b, dst);
         }
         let last = self.plans.len() - 1;
         let n = b * self.plans[last].out_len();

@@ -78,6 +78,14 @@ unsafe fn conv_task<S: Simd, const OCB: usize, const NV: usize>(
     debug_assert!(job.w.len() >= (ob + 1) * cin * nt * OCB);
     debug_assert!(job.x.len() >= (b + 1) * job.x_img);
     debug_assert!(r0 < r1 && r1 <= job.oh);
+    debug_assert!(
+        job.out_off
+            + b * job.out_img
+            + (job.cout - 1) * job.out_ch
+            + (job.oh - 1) * job.out_row
+            + (job.ow - 1) * job.out_col
+            < job.out_len
+    );
     // SAFETY (whole body): the caller built `job` with `x` sized for every
     // position and tap read here (prepared input padded to whole vectors),
     // `w` packed for `ob`, and `out` valid for every element stored; tasks

@@ -44,9 +44,8 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 }
 
 fn run_plan(plan: &ConvPlan, x: &[f32], batch: usize) -> (CpuStorage, Shape) {
-    let mut scratch = vec![0f32; batch * plan.scratch_len()];
     let mut out = vec![0f32; batch * plan.out_len()];
-    plan.run(x, batch, &mut scratch, &mut out);
+    plan.run(x, batch, &mut out);
     (
         CpuStorage::F32(out),
         Shape::from((batch, plan.cout, plan.oh, plan.ow)),

@@ -212,7 +212,7 @@ impl Buffers {
                 .chain(&p.heads)
         };
         let act = all().map(|q| q.out_len()).max().unwrap_or(0) * batch;
-        let scratch = all().map(|q| q.scratch_len()).max().unwrap_or(0) * batch;
+        let scratch = all().map(|q| q.scratch_len()).max().unwrap_or(0);
         Buffers {
             batch,
             enc: [vec![0.0; act], vec![0.0; act]],
@@ -367,7 +367,7 @@ fn run_network(
     let apply = |plan: &ConvPlan, src: &[f32], dst: &mut [f32], scratch: &mut [f32]| {
         let dst = &mut dst[..b * plan.out_len()];
         if parallel {
-            plan.run(src, b, scratch, dst);
+            plan.run(src, b, dst);
         } else {
             plan.run_image(src, scratch, dst);
         }
