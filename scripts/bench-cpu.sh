@@ -28,6 +28,7 @@ MODEL=$WORK/model
 "$BIN" bench --model "$MODEL" --init --size 64 --channels 1 --classes ok,defect \
     --warmup 0 --iters 1 --min-seconds 0 >/dev/null
 OUT=$WORK/results.jsonl
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 ours() { "$BIN" bench --model "$MODEL" --threads "$THREADS" --json "$@" >>"$OUT"; }
 for round in $(seq "$ROUNDS"); do
@@ -41,5 +42,7 @@ for round in $(seq "$ROUNDS"); do
     "$PY" scripts/reference/gcm_torch.py --threads "$THREADS" --size 64 2>/dev/null >>"$OUT"
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads $THREADS"
+echo "load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "gcm-inspect commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "gcm-inspect ISA: $(grep -o '"isa":"[a-z0-9]*"' "$OUT" | head -1)"
 "$PY" scripts/reference/summarise.py "$OUT"
