@@ -6,12 +6,14 @@
 //! which this product checks for every decision it logs.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod evidence;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
 
 pub use error::{Error, Result};
