@@ -6,3 +6,9 @@ mod util;
 
 #[path = "it/synth.rs"]
 mod synth;
+
+#[path = "it/daemon_util.rs"]
+mod daemon_util;
+
+#[path = "it/daemon.rs"]
+mod daemon;
