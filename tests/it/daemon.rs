@@ -402,3 +402,54 @@ fn metrics_and_healthz_while_running() {
     let (st, _, err) = d.wait(60);
     assert!(st.success(), "{err}");
 }
+
+#[test]
+fn under_systemd_it_notifies_and_logs_with_journal_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixDatagram;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 9);
+    let cfg = config(
+        root,
+        &model,
+        "  synthetic:\n    fps: 50\n    size_px: 16\n",
+        "",
+    );
+    let sock_path = root.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let d = Daemon::start_with(root, &["--config", p(&cfg)], |cmd, stderr| {
+        let m = stderr.metadata().unwrap();
+        cmd.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+    });
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY comes first, then the inference loop's watchdog pings.
+    let first = recv();
+    assert!(first.starts_with("READY=1\nSTATUS=serving"), "{first:?}");
+    let mut pings = 0;
+    while pings < 3 {
+        let m = recv();
+        pings += (m == "WATCHDOG=1") as usize;
+    }
+    d.signal("TERM");
+    loop {
+        let m = recv();
+        if m.starts_with("STOPPING=1") {
+            break;
+        }
+    }
+    let (st, _, err) = d.wait(60);
+    assert!(st.success(), "{err}");
+    // journald reads the priority from the line's start: <6> info, no timestamps.
+    assert!(err.lines().any(|l| l.starts_with("<6>ready")), "{err}");
+    assert!(err.lines().all(|l| l.starts_with('<')), "{err}");
+}

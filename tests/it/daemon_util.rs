@@ -100,16 +100,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_with(root, args, |_, _| {})
+    }
+
+    /// Starts with `setup(command, stderr file)` applied before spawning.
+    pub fn start_with(
+        root: &Path,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command, &std::fs::File),
+    ) -> Daemon {
         let n = std::fs::read_dir(root).unwrap().count();
         let stderr_path = root.join(format!("stderr-{n}.txt"));
-        let child = Command::new(env!("CARGO_BIN_EXE_gcm-inspect"))
-            .arg("run")
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gcm-inspect"));
+        cmd.arg("run")
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("LOGS_DIRECTORY");
+        setup(&mut cmd, &stderr);
+        let child = cmd
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .stderr(stderr)
             .spawn()
             .expect("daemon starts");
         Daemon { child, stderr_path }
