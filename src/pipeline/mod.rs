@@ -465,3 +465,72 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     );
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frame::{Captured, FrameData};
+
+    /// A live source with frames always ready (a camera faster than the model).
+    struct Burst;
+
+    impl FrameSource for Burst {
+        fn describe(&self) -> String {
+            "burst".into()
+        }
+        fn live(&self) -> bool {
+            true
+        }
+        fn next(&mut self, _: &AtomicBool) -> Result<Next> {
+            Ok(Next::Frame(Captured {
+                name: None,
+                data: FrameData::Grey {
+                    width: 1,
+                    height: 1,
+                    bytes: vec![0],
+                },
+            }))
+        }
+    }
+
+    fn capture(live: bool, cap: usize, frames: u64) -> (CaptureEnd, Vec<u64>, Arc<Metrics>) {
+        let (tx, rx) = bounded(cap);
+        let metrics = Arc::new(Metrics::new());
+        let c = Capture {
+            source: Box::new(Burst),
+            tx,
+            drop_oldest: live.then(|| rx.clone()),
+            stop: Arc::new(AtomicBool::new(false)),
+            max_frames: Some(frames),
+            next_id: 100,
+            metrics: metrics.clone(),
+        };
+        let end = if live {
+            c.run().unwrap()
+        } else {
+            // A waiting source needs a consumer.
+            let h = std::thread::spawn(move || c.run().unwrap());
+            let got: Vec<u64> = rx.iter().map(|f| f.id).collect();
+            return (h.join().unwrap(), got, metrics);
+        };
+        let got = rx.try_iter().map(|f| f.id).collect();
+        (end, got, metrics)
+    }
+
+    #[test]
+    fn a_live_source_keeps_the_latest_frames_and_counts_drops() {
+        let (end, kept, m) = capture(true, 4, 50);
+        assert_eq!(end, CaptureEnd::MaxFrames);
+        assert_eq!(kept, vec![146, 147, 148, 149]);
+        assert_eq!(m.frames_captured.get(), 50);
+        assert_eq!(m.frames_dropped.get(), 46);
+    }
+
+    #[test]
+    fn a_waiting_source_drops_nothing() {
+        let (end, got, m) = capture(false, 2, 30);
+        assert_eq!(end, CaptureEnd::MaxFrames);
+        assert_eq!(got, (100..130).collect::<Vec<_>>());
+        assert_eq!(m.frames_dropped.get(), 0);
+    }
+}

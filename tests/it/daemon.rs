@@ -453,3 +453,23 @@ fn under_systemd_it_notifies_and_logs_with_journal_priorities() {
     assert!(err.lines().any(|l| l.starts_with("<6>ready")), "{err}");
     assert!(err.lines().all(|l| l.starts_with('<')), "{err}");
 }
+
+/// Not a test: writes an untrained Table-3 model (64x64 grey, the synthetic
+/// classes) to `$GCM_BENCH_MODEL_OUT`, for `scripts/bench-daemon.sh` where no
+/// demo model is bundled. Same architecture and cost as a trained one.
+#[test]
+#[ignore = "a tool for scripts/bench-daemon.sh, run with --ignored"]
+fn write_untrained_table3_model() {
+    let Some(out) = std::env::var_os("GCM_BENCH_MODEL_OUT") else {
+        panic!("set GCM_BENCH_MODEL_OUT to the model directory to write");
+    };
+    let classes = ["crack", "inactive", "ok", "spot"].map(String::from).to_vec();
+    let cfg = gcm_inspect::model::ModelConfig::table3(64, 64, 1, classes);
+    let (_, vm) = gcm_inspect::model::Gcm::init(&cfg, 0, &Device::Cpu).unwrap();
+    gcm_inspect::model::checkpoint::save(
+        Path::new(&out),
+        &gcm_inspect::model::gcm::varmap_tensors(&vm),
+        gcm_inspect::model::checkpoint::new_card(cfg),
+    )
+    .unwrap();
+}
