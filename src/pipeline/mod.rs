@@ -316,6 +316,9 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
             .map_err(|e| Error::Runtime(format!("cannot start the signal thread: {e}")))?
     };
 
+    // Everything is open: say so before the stage threads start pinging the watchdog.
+    notifier.ready(&format!("serving; {}", status_line(&metrics, &bundle)));
+    tracing::info!("ready");
     let sinks = sink::Sinks {
         rx: dec_rx,
         log,
@@ -344,8 +347,6 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     let capture_h = stage("capture", &stop, &events_tx, move || capture.run())?;
     drop(events_tx);
 
-    notifier.ready(&format!("serving; {}", status_line(&metrics, &bundle)));
-    tracing::info!("ready");
 
     let mut loaded = loaded;
     let mut bundle = bundle;

@@ -463,7 +463,9 @@ fn write_untrained_table3_model() {
     let Some(out) = std::env::var_os("GCM_BENCH_MODEL_OUT") else {
         panic!("set GCM_BENCH_MODEL_OUT to the model directory to write");
     };
-    let classes = ["crack", "inactive", "ok", "spot"].map(String::from).to_vec();
+    let classes = ["crack", "inactive", "ok", "spot"]
+        .map(String::from)
+        .to_vec();
     let cfg = gcm_inspect::model::ModelConfig::table3(64, 64, 1, classes);
     let (_, vm) = gcm_inspect::model::Gcm::init(&cfg, 0, &Device::Cpu).unwrap();
     gcm_inspect::model::checkpoint::save(
