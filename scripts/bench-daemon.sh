@@ -44,6 +44,8 @@ source:
   synthetic:
     fps: $FPS
     size_px: 64
+evidence:
+  every_nth_frame: 300
 output:
   log_dir: $work/log
   evidence_dir: $work/evidence

@@ -369,8 +369,9 @@ impl Default for EvidenceConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChecksConfig {
-    /// Check (a), evidence reproduction, on every Nth frame (1: every frame;
-    /// 0: off). Frames whose evidence is kept are always checked.
+    /// Check (a), evidence reproduction. Kept evidence is always checked as
+    /// written; on every Nth other frame (1: all; 0: none) the evidence's
+    /// quantised CCMs are checked in memory, without writing files.
     #[serde(default = "one")]
     pub evidence_every_nth_frame: u64,
     /// Check (b), reference cross-check: every Nth frame is scored again on

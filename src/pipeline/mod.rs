@@ -347,7 +347,6 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     let capture_h = stage("capture", &stop, &events_tx, move || capture.run())?;
     drop(events_tx);
 
-
     let mut loaded = loaded;
     let mut bundle = bundle;
     let mut ended_by = String::new();

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::infer::Decided;
 use super::metrics::Metrics;
 use crate::error::Result;
-use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo};
+use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo, QuantCcm};
 use crate::model::predictor::argmax;
 
 pub mod evidence_store;
@@ -89,6 +89,41 @@ fn evidence_check(ev: &Evidence) -> Check {
     }
 }
 
+/// Check (a) for a frame whose evidence is not kept: the evidence's own
+/// quantisation ([`QuantCcm`], as `evidence::build` stores it) applied in
+/// memory, and the scores recomputed from it, without encoding files nobody
+/// will read. The same comparison as `Evidence::check`: the argmax must
+/// match and each score be within the quantisation tolerance.
+pub fn quantised_check(d: &Decided) -> Check {
+    let classes = d.bundle.predictor.classes();
+    let mut recomputed = Vec::with_capacity(classes.len());
+    let mut out_of_tolerance = Vec::new();
+    let mut max_abs_error = 0f64;
+    for (j, class) in classes.iter().enumerate() {
+        let q = QuantCcm::new(&d.maps.ccm_of(j));
+        let s = q.score();
+        let score = d.decision.scores[j] as f64;
+        let err = (s - score).abs();
+        max_abs_error = max_abs_error.max(err);
+        if err.is_nan() || err > q.tolerance(score) {
+            out_of_tolerance.push(class.clone());
+        }
+        recomputed.push(s as f32);
+    }
+    let decided = argmax(&recomputed);
+    let ok = decided == d.decision.class_index && out_of_tolerance.is_empty();
+    Check {
+        ok,
+        max_abs_error: max_abs_error.is_finite().then_some(max_abs_error),
+        detail: (!ok).then(|| {
+            format!(
+                "evidence decides class {decided} (logged {}); classes out of tolerance: {out_of_tolerance:?}",
+                d.decision.class_index
+            )
+        }),
+    }
+}
+
 fn every(n: u64, id: u64) -> bool {
     n > 0 && id % n == 0
 }
@@ -120,8 +155,13 @@ impl Sinks {
             || every(policy.every_nth_frame, id);
         let mut checks = Checks::default();
         let mut built = None;
-        if selected || every(b.checks.evidence_every_nth_frame, id) {
+        if selected {
             built = Some(self.checked_evidence(&d, &mut checks));
+        } else if every(b.checks.evidence_every_nth_frame, id) {
+            self.metrics.evidence_checks.inc();
+            let c = quantised_check(&d);
+            self.note_evidence_check(id, &c);
+            checks.evidence = Some(c);
         }
         if every(b.checks.reference_every_nth_frame, id) {
             self.metrics.reference_checks.inc();
@@ -146,6 +186,7 @@ impl Sinks {
         let divergent = checks.divergent();
         let keep = selected || (divergent && policy.divergent);
         if keep && built.is_none() {
+            // Kept because divergent: build the files and check them as stored.
             built = Some(self.checked_evidence(&d, &mut checks));
         }
         let evidence = match (keep, built) {
@@ -191,15 +232,90 @@ impl Sinks {
                 None,
             ),
         };
+        self.note_evidence_check(d.frame, &check);
+        checks.evidence = Some(check);
+        ev
+    }
+
+    fn note_evidence_check(&self, frame: u64, check: &Check) {
         if !check.ok {
             self.metrics.evidence_divergent.inc();
             tracing::warn!(
-                frame = d.frame,
+                frame,
                 "divergence (evidence reproduction): {}",
                 check.detail.as_deref().unwrap_or("")
             );
         }
-        checks.evidence = Some(check);
-        ev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DaemonConfig, Loaded};
+    use crate::data::image_io::Planar;
+    use crate::evidence::FrameMaps;
+    use crate::model::checkpoint;
+    use crate::model::gcm::{varmap_tensors, Gcm};
+    use crate::model::ModelConfig;
+    use crate::pipeline::infer;
+    use crate::pipeline::model::Bundle;
+    use crate::pipeline::preprocess::{self, Prepared};
+    use std::path::Path;
+
+    fn decided(dir: &Path) -> Decided {
+        let mut cfg = ModelConfig::table3(8, 8, 1, vec!["a".into(), "b".into(), "c".into()]);
+        cfg.encoder_widths = vec![2, 3, 4];
+        let (_, vm) = Gcm::init(&cfg, 5, &candle_core::Device::Cpu).unwrap();
+        checkpoint::save(dir, &varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap();
+        let text = format!("model: {}\nsource:\n  synthetic: {{}}\n", dir.display());
+        let config = DaemonConfig::from_yaml(&text, Path::new("t.yaml")).unwrap();
+        let loaded = Loaded {
+            origin: "t.yaml".into(),
+            text,
+            config,
+        };
+        let bundle = Arc::new(Bundle::open(&loaded).unwrap());
+        let planar = Planar {
+            channels: 1,
+            rows: 8,
+            cols: 8,
+            data: (0..64).map(|i| (i * 4) as u8).collect(),
+        };
+        let scaled = preprocess::scale(&planar, &bundle.prep.scaling).unwrap();
+        let prepared = Prepared { planar, scaled };
+        let out = infer::forward(&bundle, &prepared).unwrap();
+        let decision = bundle.predictor.decide(&out.scores).unwrap().remove(0);
+        let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
+        Decided {
+            frame: 0,
+            captured_unix_us: 0,
+            name: None,
+            bundle,
+            decision,
+            planar: prepared.planar,
+            maps,
+            latency: Default::default(),
+        }
+    }
+
+    #[test]
+    fn in_memory_check_agrees_with_the_written_evidence_and_catches_wrong_scores() {
+        let t = tempfile::tempdir().unwrap();
+        let mut d = decided(t.path());
+        let fast = quantised_check(&d);
+        let built = evidence_check(&build_evidence(&d).unwrap());
+        assert!(fast.ok && built.ok, "{fast:?} {built:?}");
+        assert_eq!(fast.max_abs_error, built.max_abs_error);
+        // The reference path agrees with the served one.
+        let r = reference_check(&d).unwrap();
+        assert!(r.ok, "{r:?}");
+        // A score that does not match its CCM (a wrong scoring kernel) is caught
+        // by both forms of check (a) and by check (b).
+        d.decision.scores[1] += 0.5;
+        let fast = quantised_check(&d);
+        let built = evidence_check(&build_evidence(&d).unwrap());
+        assert!(!fast.ok && !built.ok, "{fast:?} {built:?}");
+        assert!(!reference_check(&d).unwrap().ok);
     }
 }
