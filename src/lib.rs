@@ -11,9 +11,11 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod evidence;
 pub mod model;
 pub mod pipeline;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use crate::error::Result;
 pub mod check_config;
 pub mod run;
 pub mod synth;
+pub mod train;
 pub mod verify;
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ pub enum Command {
     CheckConfig(check_config::Args),
     /// Re-check a decision log: recompute every kept evidence's scores (exit 7 if any diverge).
     Verify(verify::Args),
+    /// Train a GCM on image folders or a CSV manifest.
+    Train(train::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Train(a) => train::run(a),
     }
 }
 
