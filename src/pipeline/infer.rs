@@ -145,3 +145,63 @@ impl Infer {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PixelFormat;
+    use crate::pipeline::frame::FrameData;
+
+    fn mjpeg_frame(id: u64, bytes: Vec<u8>) -> Frame {
+        Frame {
+            id,
+            captured: Instant::now(),
+            captured_unix_us: 0,
+            name: None,
+            data: FrameData::Camera {
+                format: PixelFormat::Mjpeg,
+                width: 8,
+                height: 8,
+                bytes_per_line: 0,
+                bytes,
+            },
+        }
+    }
+
+    #[test]
+    fn a_corrupt_mjpeg_frame_is_skipped_and_counted_and_the_stream_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let bundle = Arc::new(crate::pipeline::model::test_bundle(t.path()));
+        let img = image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([(x * 30) as u8, (y * 30) as u8, 90])
+        });
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+            .unwrap();
+        let good = jpeg.into_inner();
+        let mut torn = good.clone();
+        torn.truncate(40);
+        let (ftx, frx) = crossbeam_channel::unbounded();
+        let (dtx, drx) = crossbeam_channel::unbounded();
+        let (_rtx, rrx) = crossbeam_channel::bounded(1);
+        for (id, bytes) in [(0, good.clone()), (1, torn), (2, vec![0u8; 64]), (3, good)] {
+            ftx.send(mjpeg_frame(id, bytes)).unwrap();
+        }
+        drop(ftx);
+        let metrics = Arc::new(Metrics::new());
+        Infer {
+            rx: frx,
+            tx: dtx,
+            reload: rrx,
+            bundle,
+            metrics: metrics.clone(),
+            notifier: Arc::new(Notifier::disabled()),
+        }
+        .run()
+        .unwrap();
+        let ids: Vec<u64> = drx.try_iter().map(|d| d.frame).collect();
+        assert_eq!(ids, vec![0, 3]);
+        assert_eq!(metrics.skipped("corrupt"), 2);
+    }
+}

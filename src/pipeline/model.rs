@@ -116,3 +116,23 @@ impl Bundle {
         )
     }
 }
+
+/// A tiny model (8x8 grey, classes a, b, c) saved in `dir`, opened as a bundle.
+#[cfg(test)]
+pub(crate) fn test_bundle(dir: &std::path::Path) -> Bundle {
+    use crate::config::DaemonConfig;
+    use crate::model::gcm::varmap_tensors;
+    use crate::model::ModelConfig;
+    let mut cfg = ModelConfig::table3(8, 8, 1, vec!["a".into(), "b".into(), "c".into()]);
+    cfg.encoder_widths = vec![2, 3, 4];
+    let (_, vm) = Gcm::init(&cfg, 5, &Device::Cpu).unwrap();
+    checkpoint::save(dir, &varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap();
+    let text = format!("model: {}\nsource:\n  synthetic: {{}}\n", dir.display());
+    let config = DaemonConfig::from_yaml(&text, std::path::Path::new("t.yaml")).unwrap();
+    let loaded = Loaded {
+        origin: "t.yaml".into(),
+        text,
+        config,
+    };
+    Bundle::open(&loaded).unwrap()
+}

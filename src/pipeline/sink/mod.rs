@@ -252,30 +252,14 @@ impl Sinks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DaemonConfig, Loaded};
     use crate::data::image_io::Planar;
     use crate::evidence::FrameMaps;
-    use crate::model::checkpoint;
-    use crate::model::gcm::{varmap_tensors, Gcm};
-    use crate::model::ModelConfig;
     use crate::pipeline::infer;
-    use crate::pipeline::model::Bundle;
     use crate::pipeline::preprocess::{self, Prepared};
     use std::path::Path;
 
     fn decided(dir: &Path) -> Decided {
-        let mut cfg = ModelConfig::table3(8, 8, 1, vec!["a".into(), "b".into(), "c".into()]);
-        cfg.encoder_widths = vec![2, 3, 4];
-        let (_, vm) = Gcm::init(&cfg, 5, &candle_core::Device::Cpu).unwrap();
-        checkpoint::save(dir, &varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap();
-        let text = format!("model: {}\nsource:\n  synthetic: {{}}\n", dir.display());
-        let config = DaemonConfig::from_yaml(&text, Path::new("t.yaml")).unwrap();
-        let loaded = Loaded {
-            origin: "t.yaml".into(),
-            text,
-            config,
-        };
-        let bundle = Arc::new(Bundle::open(&loaded).unwrap());
+        let bundle = Arc::new(crate::pipeline::model::test_bundle(dir));
         let planar = Planar {
             channels: 1,
             rows: 8,
