@@ -101,17 +101,9 @@ fn sigterm_stops_the_source_and_every_decision_made_is_logged() {
 
 #[test]
 fn kill_9_then_restart_cuts_the_torn_line_and_appends() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path();
-    let model = root.join("model");
-    tiny_model(&model, 3);
-    let cfg = config(
-        root,
-        &model,
-        "  synthetic:\n    fps: 200\n    size_px: 16\n",
-        "",
-    );
-    let mut d = Daemon::start(root, &["--config", p(&cfg)]);
+    let s = setup(3, &synthetic(200), "");
+    let (root, cfg) = (s.root(), s.cfg.as_path());
+    let mut d = Daemon::start(root, &["--config", p(cfg)]);
     let addr = d.metrics_addr();
     wait_for(60, "decisions in the log", || count_lines(root) >= 5);
     let page = http_get(&addr, "/metrics");
@@ -132,7 +124,7 @@ fn kill_9_then_restart_cuts_the_torn_line_and_appends() {
     bytes.extend_from_slice(br#"{"frame":999999,"captured_unix_us":17"#);
     std::fs::write(&active, bytes).unwrap();
 
-    let d = Daemon::start(root, &["--config", p(&cfg), "--max-frames", "4"]);
+    let d = Daemon::start(root, &["--config", p(cfg), "--max-frames", "4"]);
     let (st, out, err) = d.wait(120);
     assert!(st.success(), "{err}");
     assert!(err.contains("cut a torn tail"), "{err}");
@@ -316,17 +308,10 @@ fn evidence_quota_is_honoured_and_verify_catches_a_corrupted_file() {
 
 #[test]
 fn sighup_with_corrupt_weights_keeps_serving_the_old_model() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path();
-    let model = root.join("model");
-    let old_id = tiny_model(&model, 6);
-    let cfg = config(
-        root,
-        &model,
-        "  synthetic:\n    fps: 100\n    size_px: 16\n",
-        "",
-    );
-    let mut d = Daemon::start(root, &["--config", p(&cfg)]);
+    let s = setup(6, &synthetic(100), "");
+    let (root, model, cfg) = (s.root(), s.model.as_path(), s.cfg.as_path());
+    let old_id = s.id.clone();
+    let mut d = Daemon::start(root, &["--config", p(cfg)]);
     let addr = d.metrics_addr();
     wait_for(60, "decisions", || count_lines(root) >= 3);
     // Corrupt the weights in place, then ask for a reload.
@@ -353,7 +338,7 @@ fn sighup_with_corrupt_weights_keeps_serving_the_old_model() {
     assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
 
     // A good model makes it through: new decisions carry the new id.
-    let new_id = tiny_model(&model, 7);
+    let new_id = tiny_model(model, 7);
     d.signal("HUP");
     d.wait_stderr(60, "reload accepted");
     wait_for(60, "decisions by the new model", || {
@@ -371,17 +356,10 @@ fn sighup_with_corrupt_weights_keeps_serving_the_old_model() {
 
 #[test]
 fn metrics_and_healthz_while_running() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path();
-    let model = root.join("model");
-    let id = tiny_model(&model, 8);
-    let cfg = config(
-        root,
-        &model,
-        "  synthetic:\n    fps: 100\n    size_px: 16\n",
-        "",
-    );
-    let mut d = Daemon::start(root, &["--config", p(&cfg)]);
+    let s = setup(8, &synthetic(100), "");
+    let (root, cfg) = (s.root(), s.cfg.as_path());
+    let id = s.id.clone();
+    let mut d = Daemon::start(root, &["--config", p(cfg)]);
     let addr = d.metrics_addr();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     wait_for(60, "decisions", || count_lines(root) >= 3);
@@ -407,21 +385,13 @@ fn metrics_and_healthz_while_running() {
 fn under_systemd_it_notifies_and_logs_with_journal_priorities() {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::net::UnixDatagram;
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path();
-    let model = root.join("model");
-    tiny_model(&model, 9);
-    let cfg = config(
-        root,
-        &model,
-        "  synthetic:\n    fps: 50\n    size_px: 16\n",
-        "",
-    );
+    let s = setup(9, &synthetic(50), "");
+    let (root, cfg) = (s.root(), s.cfg.as_path());
     let sock_path = root.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
-    let d = Daemon::start_with(root, &["--config", p(&cfg)], |cmd, stderr| {
+    let d = Daemon::start_with(root, &["--config", p(cfg)], |cmd, stderr| {
         let m = stderr.metadata().unwrap();
         cmd.env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", "200000")

@@ -28,6 +28,39 @@ pub fn tiny_model(dir: &Path, seed: u64) -> String {
         .weights_sha256
 }
 
+/// A test's folder with a tiny model (seed `seed`) and a config using it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub model: PathBuf,
+    /// The model id.
+    pub id: String,
+    pub cfg: PathBuf,
+}
+
+impl Setup {
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A synthetic source of 16x16 frames at `fps` (0: unpaced), as a source block.
+pub fn synthetic(fps: u32) -> String {
+    format!("  synthetic:\n    fps: {fps}\n    size_px: 16\n")
+}
+
+pub fn setup(seed: u64, source: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let id = tiny_model(&model, seed);
+    let cfg = config(dir.path(), &model, source, extra);
+    Setup {
+        dir,
+        model,
+        id,
+        cfg,
+    }
+}
+
 /// A config with the given source block (YAML, indented under `source:`)
 /// and extra top-level YAML; outputs under `root/out`.
 pub fn config(root: &Path, model: &Path, source: &str, extra: &str) -> PathBuf {
