@@ -12,3 +12,9 @@ mod daemon_util;
 
 #[path = "it/daemon.rs"]
 mod daemon;
+
+#[path = "it/train.rs"]
+mod train;
+
+#[path = "it/bad_input.rs"]
+mod bad_input;

@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use crate::error::Result;
 
 pub mod check_config;
+pub mod eval;
+pub mod explain;
 pub mod run;
 pub mod synth;
 pub mod train;
@@ -34,6 +36,10 @@ pub enum Command {
     CheckConfig(check_config::Args),
     /// Re-check a decision log: recompute every kept evidence's scores (exit 7 if any diverge).
     Verify(verify::Args),
+    /// Decisions and their evidence (CWM heatmap, CCM parts) for image files.
+    Explain(explain::Args),
+    /// Accuracy, per-class precision/recall, confusion and decline ratios on labelled images.
+    Eval(eval::Args),
     /// Train a GCM on image folders or a CSV manifest.
     Train(train::Args),
 }
@@ -45,6 +51,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig(a) => check_config::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Train(a) => train::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 
