@@ -3,9 +3,8 @@
 use std::path::Path;
 
 use candle_core::Device;
-use gcm_inspect::data::image_io::{load_planar, save_grey};
+use gcm_inspect::data::image_io::save_grey;
 use gcm_inspect::data::synth::{self, Kind};
-use gcm_inspect::model::Predictor;
 
 use crate::daemon_util::*;
 use crate::util::{fails, ok, p};
@@ -20,7 +19,7 @@ fn replay_folder(dir: &Path, n: usize, size: usize) {
 }
 
 #[test]
-fn replay_logs_one_decision_per_image_with_the_models_scores() {
+fn replay_of_n_images_logs_n_decisions_identical_to_explain_json() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     let model = root.join("model");
@@ -42,20 +41,31 @@ fn replay_logs_one_decision_per_image_with_the_models_scores() {
 
     let lines = log_lines(root);
     assert_eq!(lines.len(), 9);
-    let predictor = Predictor::load(&model, &Device::Cpu).unwrap();
-    for (i, l) in lines.iter().enumerate() {
+    // The same files through `explain --json` (batched, resized the same way).
+    let files: Vec<String> = (0..9)
+        .map(|i| {
+            frames
+                .join(format!("cell_{i:03}.png"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut args = vec!["explain", "--model", p(&model), "--resize", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let explained: Vec<serde_json::Value> = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(explained.len(), 9);
+    for (i, (l, e)) in lines.iter().zip(&explained).enumerate() {
         let name = format!("cell_{i:03}.png");
         assert_eq!(l.source.as_deref(), Some(name.as_str()), "sorted order");
+        assert!(e["image"].as_str().unwrap().ends_with(&name), "{e}");
         assert_eq!(l.frame, i as u64);
         assert_eq!(l.model, id);
-        // The same file through the offline path: load, resize, forward.
-        let planar = load_planar(&frames.join(&name), 1, 16, 16, true).unwrap();
-        let out = predictor
-            .forward(&planar.to_tensor(&Device::Cpu).unwrap())
-            .unwrap();
-        let want = predictor.decide(&out.scores).unwrap().remove(0);
-        assert_eq!(l.class, want.class, "{name}");
-        for (a, b) in l.scores.iter().zip(&want.scores) {
+        assert_eq!(l.class, e["decision"].as_str().unwrap(), "{name}");
+        let classes: Vec<String> = serde_json::from_value(e["classes"].clone()).unwrap();
+        assert_eq!(l.classes, classes);
+        let scores: Vec<f32> = serde_json::from_value(e["scores"].clone()).unwrap();
+        assert_eq!(l.scores.len(), scores.len());
+        for (a, b) in l.scores.iter().zip(&scores) {
             assert!((a - b).abs() <= 1e-5, "{name}: {a} vs {b}");
         }
         let ev = l
