@@ -6,6 +6,7 @@
 //! which this product checks for every decision it logs.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod evidence;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
 pub mod train;
 

@@ -7,6 +7,12 @@ mod util;
 #[path = "it/synth.rs"]
 mod synth;
 
+#[path = "it/daemon_util.rs"]
+mod daemon_util;
+
+#[path = "it/daemon.rs"]
+mod daemon;
+
 #[path = "it/train.rs"]
 mod train;
 
