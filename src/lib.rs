@@ -6,12 +6,16 @@
 //! which this product checks for every decision it logs.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod evidence;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

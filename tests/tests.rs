@@ -7,5 +7,17 @@ mod util;
 #[path = "it/synth.rs"]
 mod synth;
 
+#[path = "it/daemon_util.rs"]
+mod daemon_util;
+
+#[path = "it/daemon.rs"]
+mod daemon;
+
+#[path = "it/train.rs"]
+mod train;
+
+#[path = "it/bad_input.rs"]
+mod bad_input;
+
 #[path = "it/engine.rs"]
 mod engine;

@@ -63,3 +63,44 @@ pub fn files(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Writes a randomly initialised tiny grey model (`size` x `size`, narrow
+/// widths) into `dir` and returns its card.
+pub fn tiny_model(
+    dir: &Path,
+    classes: &[&str],
+    size: usize,
+    seed: u64,
+) -> gcm_inspect::model::ModelCard {
+    use gcm_inspect::model::{checkpoint, gcm, Gcm, ModelConfig};
+    let mut cfg = ModelConfig::table3(
+        size,
+        size,
+        1,
+        classes.iter().map(|c| c.to_string()).collect(),
+    );
+    cfg.encoder_widths = vec![2, 3, 4];
+    let (_, vm) = Gcm::init(&cfg, seed, &candle_core::Device::Cpu).unwrap();
+    checkpoint::save(dir, &gcm::varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap()
+}
+
+/// A synthetic set via the binary.
+pub fn synth(dir: &Path, count: usize, size: usize, classes: &str, seed: u64) {
+    ok(&[
+        "synth",
+        "--out",
+        p(dir),
+        "--count",
+        &count.to_string(),
+        "--size",
+        &size.to_string(),
+        "--classes",
+        classes,
+        "--seed",
+        &seed.to_string(),
+    ]);
+}
+
+/// A training config for fast tests: narrow network, no pad-crop.
+pub const TINY_TRAIN_YAML: &str =
+    "batch_size: 16\nlr: 0.05\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";

@@ -1,0 +1,66 @@
+//! `gcm-inspect eval`: accuracy, per-class precision/recall, confusion matrix
+//! and the GCM rows of the decline-ratio table on a labelled set.
+
+use std::path::PathBuf;
+
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval::evaluate;
+use crate::model::Predictor;
+use crate::train::data::load_images;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory, or builtin:demo.
+    #[arg(long)]
+    pub model: String,
+    /// DIR/<class>/<images>, or a CSV manifest path,label[,split].
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate only this split of a manifest (train, val, test).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Resize images of another size to the model's input (otherwise refused).
+    #[arg(long)]
+    pub resize: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = crate::device::open(&a.device)?;
+    let p = Predictor::open(&a.model, &device)?;
+    let mut ds = Dataset::open(&a.data)?;
+    if let Some(s) = &a.split {
+        let split = Split::parse(s)
+            .ok_or_else(|| Error::Usage(format!("--split {s}: expected train, val or test")))?;
+        ds = ds.only(split)?;
+    }
+    let cfg = p.config().clone();
+    let classes = p.classes().to_vec();
+    let set = load_images(
+        &ds.samples,
+        |l| classes.iter().position(|c| c == l),
+        cfg.input_channels,
+        cfg.input_rows,
+        cfg.input_cols,
+        a.resize,
+        |_| {},
+    )?;
+    let report = evaluate(&set, &classes, a.batch_size, &device, |x| p.forward(x))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}

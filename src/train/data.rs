@@ -1,0 +1,236 @@
+//! Training images in memory, augmentation and batches.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::config::Augment;
+use crate::data::image_io::{load_planar, Planar};
+use crate::data::Sample;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Decoded images at the model's input size, with labels.
+#[derive(Clone, Debug, Default)]
+pub struct ImageSet {
+    pub images: Vec<Planar>,
+    pub labels: Vec<usize>,
+    pub paths: Vec<PathBuf>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Images per class.
+    pub fn per_class(&self, classes: usize) -> Vec<usize> {
+        let mut n = vec![0; classes];
+        for &l in &self.labels {
+            n[l] += 1;
+        }
+        n
+    }
+
+    /// Mean pixel value per channel in [0, 1].
+    pub fn channel_mean(&self) -> Vec<f32> {
+        let d = self.images.first().map(|i| i.channels).unwrap_or(1);
+        let mut sum = vec![0f64; d];
+        let mut count = 0usize;
+        for im in &self.images {
+            let hw = im.rows * im.cols;
+            for (c, s) in sum.iter_mut().enumerate() {
+                *s += im.data[c * hw..(c + 1) * hw]
+                    .iter()
+                    .map(|&b| b as f64)
+                    .sum::<f64>();
+            }
+            count += hw;
+        }
+        sum.iter()
+            .map(|s| (s / count.max(1) as f64 / 255.0) as f32)
+            .collect()
+    }
+}
+
+/// Decodes `samples` (in parallel) to `channels x rows x cols`; the first
+/// unusable image (in sample order) is the error, naming the file.
+pub fn load_images(
+    samples: &[Sample],
+    class_of: impl Fn(&str) -> Option<usize> + Sync,
+    channels: usize,
+    rows: usize,
+    cols: usize,
+    resize: bool,
+    on_progress: impl Fn(usize) + Sync,
+) -> Result<ImageSet> {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let loaded: Vec<Result<(Planar, usize)>> = samples
+        .par_iter()
+        .map(|s| {
+            let label = class_of(&s.label).ok_or_else(|| {
+                Error::data(
+                    &s.path,
+                    format!("label {:?} is not a class of the model", s.label),
+                )
+            })?;
+            let im = load_planar(&s.path, channels, rows, cols, resize)?;
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            on_progress(n);
+            Ok((im, label))
+        })
+        .collect();
+    let mut set = ImageSet::default();
+    for (s, r) in samples.iter().zip(loaded) {
+        let (im, l) = r?;
+        set.images.push(im);
+        set.labels.push(l);
+        set.paths.push(s.path.clone());
+    }
+    Ok(set)
+}
+
+/// Writes one augmented copy of `img` (values in [0, 1]) into `out`.
+///
+/// The output pixel `(y, x)` reads the padded, flipped, rotated image at the
+/// crop offset; pixels from the zero padding are 0.
+pub fn augment_into(img: &Planar, aug: &Augment, rng: &mut Rng, out: &mut Vec<f32>) {
+    let (r, c, d) = (img.rows, img.cols, img.channels);
+    let k = if aug.rot90 && r == c { rng.below(4) } else { 0 };
+    let hflip = aug.hflip && rng.bool(0.5);
+    let vflip = aug.vflip && rng.bool(0.5);
+    let p = aug.pad_crop_px as isize;
+    let (dy, dx) = if p > 0 {
+        (
+            rng.below(2 * p as usize + 1) as isize - p,
+            rng.below(2 * p as usize + 1) as isize - p,
+        )
+    } else {
+        (0, 0)
+    };
+    let n = r as isize; // square when k != 0
+    for ch in 0..d {
+        let plane = &img.data[ch * r * c..(ch + 1) * r * c];
+        for y in 0..r as isize {
+            for x in 0..c as isize {
+                let (mut y1, mut x1) = (y + dy, x + dx);
+                if y1 < 0 || x1 < 0 || y1 >= r as isize || x1 >= c as isize {
+                    out.push(0.0);
+                    continue;
+                }
+                if hflip {
+                    x1 = c as isize - 1 - x1;
+                }
+                if vflip {
+                    y1 = r as isize - 1 - y1;
+                }
+                let (ys, xs) = match k {
+                    0 => (y1, x1),
+                    1 => (x1, n - 1 - y1),
+                    2 => (n - 1 - y1, n - 1 - x1),
+                    _ => (n - 1 - x1, y1),
+                };
+                out.push(plane[ys as usize * c + xs as usize] as f32 / 255.0);
+            }
+        }
+    }
+}
+
+/// A batch `[B, D, R, C]` and its labels `[B]` (u32); augmented when `aug` is given.
+pub fn batch(
+    set: &ImageSet,
+    idx: &[usize],
+    aug: Option<(&Augment, &mut Rng)>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let first = &set.images[idx[0]];
+    let (d, r, c) = (first.channels, first.rows, first.cols);
+    let mut v = Vec::with_capacity(idx.len() * d * r * c);
+    match aug {
+        Some((a, rng)) => {
+            for &i in idx {
+                augment_into(&set.images[i], a, rng, &mut v);
+            }
+        }
+        None => {
+            for &i in idx {
+                v.extend(set.images[i].data.iter().map(|&b| b as f32 / 255.0));
+            }
+        }
+    }
+    let x = Tensor::from_vec(v, (idx.len(), d, r, c), device)?;
+    let labels: Vec<u32> = idx.iter().map(|&i| set.labels[i] as u32).collect();
+    let y = Tensor::from_vec(labels, idx.len(), device)?;
+    Ok((x, y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img() -> Planar {
+        // 3x3 grey: values 1..9 row-major
+        Planar {
+            channels: 1,
+            rows: 3,
+            cols: 3,
+            data: (1..=9).collect(),
+        }
+    }
+
+    fn run(aug: &Augment, seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        augment_into(&img(), aug, &mut Rng::new(seed), &mut out);
+        out.iter().map(|v| (v * 255.0).round() as u8).collect()
+    }
+
+    #[test]
+    fn no_augmentation_is_identity() {
+        let a = Augment {
+            hflip: false,
+            vflip: false,
+            rot90: false,
+            pad_crop_px: 0,
+        };
+        assert_eq!(run(&a, 1), (1..=9).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn flips_and_rotations_permute_pixels() {
+        let a = Augment {
+            hflip: true,
+            vflip: true,
+            rot90: true,
+            pad_crop_px: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..200 {
+            let mut v = run(&a, s);
+            seen.insert(v.clone());
+            v.sort();
+            assert_eq!(v, (1..=9).collect::<Vec<u8>>());
+        }
+        // The 8 symmetries of the square.
+        assert_eq!(seen.len(), 8);
+    }
+
+    #[test]
+    fn pad_crop_shifts_in_zeros() {
+        let a = Augment {
+            hflip: false,
+            vflip: false,
+            rot90: false,
+            pad_crop_px: 1,
+        };
+        let shifted: Vec<Vec<u8>> = (0..100).map(|s| run(&a, s)).collect();
+        assert!(shifted.iter().any(|v| v.contains(&0)));
+        assert!(shifted.iter().any(|v| *v == (1..=9).collect::<Vec<u8>>()));
+        // A shift never invents values: non-zero pixels come from the image.
+        assert!(shifted.iter().flatten().all(|&p| p <= 9));
+    }
+}

@@ -1,0 +1,602 @@
+//! `gcm-inspect train`: trains a GCM on labelled images.
+//!
+//! Output folder:
+//! * `model.safetensors`, `model.json`: the best epoch by validation accuracy
+//!   (ties go to the lower validation loss): the model to use;
+//! * `last/`: the last epoch's model plus `train_state.safetensors` (momentum
+//!   buffers) and `train_state.json` (epochs done, the config, best so far),
+//!   which `--resume` continues from;
+//! * `history.jsonl`: one line of metrics per epoch.
+
+pub mod config;
+pub mod data;
+pub mod sgd;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::data::dataset::{stratified_split, Dataset, Split};
+use crate::error::{Error, IoContext, Result};
+use crate::eval::{evaluate, EvalReport};
+use crate::model::checkpoint::{self, CardMetrics, ModelCard};
+use crate::model::gcm::{init_varmap, varmap_tensors};
+use crate::model::{Gcm, ModelConfig};
+use crate::rng::Rng;
+use config::{ScalingChoice, TrainConfig};
+use data::ImageSet;
+use sgd::Sgd;
+
+/// How a run starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// A new run with this configuration, from a seeded init or from `init`'s
+    /// weights (fine-tuning: the initial model's architecture and classes are kept).
+    Fresh {
+        config: Box<TrainConfig>,
+        init: Option<PathBuf>,
+    },
+    /// Continue the run in `out/last/` with its saved configuration; `epochs`
+    /// raises the total to train longer.
+    Resume { epochs: Option<usize> },
+}
+
+/// What to train.
+#[derive(Clone, Debug)]
+pub struct TrainJob {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub start: Start,
+    pub device: Device,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// `last/train_state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    pub config: TrainConfig,
+    pub model: ModelConfig,
+    pub best: Option<CardMetrics>,
+    pub data: serde_json::Value,
+}
+
+/// One line of `history.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub best: CardMetrics,
+    pub last: EpochRecord,
+    pub parameters: usize,
+    pub mean_epoch_seconds: f64,
+}
+
+const LAST: &str = "last";
+const STATE_JSON: &str = "train_state.json";
+const STATE_TENSORS: &str = "train_state.safetensors";
+
+pub fn train(job: TrainJob) -> Result<TrainSummary> {
+    let ds = Dataset::open(&job.data)?;
+    let (resume_state, cfg, init) = match &job.start {
+        Start::Resume { epochs } => {
+            let st = read_state(&job.out)?;
+            let mut cfg = st.config.clone();
+            if let Some(e) = epochs {
+                cfg.epochs = *e;
+            }
+            (Some(st), cfg, None)
+        }
+        Start::Fresh { config, init } => {
+            let init = match init {
+                Some(dir) => Some(checkpoint::load(dir)?),
+                None => None,
+            };
+            (None, (**config).clone(), init)
+        }
+    };
+    cfg.validate().map_err(Error::Usage)?;
+
+    // Classes: the data's, sorted; a fine-tuned model keeps its own.
+    let classes = match (&resume_state, &init) {
+        (Some(st), _) => st.model.classes.clone(),
+        (None, Some(m)) => {
+            if let Some(c) = ds
+                .classes
+                .iter()
+                .find(|c| !m.card.model.classes.contains(c))
+            {
+                return Err(Error::data(
+                    &job.data,
+                    format!(
+                        "label {c:?} is not a class of the --init model ({:?})",
+                        m.card.model.classes
+                    ),
+                ));
+            }
+            m.card.model.classes.clone()
+        }
+        (None, None) => ds.classes.clone(),
+    };
+    if classes.len() < 2 {
+        return Err(Error::data(
+            &job.data,
+            format!("only one class ({:?}): at least two are needed", classes),
+        ));
+    }
+
+    // Splits.
+    let (train_s, val_s, split_desc) = split(&ds, &cfg)?;
+
+    // Input size and channels: the fixed model's, else the config's, else the data's.
+    let fixed = resume_state
+        .as_ref()
+        .map(|s| s.model.clone())
+        .or(init.as_ref().map(|m| m.card.model.clone()));
+    let (channels, rows, cols) = match &fixed {
+        Some(m) => (m.input_channels, m.input_rows, m.input_cols),
+        None => {
+            let first = crate::data::image_io::decode(&train_s[0].path)?;
+            let ch = match first.color() {
+                image::ColorType::L8
+                | image::ColorType::La8
+                | image::ColorType::L16
+                | image::ColorType::La16 => 1,
+                _ => 3,
+            };
+            let r = cfg.model.input_rows.unwrap_or(first.height() as usize);
+            let c = cfg.model.input_cols.unwrap_or(first.width() as usize);
+            (ch, r, c)
+        }
+    };
+    if fixed.is_some() && cfg.model != config::ArchConfig::default() && resume_state.is_none() {
+        return Err(Error::Usage(
+            "--init keeps the initial model's architecture and scaling: remove the `model:` section from the training config".into(),
+        ));
+    }
+
+    let class_of = |l: &str| classes.iter().position(|c| c == l);
+    tracing::info!(
+        images = train_s.len() + val_s.len(),
+        "loading images from {}",
+        job.data.display()
+    );
+    let t0 = Instant::now();
+    let train_set =
+        data::load_images(&train_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
+    let val_set = data::load_images(&val_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
+    tracing::info!(
+        train = train_set.len(),
+        val = val_set.len(),
+        seconds = t0.elapsed().as_secs_f64(),
+        "loaded {}x{}x{} images",
+        rows,
+        cols,
+        channels
+    );
+
+    // Model config.
+    let model_cfg = match &fixed {
+        Some(m) => m.clone(),
+        None => {
+            let a = &cfg.model;
+            let mut m = ModelConfig::table3(rows, cols, channels, classes.clone());
+            if let Some(v) = &a.encoder_widths {
+                m.encoder_widths = v.clone();
+            }
+            if let Some(v) = &a.encoder_depths {
+                m.encoder_depths = v.clone();
+            }
+            if let Some(v) = a.decoder_convs_per_stage {
+                m.decoder_convs_per_stage = v;
+            }
+            if let Some(v) = a.head_kernel {
+                m.head_kernel = v;
+            }
+            if let Some(v) = a.shared_decoder {
+                m.shared_decoder = v;
+            }
+            if let Some(v) = a.clipped {
+                m.clipped = v;
+            }
+            m.scaling = a
+                .scaling
+                .unwrap_or(ScalingChoice::Raw)
+                .resolve(|| train_set.channel_mean());
+            m.validate()
+                .map_err(|msg| Error::Usage(format!("model.{msg}")))?;
+            m
+        }
+    };
+
+    // Variables: fresh, from --init, or from last/.
+    let varmap = init_varmap(&model_cfg, cfg.seed, &job.device)?;
+    let start_epoch = match (&resume_state, &init) {
+        (Some(st), _) => {
+            let last = checkpoint::load(&job.out.join(LAST))?;
+            set_vars(&varmap, &last.tensors, &job.device)?;
+            st.epochs_done
+        }
+        (None, Some(m)) => {
+            set_vars(&varmap, &m.tensors, &job.device)?;
+            0
+        }
+        (None, None) => 0,
+    };
+    let net = Gcm::new(
+        &model_cfg,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
+    )?;
+    let mut opt = Sgd::new(net.trainable(&varmap), cfg.momentum, cfg.weight_decay);
+    if resume_state.is_some() {
+        let p = job.out.join(LAST).join(STATE_TENSORS);
+        let st = candle_core::safetensors::load(&p, &job.device)
+            .map_err(|e| Error::model(&p, e.to_string()))?;
+        opt.load_state(&st);
+    }
+    if start_epoch >= cfg.epochs {
+        return Err(Error::Usage(format!(
+            "nothing to do: {start_epoch} epochs are done and the config asks for {}; raise --epochs to train longer",
+            cfg.epochs
+        )));
+    }
+
+    let data_summary = serde_json::json!({
+        "source": ds.source,
+        "classes": classes,
+        "split": split_desc,
+        "train_per_class": train_set.per_class(classes.len()),
+        "val_per_class": val_set.per_class(classes.len()),
+        "resized": cfg.resize,
+    });
+    let class_weights = class_weights(&cfg, &train_set, classes.len(), &job.device)?;
+    std::fs::create_dir_all(&job.out).at(&job.out)?;
+    let history_path = job.out.join("history.jsonl");
+    if start_epoch == 0 {
+        std::fs::write(&history_path, b"").at(&history_path)?;
+    }
+
+    tracing::info!(
+        parameters = net.num_parameters(),
+        epochs = cfg.epochs,
+        batch = cfg.batch_size,
+        "training {} classes on {:?}",
+        classes.len(),
+        job.device
+    );
+    let mut best = resume_state.as_ref().and_then(|s| s.best.clone());
+    let mut last_rec = None;
+    let mut epoch_secs = Vec::new();
+    let bar_enabled = job.progress && std::io::stderr().is_terminal();
+    for epoch in start_epoch..cfg.epochs {
+        let t = Instant::now();
+        let lr = cfg.lr_at(epoch);
+        let mut rng = Rng::derive(cfg.seed, 1_000_000 + epoch as u64);
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        rng.shuffle(&mut order);
+        let steps = order.len().div_ceil(cfg.batch_size);
+        let bar = progress_bar(bar_enabled, steps as u64, epoch, cfg.epochs);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for chunk in order.chunks(cfg.batch_size) {
+            if chunk.len() < 2 && steps > 1 {
+                // BatchNorm statistics of a single image are degenerate.
+                continue;
+            }
+            let (x, y) = data::batch(
+                &train_set,
+                chunk,
+                Some((&cfg.augment, &mut rng)),
+                &job.device,
+            )?;
+            let out = net.forward_t(&x, true)?;
+            let loss = loss_fn(&out.scores, &y, class_weights.as_ref())?;
+            let grads = loss.backward()?;
+            opt.step(&grads, lr)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::Runtime(format!(
+                    "training diverged at epoch {} (loss {l}); lower lr (now {lr})",
+                    epoch + 1
+                )));
+            }
+            let pred = out.scores.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let truth = y.to_vec1::<u32>()?;
+            correct += pred.iter().zip(&truth).filter(|(a, b)| a == b).count();
+            loss_sum += l * chunk.len() as f64;
+            seen += chunk.len();
+            if let Some(b) = &bar {
+                b.set_message(format!(
+                    "loss {:.4} acc {:.1}%",
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64
+                ));
+                b.inc(1);
+            }
+        }
+        let train_secs = t.elapsed().as_secs_f64();
+        let val = validate(&net, &val_set, &classes, &cfg, &job.device)?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            seconds: t.elapsed().as_secs_f64(),
+            images_per_second: seen as f64 / train_secs,
+        };
+        epoch_secs.push(rec.seconds);
+        eprintln!(
+            "epoch {:>3}/{}  lr {:<8.1e} loss {:.4}  acc {:>6.2}%  val loss {:.4}  val acc {:>6.2}%  {:.1}s ({:.0} img/s)",
+            rec.epoch,
+            cfg.epochs,
+            lr,
+            rec.train_loss,
+            100.0 * rec.train_accuracy,
+            rec.val_loss,
+            100.0 * rec.val_accuracy,
+            rec.seconds,
+            rec.images_per_second
+        );
+        let metrics = CardMetrics {
+            epoch: rec.epoch,
+            val_accuracy: val.accuracy,
+            val_loss: val.loss,
+            val_images: val.images,
+            train_accuracy: rec.train_accuracy,
+            train_loss: rec.train_loss,
+        };
+        let improved = match &best {
+            None => true,
+            Some(b) => {
+                metrics.val_accuracy > b.val_accuracy
+                    || (metrics.val_accuracy == b.val_accuracy && metrics.val_loss < b.val_loss)
+            }
+        };
+        let card = |m: &CardMetrics| ModelCard {
+            training: Some(serde_json::to_value(&cfg).expect("config serialises")),
+            data: Some(data_summary.clone()),
+            metrics: Some(m.clone()),
+            ..checkpoint::new_card(model_cfg.clone())
+        };
+        let tensors = varmap_tensors(&varmap);
+        if improved {
+            checkpoint::save(&job.out, &tensors, card(&metrics))?;
+            best = Some(metrics.clone());
+        }
+        let last_dir = job.out.join(LAST);
+        checkpoint::save(&last_dir, &tensors, card(&metrics))?;
+        save_state(
+            &last_dir,
+            &opt,
+            &TrainState {
+                epochs_done: epoch + 1,
+                config: cfg.clone(),
+                model: model_cfg.clone(),
+                best: best.clone(),
+                data: data_summary.clone(),
+            },
+        )?;
+        let mut h = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&history_path)
+            .at(&history_path)?;
+        writeln!(
+            h,
+            "{}",
+            serde_json::to_string(&rec).expect("record serialises")
+        )
+        .at(&history_path)?;
+        last_rec = Some(rec);
+    }
+    let best = best.expect("at least one epoch ran");
+    eprintln!(
+        "best: epoch {} val acc {:.2}% -> {}",
+        best.epoch,
+        100.0 * best.val_accuracy,
+        job.out.display()
+    );
+    Ok(TrainSummary {
+        parameters: net.num_parameters(),
+        mean_epoch_seconds: epoch_secs.iter().sum::<f64>() / epoch_secs.len().max(1) as f64,
+        best,
+        last: last_rec.expect("at least one epoch ran"),
+    })
+}
+
+type SplitSamples = (
+    Vec<crate::data::Sample>,
+    Vec<crate::data::Sample>,
+    serde_json::Value,
+);
+
+/// Training and validation samples: the manifest's splits if it has them
+/// (`test` is never used), else a seeded split stratified by label.
+fn split(ds: &Dataset, cfg: &TrainConfig) -> Result<SplitSamples> {
+    let pick = |s: Split| {
+        ds.samples
+            .iter()
+            .filter(|x| x.split == Some(s))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (pool, given_val) = if ds.has_splits() {
+        let tr = pick(Split::Train);
+        if tr.is_empty() {
+            return Err(Error::data(
+                &ds.source,
+                "the manifest's split column names no train images",
+            ));
+        }
+        (tr, pick(Split::Val))
+    } else {
+        (ds.samples.clone(), Vec::new())
+    };
+    if !given_val.is_empty() {
+        return Ok((pool, given_val, serde_json::json!({"kind": "manifest"})));
+    }
+    let labels: Vec<usize> = {
+        let mut names: Vec<&str> = pool.iter().map(|s| s.label.as_str()).collect();
+        names.sort();
+        names.dedup();
+        pool.iter()
+            .map(|s| names.binary_search(&s.label.as_str()).expect("present"))
+            .collect()
+    };
+    let (tr, va) = stratified_split(&labels, cfg.val_fraction, cfg.seed);
+    if va.is_empty() {
+        return Err(Error::data(
+            &ds.source,
+            format!(
+                "no validation images: val_fraction {} of {} images",
+                cfg.val_fraction,
+                pool.len()
+            ),
+        ));
+    }
+    if tr.is_empty() {
+        return Err(Error::data(
+            &ds.source,
+            "no training images left after the validation split",
+        ));
+    }
+    Ok((
+        tr.iter().map(|&i| pool[i].clone()).collect(),
+        va.iter().map(|&i| pool[i].clone()).collect(),
+        serde_json::json!({"kind": "stratified", "val_fraction": cfg.val_fraction, "seed": cfg.seed}),
+    ))
+}
+
+fn validate(
+    net: &Gcm,
+    set: &ImageSet,
+    classes: &[String],
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<EvalReport> {
+    evaluate(set, classes, cfg.eval_batch_size, device, |x| {
+        Ok(net.forward_t(x, false)?)
+    })
+}
+
+/// Softmax cross-entropy on the scores, optionally weighted per class.
+pub fn loss_fn(scores: &Tensor, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    match weights {
+        None => Ok(candle_nn::loss::cross_entropy(scores, labels)?),
+        Some(w) => {
+            let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
+            let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let wi = w.gather(labels, 0)?;
+            Ok((picked.mul(&wi)?.sum_all()?.neg()? / wi.sum_all()?.to_scalar::<f32>()? as f64)?)
+        }
+    }
+}
+
+fn class_weights(
+    cfg: &TrainConfig,
+    set: &ImageSet,
+    n: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if !cfg.class_balanced_loss {
+        return Ok(None);
+    }
+    let counts = set.per_class(n);
+    let total: usize = counts.iter().sum();
+    let w: Vec<f32> = counts
+        .iter()
+        .map(|&c| {
+            if c > 0 {
+                total as f32 / (n as f32 * c as f32)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(w, n, device)?))
+}
+
+fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).ok_or_else(|| {
+            Error::Runtime(format!("tensor {name} missing from the initial weights"))
+        })?;
+        var.set(&t.to_device(device)?)?;
+    }
+    Ok(())
+}
+
+fn save_state(dir: &Path, opt: &Sgd, st: &TrainState) -> Result<()> {
+    let p = dir.join(STATE_TENSORS);
+    let tensors: HashMap<String, Tensor> = opt
+        .state()
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let tmp = dir.join(format!(".{STATE_TENSORS}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &p).at(&p)?;
+    checkpoint::write_atomic(
+        &dir.join(STATE_JSON),
+        &serde_json::to_vec_pretty(st).expect("state serialises"),
+    )
+}
+
+fn read_state(out: &Path) -> Result<TrainState> {
+    let p = out.join(LAST).join(STATE_JSON);
+    if !p.exists() {
+        return Err(Error::Usage(format!(
+            "--resume: {} does not exist (no earlier run in {}?)",
+            p.display(),
+            out.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&p).at(&p)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::model(&p, format!("invalid training state: {e}")))
+}
+
+fn progress_bar(
+    enabled: bool,
+    steps: u64,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(steps);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "epoch {:>3}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}<{{eta}})",
+            epoch + 1
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(b)
+}

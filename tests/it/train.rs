@@ -1,0 +1,281 @@
+//! `train`, `explain`, `eval` end to end on tiny synthetic sets.
+
+use crate::util::*;
+use serde_json::Value;
+
+fn json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn train_tiny(data: &std::path::Path, out: &std::path::Path, epochs: &str) -> String {
+    let cfg = out.with_extension("yaml");
+    std::fs::write(&cfg, TINY_TRAIN_YAML).unwrap();
+    ok(&[
+        "train",
+        "--data",
+        p(data),
+        "--out",
+        p(out),
+        "--config",
+        p(&cfg),
+        "--epochs",
+        epochs,
+        "--no-progress",
+    ])
+}
+
+#[test]
+fn train_writes_model_card_checkpoints_and_history() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, out) = (t.path().join("data"), t.path().join("model"));
+    synth(&data, 24, 16, "ok,spot", 1);
+    let stdout = train_tiny(&data, &out, "2");
+    assert!(stdout.contains("best val accuracy"), "{stdout}");
+    let card = json(&out.join("model.json"));
+    assert_eq!(card["model"]["classes"], serde_json::json!(["ok", "spot"]));
+    assert_eq!(card["model"]["input_rows"], 16);
+    assert_eq!(
+        card["model"]["encoder_widths"],
+        serde_json::json!([2, 3, 4])
+    );
+    assert_eq!(card["training"]["batch_size"], 16);
+    assert_eq!(card["data"]["train_per_class"].as_array().unwrap().len(), 2);
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    assert_eq!(
+        card["weights_sha256"],
+        gcm_inspect::model::checkpoint::sha256_hex(&weights)
+    );
+    let (_, net) = gcm_inspect::model::load_model(&out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        card["parameters"].as_u64().unwrap() as usize,
+        net.num_parameters()
+    );
+    assert!(card["metrics"]["val_accuracy"].as_f64().unwrap() >= 0.0);
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 2);
+    assert!(out.join("last/model.json").exists() && out.join("last/train_state.json").exists());
+}
+
+#[test]
+fn resume_continues_where_the_run_stopped() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, out) = (t.path().join("data"), t.path().join("model"));
+    synth(&data, 24, 16, "ok,spot", 2);
+    train_tiny(&data, &out, "1");
+    ok(&[
+        "train",
+        "--data",
+        p(&data),
+        "--out",
+        p(&out),
+        "--resume",
+        "--epochs",
+        "3",
+        "--no-progress",
+    ]);
+    let st = json(&out.join("last/train_state.json"));
+    assert_eq!(st["epochs_done"], 3);
+    let epochs: Vec<u64> = std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3]);
+    // Nothing left to do is an error, not a silent success.
+    let err = fails(
+        &[
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(&out),
+            "--resume",
+            "--no-progress",
+        ],
+        2,
+    );
+    assert!(err.contains("nothing to do"), "{err}");
+}
+
+#[test]
+fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, base, tuned) = (
+        t.path().join("data"),
+        t.path().join("base"),
+        t.path().join("tuned"),
+    );
+    synth(&data, 16, 16, "ok,spot", 3);
+    tiny_model(&base, &["ok", "spot", "crack"], 16, 1);
+    ok(&[
+        "train",
+        "--data",
+        p(&data),
+        "--out",
+        p(&tuned),
+        "--init",
+        p(&base),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]);
+    let card = json(&tuned.join("model.json"));
+    assert_eq!(
+        card["model"]["classes"],
+        serde_json::json!(["ok", "spot", "crack"])
+    );
+    // A label the model does not know is refused.
+    let other = t.path().join("other");
+    synth(&other, 8, 16, "ok,inactive", 3);
+    let err = fails(
+        &[
+            "train",
+            "--data",
+            p(&other),
+            "--out",
+            p(&t.path().join("x")),
+            "--init",
+            p(&base),
+            "--no-progress",
+        ],
+        4,
+    );
+    assert!(err.contains("inactive"), "{err}");
+}
+
+#[test]
+fn manifest_splits_drive_training_and_eval() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    synth(&data, 24, 16, "ok,spot", 4);
+    let mut csv = String::from("path,label,split\n");
+    for (i, f) in files(&data)
+        .iter()
+        .filter(|f| f.ends_with(".png"))
+        .enumerate()
+    {
+        let label = f.split('/').next().unwrap();
+        let split = ["train", "train", "val", "test"][i % 4];
+        csv += &format!("data/{f},{label},{split}\n");
+    }
+    let manifest = t.path().join("m.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let out = t.path().join("model");
+    train_tiny(&manifest, &out, "1");
+    let card = json(&out.join("model.json"));
+    assert_eq!(card["data"]["split"]["kind"], "manifest");
+    assert_eq!(card["metrics"]["val_images"], 6);
+    let ev: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&out),
+        "--data",
+        p(&manifest),
+        "--split",
+        "test",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(ev["images"], 6);
+    let a = ev["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&a));
+    for k in ["raw", "abs", "ccm"] {
+        assert!(ev["decline"][k]["decline"].is_number(), "{ev}");
+    }
+    // The CCM classifies exactly like the network: the evidence is the decision.
+    assert_eq!(ev["decline"]["ccm"]["accuracy"].as_f64().unwrap(), a);
+}
+
+#[test]
+fn explain_json_and_evidence_agree_with_eval() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, model, ev_dir) = (
+        t.path().join("data"),
+        t.path().join("m"),
+        t.path().join("ev"),
+    );
+    synth(&data, 8, 16, "ok,crack", 5);
+    tiny_model(&model, &["crack", "ok"], 16, 2);
+    let imgs: Vec<String> = files(&data)
+        .into_iter()
+        .filter(|f| f.ends_with(".png"))
+        .map(|f| p(&data.join(f)).to_string())
+        .collect();
+    let mut args = vec![
+        "explain",
+        "--model",
+        p(&model),
+        "--json",
+        "--out",
+        p(&ev_dir),
+    ];
+    args.extend(imgs.iter().map(String::as_str));
+    let out: Value = serde_json::from_str(&ok(&args)).unwrap();
+    let list = out.as_array().unwrap();
+    assert_eq!(list.len(), 8);
+    let mut correct = 0;
+    for r in list {
+        let scores: Vec<f64> = r["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap())
+            .unwrap();
+        assert_eq!(r["classes"][best], r["decision"]);
+        assert_eq!(r["evidence_reproduces"], true);
+        // Re-read the evidence from disk: it reproduces the printed scores.
+        let (_, rep) =
+            gcm_inspect::evidence::reproduce(std::path::Path::new(r["evidence"].as_str().unwrap()))
+                .unwrap();
+        assert!(rep.ok());
+        for (a, b) in rep.scores.iter().zip(&scores) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        let truth = std::path::Path::new(r["image"].as_str().unwrap())
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        correct += (r["decision"] == truth.as_str()) as usize;
+    }
+    let ev: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(ev["accuracy"].as_f64().unwrap(), correct as f64 / 8.0);
+    // Decided-class heatmap only, unless --all-classes.
+    let one = &list[0];
+    let d = std::path::Path::new(one["evidence"].as_str().unwrap());
+    assert!(d
+        .join(format!("cwm_{}.png", one["decision"].as_str().unwrap()))
+        .exists());
+    assert_eq!(
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("cwm_"))
+            .count(),
+        1
+    );
+}
