@@ -18,7 +18,6 @@ use candle_core::{DType, Result, Tensor};
 
 pub mod bn;
 pub mod conv;
-pub mod exec;
 mod kernels;
 mod ops;
 pub mod reference;
