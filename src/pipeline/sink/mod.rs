@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::infer::Decided;
 use super::metrics::Metrics;
 use crate::error::Result;
-use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo, QuantCcm};
+use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo};
 use crate::model::predictor::argmax;
 
 pub mod evidence_store;
@@ -73,55 +73,30 @@ fn build_evidence(d: &Decided) -> Result<Evidence> {
     )
 }
 
-/// Check (a) on evidence built in memory (the quantised data as it is stored).
-fn evidence_check(ev: &Evidence) -> Check {
-    let r = &ev.check;
+/// Check (a) as a log-line record.
+fn as_check(r: &evidence::Reproduction, classes: &[String]) -> Check {
     let ok = r.ok();
     Check {
         ok,
         max_abs_error: r.max_abs_error.is_finite().then_some(r.max_abs_error),
-        detail: (!ok).then(|| {
-            format!(
-                "evidence decides class {} (logged {}); classes out of tolerance: {:?}",
-                r.decision, r.recorded_decision, r.out_of_tolerance
-            )
-        }),
+        detail: (!ok).then(|| r.describe_failure(classes)),
     }
 }
 
+/// Check (a) on evidence built in memory (the quantised data as it is stored).
+fn evidence_check(ev: &Evidence) -> Check {
+    as_check(&ev.check, &ev.record.classes)
+}
+
 /// Check (a) for a frame whose evidence is not kept: the evidence's own
-/// quantisation ([`QuantCcm`], as `evidence::build` stores it) applied in
-/// memory, and the scores recomputed from it, without encoding files nobody
-/// will read. The same comparison as `Evidence::check`: the argmax must
-/// match and each score be within the quantisation tolerance.
+/// quantisation applied in memory ([`evidence::check`]), without encoding
+/// files nobody will read.
 pub fn quantised_check(d: &Decided) -> Check {
     let classes = d.bundle.predictor.classes();
-    let mut recomputed = Vec::with_capacity(classes.len());
-    let mut out_of_tolerance = Vec::new();
-    let mut max_abs_error = 0f64;
-    for (j, class) in classes.iter().enumerate() {
-        let q = QuantCcm::new(&d.maps.ccm_of(j));
-        let s = q.score();
-        let score = d.decision.scores[j] as f64;
-        let err = (s - score).abs();
-        max_abs_error = max_abs_error.max(err);
-        if err.is_nan() || err > q.tolerance(score) {
-            out_of_tolerance.push(class.clone());
-        }
-        recomputed.push(s as f32);
-    }
-    let decided = argmax(&recomputed);
-    let ok = decided == d.decision.class_index && out_of_tolerance.is_empty();
-    Check {
-        ok,
-        max_abs_error: max_abs_error.is_finite().then_some(max_abs_error),
-        detail: (!ok).then(|| {
-            format!(
-                "evidence decides class {decided} (logged {}); classes out of tolerance: {out_of_tolerance:?}",
-                d.decision.class_index
-            )
-        }),
-    }
+    as_check(
+        &evidence::check(&d.maps, classes, &d.decision.scores, d.decision.class_index),
+        classes,
+    )
 }
 
 fn every(n: u64, id: u64) -> bool {
