@@ -20,7 +20,7 @@
 //!
 //! Writes `DIR/bench.json`, the model (`DIR/model/`), a batch of inputs and
 //! our scores for it (`DIR/input.safetensors`, `DIR/scores.safetensors`), so
-//! `scripts/reference/gcm_torch.py` can run the same network with the same
+//! `scripts/reference/gcm_torch_gpu.py` can run the same network with the same
 //! weights in PyTorch, check it gives the same scores, and time it.
 //!
 //! Timing: wall clock around batches of launches closed by a device

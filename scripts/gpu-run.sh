@@ -20,7 +20,7 @@
 #                  a replay of camera frames;
 #   3. bench.log, bench.json   the GPU benchmarks (benches/gpu.rs);
 #   4. torch.log, torch.json   the same network in PyTorch on the same GPU
-#                  (scripts/reference/gcm_torch.py), checked against our scores;
+#                  (scripts/reference/gcm_torch_gpu.py), checked against our scores;
 #   5. summary.txt the headline figures.
 set -uo pipefail
 
@@ -107,7 +107,7 @@ cp "$work/bench/bench.json" "$out/bench.json" 2>/dev/null
 cat "$out/bench.log"
 
 step "PyTorch reference" | tee "$out/torch.log"
-"$py" "$root/scripts/reference/gcm_torch.py" --model "$work/bench/model" \
+"$py" "$root/scripts/reference/gcm_torch_gpu.py" --model "$work/bench/model" \
     --input "$work/bench/input.safetensors" --scores "$work/bench/scores.safetensors" \
     --out "$out/torch.json" >>"$out/torch.log" 2>&1 || status=1
 cat "$out/torch.log"

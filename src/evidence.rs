@@ -366,21 +366,71 @@ pub fn build(
     })
 }
 
+/// Check (a) in memory: quantises every class's CCM exactly as [`build`]
+/// stores it and recomputes the scores, without encoding any file. Use it for
+/// frames whose evidence is not kept; [`build`] does the same for those that are.
+pub fn check(
+    maps: &FrameMaps,
+    classes: &[String],
+    scores: &[f32],
+    decision: usize,
+) -> Reproduction {
+    let mut recomputed = Vec::with_capacity(classes.len());
+    let mut tolerances = Vec::with_capacity(classes.len());
+    for (j, &s) in scores.iter().enumerate() {
+        let q = QuantCcm::new(&maps.ccm_of(j));
+        recomputed.push(q.score());
+        tolerances.push(q.tolerance(s as f64));
+    }
+    reproduction(classes, scores, &tolerances, decision, &recomputed)
+}
+
+impl Reproduction {
+    /// A sentence for logs when the check fails.
+    pub fn describe_failure(&self, classes: &[String]) -> String {
+        let name = |i: usize| classes.get(i).map(String::as_str).unwrap_or("?");
+        format!(
+            "evidence decides {} (decision {}); classes out of tolerance: {:?}",
+            name(self.decision),
+            name(self.recorded_decision),
+            self.out_of_tolerance
+        )
+    }
+}
+
 fn compare(record: &EvidenceRecord, recomputed: &[f64]) -> Reproduction {
+    let scores: Vec<f32> = record.ccm.iter().map(|e| e.score as f32).collect();
+    let tolerances: Vec<f64> = record.ccm.iter().map(|e| e.tolerance).collect();
+    reproduction(
+        &record.classes,
+        &scores,
+        &tolerances,
+        record.decision,
+        recomputed,
+    )
+}
+
+fn reproduction(
+    classes: &[String],
+    scores: &[f32],
+    tolerances: &[f64],
+    decision: usize,
+    recomputed: &[f64],
+) -> Reproduction {
     let recomputed_f32: Vec<f32> = recomputed.iter().map(|&v| v as f32).collect();
     let mut out_of_tolerance = Vec::new();
     let mut max_abs_error = 0f64;
-    for (e, &s) in record.ccm.iter().zip(recomputed) {
-        let err = (s - e.score).abs();
+    for (j, &s) in recomputed.iter().enumerate() {
+        let err = (s - scores[j] as f64).abs();
         max_abs_error = max_abs_error.max(err);
-        if err.is_nan() || err > e.tolerance {
-            out_of_tolerance.push(e.class.clone());
+        if err.is_nan() || err > tolerances[j] {
+            out_of_tolerance.push(classes[j].clone());
         }
     }
     Reproduction {
         scores: recomputed.to_vec(),
         decision: argmax(&recomputed_f32),
-        recorded_decision: record.decision,
+        recorded_decision: decision,
         max_abs_error,
         out_of_tolerance,
     }

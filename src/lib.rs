@@ -6,6 +6,7 @@
 //! which this product checks for every decision it logs.
 
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod eval;
 pub mod evidence;
 pub mod gpu;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
 pub mod train;
 

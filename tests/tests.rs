@@ -7,11 +7,20 @@ mod util;
 #[path = "it/synth.rs"]
 mod synth;
 
+#[path = "it/daemon_util.rs"]
+mod daemon_util;
+
+#[path = "it/daemon.rs"]
+mod daemon;
+
 #[path = "it/train.rs"]
 mod train;
 
 #[path = "it/bad_input.rs"]
 mod bad_input;
+
+#[path = "it/engine.rs"]
+mod engine;
 
 // GPU parity tests: built with `--features cuda`, all #[ignore]d, run by
 // scripts/gpu-run.sh on a machine with a GPU (see the module's docs).

@@ -4,10 +4,14 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 
+pub mod bench;
+pub mod check_config;
 pub mod eval;
 pub mod explain;
+pub mod run;
 pub mod synth;
 pub mod train;
+pub mod verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,24 +31,37 @@ pub struct Cli {
 pub enum Command {
     /// Write a synthetic inspection set (EL images of solar cells) as DIR/<class>/*.png.
     Synth(synth::Args),
+    /// Run the inspection daemon: classify every frame, log each decision with its evidence.
+    Run(run::Args),
+    /// Validate a daemon config: schema, model, device and source, without running.
+    CheckConfig(check_config::Args),
+    /// Re-check a decision log: recompute every kept evidence's scores (exit 7 if any diverge).
+    Verify(verify::Args),
     /// Decisions and their evidence (CWM heatmap, CCM parts) for image files.
     Explain(explain::Args),
     /// Accuracy, per-class precision/recall, confusion and decline ratios on labelled images.
     Eval(eval::Args),
     /// Train a GCM on image folders or a CSV manifest.
     Train(train::Args),
+    /// Measure how fast this machine runs a model: images/s and latency percentiles.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth::run(a),
+        Command::Run(a) => run::run(a),
+        Command::CheckConfig(a) => check_config::run(a),
+        Command::Verify(a) => verify::run(a),
         Command::Train(a) => train::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
-/// Logs to stderr; `RUST_LOG` wins over `-v`.
+/// Logs to stderr; `RUST_LOG` wins over `-v`. Under systemd (stderr is the
+/// journal) lines carry their syslog priority and no timestamp or colour.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -53,6 +70,15 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if crate::pipeline::journald::stderr_is_journal() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(crate::pipeline::journald::JournalFormat)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

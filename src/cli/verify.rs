@@ -1,0 +1,174 @@
+//! `gcm-inspect verify LOG_DIR`: the auditor's re-check. Reads every line of
+//! the decision log (rotated files included, oldest first) and, for every
+//! decision with evidence, recomputes the class scores from the stored files
+//! (divergence check (a)) and compares them with the logged decision.
+//! Exits 7 when any evidence diverges; evidence deleted by the quota is
+//! counted, not an error.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::evidence::reproduce;
+use crate::pipeline::sink::log::{log_files, LogLine};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The decision log folder (holding decisions.jsonl).
+    #[arg(value_name = "LOG_DIR")]
+    pub log_dir: PathBuf,
+    /// Look for evidence folders here instead of where the log lines say
+    /// (for a copy of the log and evidence moved elsewhere).
+    #[arg(long, value_name = "DIR")]
+    pub evidence_dir: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub log_files: usize,
+    pub decisions: u64,
+    /// Decisions the daemon itself logged as divergent.
+    pub logged_divergent: u64,
+    pub with_evidence: u64,
+    pub reproduced: u64,
+    /// Evidence named by the log but deleted by the quota.
+    pub evidence_removed: u64,
+    pub divergent: Vec<Divergent>,
+    /// A last line without its newline (a writer still at work, or a crash;
+    /// the daemon cuts it on its next start).
+    pub torn_tail: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Divergent {
+    pub frame: u64,
+    pub at: String,
+    pub evidence: PathBuf,
+    pub why: String,
+}
+
+fn check_one(line: &LogLine, dir: &Path) -> std::result::Result<(), String> {
+    let (rec, rep) = reproduce(dir).map_err(|e| format!("cannot be read: {e}"))?;
+    if !rep.ok() {
+        return Err(format!(
+            "stored CCMs give class {} (recorded {}); out of tolerance: {:?}; max error {:.3e}",
+            rep.decision, rep.recorded_decision, rep.out_of_tolerance, rep.max_abs_error
+        ));
+    }
+    if rec.decision != line.class_index || rec.classes != line.classes {
+        return Err(format!(
+            "evidence records class {} of {:?}, the log says {} of {:?}",
+            rec.decision, rec.classes, line.class_index, line.classes
+        ));
+    }
+    if rec.model_id.as_deref().is_some_and(|m| m != line.model) {
+        return Err(format!(
+            "evidence is from model {:?}, the log says {}",
+            rec.model_id, line.model
+        ));
+    }
+    for (e, &s) in rec.ccm.iter().zip(&line.scores) {
+        if (e.score as f32 - s).abs() > 1e-6 * s.abs().max(1.0) {
+            return Err(format!(
+                "class {}: evidence records score {}, the log says {s}",
+                e.class, e.score
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn verify(a: &Args) -> Result<Report> {
+    let files = log_files(&a.log_dir)?;
+    if files.is_empty() {
+        return Err(Error::data(
+            &a.log_dir,
+            "no decision log (decisions.jsonl) in this folder",
+        ));
+    }
+    let mut r = Report {
+        log_files: files.len(),
+        ..Report::default()
+    };
+    let last = files.len() - 1;
+    for (fi, f) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(f).at(f)?;
+        let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+        if fi == last && lines.last().is_some_and(|l| !l.ends_with('\n')) {
+            lines.pop();
+            r.torn_tail = true;
+        }
+        for (i, raw) in lines.iter().enumerate() {
+            let at = format!("{}:{}", f.display(), i + 1);
+            let line: LogLine = serde_json::from_str(raw.trim_end()).map_err(|e| {
+                Error::data(f, format!("line {}: not a decision log line: {e}", i + 1))
+            })?;
+            r.decisions += 1;
+            r.logged_divergent += line.divergent as u64;
+            let Some(ev) = &line.evidence else { continue };
+            r.with_evidence += 1;
+            let dir = match &a.evidence_dir {
+                Some(d) => d.join(ev.file_name().unwrap_or_default()),
+                None => ev.clone(),
+            };
+            if !dir.exists() {
+                r.evidence_removed += 1;
+                continue;
+            }
+            match check_one(&line, &dir) {
+                Ok(()) => r.reproduced += 1,
+                Err(why) => r.divergent.push(Divergent {
+                    frame: line.frame,
+                    at,
+                    evidence: dir,
+                    why,
+                }),
+            }
+        }
+    }
+    Ok(r)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let r = verify(&a)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serialises")
+        );
+    } else {
+        for d in &r.divergent {
+            println!(
+                "DIVERGENT frame {} ({}): {}: {}",
+                d.frame,
+                d.at,
+                d.evidence.display(),
+                d.why
+            );
+        }
+        println!(
+            "{} decisions in {} log file(s); {} with evidence: {} reproduced, {} divergent, {} deleted by the quota; {} logged as divergent by the daemon{}",
+            r.decisions,
+            r.log_files,
+            r.with_evidence,
+            r.reproduced,
+            r.divergent.len(),
+            r.evidence_removed,
+            r.logged_divergent,
+            if r.torn_tail { "; last line incomplete (ignored)" } else { "" }
+        );
+    }
+    if r.divergent.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Divergent(format!(
+            "{} of {} evidence folders do not reproduce their logged decisions",
+            r.divergent.len(),
+            r.with_evidence
+        )))
+    }
+}

@@ -1,0 +1,839 @@
+//! The daemon's configuration (`gcm-inspect run --config FILE`), in YAML.
+//!
+//! Loaded as `from_yaml -> validate`: parsing refuses unknown keys and wrong
+//! types with the key and the line; [`DaemonConfig::validate`] then checks the
+//! values and names the key (and its line, when the text is at hand). Units
+//! are part of every field's name (`fps`, `_ms`, `_bytes`, `_px`, `_frames`).
+//! Every field is documented here and in `config/default.yaml`, which is
+//! embedded into the binary and used when `run` is given no `--config`.
+//!
+//! What can change on SIGHUP: the model, the device, preprocessing, evidence
+//! policy and checks. The source, the output folders and the metrics address
+//! need a restart (a reload that changes them is applied without them, with a
+//! warning).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The built-in configuration: demo model, synthetic source, outputs under
+/// the state directory (see [`OutputConfig`]).
+pub const DEFAULT_YAML: &str = include_str!("../config/default.yaml");
+
+/// Where the built-in configuration comes from, for messages.
+pub const DEFAULT_NAME: &str = "<built-in config/default.yaml>";
+
+/// The daemon configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The model: a model directory (`model.json` + `model.safetensors`) or
+    /// `builtin:demo`, the demo model bundled in the binary.
+    pub model: String,
+    /// Compute device for inference: `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Where frames come from.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub source: SourceConfig,
+    /// Frame preparation before the model.
+    #[serde(default)]
+    pub preprocess: PreprocessConfig,
+    /// Queues between the stages.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Decision log and evidence folders.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Which frames keep their evidence, and how much disk it may use.
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
+    /// Divergence checks.
+    #[serde(default)]
+    pub checks: ChecksConfig,
+    /// Prometheus `/metrics` and `/healthz`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A frame source: one key naming its kind (`v4l2`, `replay` or `synthetic`)
+/// holding its settings. (An external tag rather than a `kind:` field keeps
+/// serde's position information, so errors inside a source name their line.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A V4L2 camera, mmap streaming.
+    V4l2(V4l2Config),
+    /// The images of a folder, in sorted file-name order.
+    Replay(ReplayConfig),
+    /// Synthetic EL cell images (the same generator as `gcm-inspect synth`).
+    Synthetic(SyntheticConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::V4l2(_) => "v4l2",
+            SourceConfig::Replay(_) => "replay",
+            SourceConfig::Synthetic(_) => "synthetic",
+        }
+    }
+}
+
+/// Pixel formats a V4L2 camera may deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PixelFormat {
+    /// YUV 4:2:2 packed, Y0 U Y1 V.
+    #[serde(rename = "YUYV")]
+    Yuyv,
+    /// Motion JPEG: every frame a JPEG image.
+    #[serde(rename = "MJPEG")]
+    Mjpeg,
+    /// 8-bit grey.
+    #[serde(rename = "GREY")]
+    Grey,
+}
+
+impl PixelFormat {
+    /// The V4L2 four-character code.
+    pub fn fourcc(self) -> [u8; 4] {
+        match self {
+            PixelFormat::Yuyv => *b"YUYV",
+            PixelFormat::Mjpeg => *b"MJPG",
+            PixelFormat::Grey => *b"GREY",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelFormat::Yuyv => "YUYV",
+            PixelFormat::Mjpeg => "MJPEG",
+            PixelFormat::Grey => "GREY",
+        }
+    }
+
+    /// Does the format carry colour?
+    pub fn is_colour(self) -> bool {
+        !matches!(self, PixelFormat::Grey)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4l2Config {
+    /// The camera's device node, e.g. `/dev/video0`.
+    pub device_path: PathBuf,
+    /// Frame width asked of the camera, in pixels.
+    pub width_px: u32,
+    /// Frame height asked of the camera, in pixels.
+    pub height_px: u32,
+    /// Frame rate asked of the camera, frames per second.
+    pub fps: u32,
+    /// `YUYV`, `MJPEG` or `GREY`.
+    pub pixel_format: PixelFormat,
+    /// mmap buffers shared with the driver.
+    #[serde(default = "default_buffers")]
+    pub buffer_count: u32,
+    /// A dequeue that waits longer than this counts as a lost camera.
+    #[serde(default = "default_dequeue_timeout")]
+    pub dequeue_timeout_ms: u64,
+    /// First wait before reopening a lost camera; doubled after each failure.
+    #[serde(default = "default_backoff_initial")]
+    pub reconnect_initial_backoff_ms: u64,
+    /// The longest wait between reopening attempts.
+    #[serde(default = "default_backoff_max")]
+    pub reconnect_max_backoff_ms: u64,
+}
+
+fn default_buffers() -> u32 {
+    4
+}
+fn default_dequeue_timeout() -> u64 {
+    2000
+}
+fn default_backoff_initial() -> u64 {
+    250
+}
+fn default_backoff_max() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// The folder; its image files (png, jpg, jpeg, bmp, tif, tiff) are read
+    /// in sorted file-name order, sub-folders are not entered.
+    pub dir: PathBuf,
+    /// Start again from the first image after the last.
+    #[serde(default, rename = "loop")]
+    pub loop_: bool,
+    /// Pacing in frames per second, like a camera (frames the model cannot
+    /// keep up with are dropped and counted). 0: as fast as the model takes
+    /// them, never dropping.
+    #[serde(default)]
+    pub fps: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Pacing in frames per second (frames the model cannot keep up with are
+    /// dropped and counted). 0: as fast as the model takes them, never dropping.
+    #[serde(default = "default_synth_fps")]
+    pub fps: f64,
+    /// Generator seed: the same seed gives the same frames.
+    #[serde(default)]
+    pub seed: u64,
+    /// Frame side in pixels (square grey frames).
+    #[serde(default = "default_synth_size")]
+    pub size_px: usize,
+    /// Kinds of cell to draw, in turn: `ok`, `crack`, `inactive`, `spot`.
+    #[serde(default = "default_synth_classes")]
+    pub classes: Vec<String>,
+}
+
+fn default_synth_fps() -> f64 {
+    30.0
+}
+fn default_synth_size() -> usize {
+    64
+}
+fn default_synth_classes() -> Vec<String> {
+    ["ok", "crack", "inactive", "spot"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A region of interest in frame pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoiConfig {
+    /// Left edge, pixels from the frame's left.
+    pub x_px: u32,
+    /// Top edge, pixels from the frame's top.
+    pub y_px: u32,
+    pub width_px: u32,
+    pub height_px: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Crop to this region before resizing to the model's input size; the
+    /// whole frame when absent. A frame smaller than the region is skipped
+    /// and counted.
+    #[serde(default)]
+    pub roi: Option<RoiConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Frames waiting between capture and the model. A live source (camera,
+    /// paced replay or synthetic) drops the oldest waiting frame when full and
+    /// counts it; an unpaced source waits.
+    #[serde(default = "default_queue")]
+    pub queue_capacity_frames: usize,
+    /// Decisions waiting between the model and the sinks (log, evidence,
+    /// checks). Decisions are never dropped: when full, the model waits.
+    #[serde(default = "default_sink_queue")]
+    pub sink_queue_capacity_decisions: usize,
+}
+
+fn default_queue() -> usize {
+    4
+}
+fn default_sink_queue() -> usize {
+    64
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity_frames: default_queue(),
+            sink_queue_capacity_decisions: default_sink_queue(),
+        }
+    }
+}
+
+/// Log durability: how often written lines are forced to disk (fsync).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Rotate `decisions.jsonl` to `decisions.NNNNNN.jsonl` once it is this large.
+    #[serde(default = "default_rotate")]
+    pub rotate_bytes: u64,
+    /// fsync after this many lines (1: every line; 0: no line count).
+    #[serde(default = "default_fsync_lines")]
+    pub fsync_every_lines: u64,
+    /// fsync when the oldest unsynced line is this old (0: no time limit).
+    #[serde(default = "default_fsync_ms")]
+    pub fsync_every_ms: u64,
+}
+
+fn default_rotate() -> u64 {
+    64 << 20
+}
+fn default_fsync_lines() -> u64 {
+    30
+}
+fn default_fsync_ms() -> u64 {
+    1000
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            rotate_bytes: default_rotate(),
+            fsync_every_lines: default_fsync_lines(),
+            fsync_every_ms: default_fsync_ms(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Folder of the decision log. Default: `$LOGS_DIRECTORY` (systemd's
+    /// `LogsDirectory=`), else `$XDG_STATE_HOME/gcm-inspect/log`, else
+    /// `~/.local/state/gcm-inspect/log`.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
+    /// Folder of the evidence. Default: `$STATE_DIRECTORY/evidence`
+    /// (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/gcm-inspect/evidence`,
+    /// else `~/.local/state/gcm-inspect/evidence`.
+    #[serde(default)]
+    pub evidence_dir: Option<PathBuf>,
+    /// Rotation and durability of the decision log.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Which frames keep their evidence: a frame is kept when any rule selects it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// Every frame.
+    #[serde(default)]
+    pub all_frames: bool,
+    /// Frames decided as one of these classes.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Frames whose margin (decided score minus runner-up) is below this.
+    #[serde(default)]
+    pub margin_below: Option<f32>,
+    /// Frames whose divergence checks failed.
+    #[serde(default = "yes")]
+    pub divergent: bool,
+    /// Every Nth frame (by frame id); 0: off.
+    #[serde(default)]
+    pub every_nth_frame: u64,
+    /// Heatmaps for every class, not only the decided one.
+    #[serde(default)]
+    pub heatmaps_all_classes: bool,
+    /// Disk the evidence folder may use; the oldest evidence is deleted first.
+    /// The decision log is never touched.
+    #[serde(default = "default_quota")]
+    pub quota_bytes: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_quota() -> u64 {
+    1 << 30
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig {
+            all_frames: false,
+            classes: Vec::new(),
+            margin_below: None,
+            divergent: true,
+            every_nth_frame: 0,
+            heatmaps_all_classes: false,
+            quota_bytes: default_quota(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Check (a), evidence reproduction. Kept evidence is always checked as
+    /// written; on every Nth other frame (1: all; 0: none) the evidence's
+    /// quantised CCMs are checked in memory, without writing files.
+    #[serde(default = "one")]
+    pub evidence_every_nth_frame: u64,
+    /// Check (b), reference cross-check: every Nth frame is scored again on
+    /// the CPU by the reference (unfolded) network; 0: off.
+    #[serde(default = "default_reference_n")]
+    pub reference_every_nth_frame: u64,
+    /// Largest |score - reference score| accepted by check (b).
+    #[serde(default = "default_reference_tol")]
+    pub reference_tolerance: f32,
+}
+
+fn one() -> u64 {
+    1
+}
+fn default_reference_n() -> u64 {
+    100
+}
+fn default_reference_tol() -> f32 {
+    1e-3
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            evidence_every_nth_frame: 1,
+            reference_every_nth_frame: default_reference_n(),
+            reference_tolerance: default_reference_tol(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and `/healthz`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address to listen on; loopback by default. Port 0 picks a free port
+    /// (the address is logged).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `/healthz` answers 503 when the inference loop has not turned for this long.
+    #[serde(default = "default_stall")]
+    pub healthy_within_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_stall() -> u64 {
+    10_000
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: default_listen(),
+            healthy_within_ms: default_stall(),
+        }
+    }
+}
+
+/// A config as loaded: where from, its text (for line numbers), its values.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub origin: PathBuf,
+    pub text: String,
+    pub config: DaemonConfig,
+}
+
+impl DaemonConfig {
+    /// Parses YAML; unknown keys and wrong types are refused with the key and line.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
+        serde_yaml::from_str(text).map_err(|e| Error::config(origin, yaml_message(&e)))
+    }
+
+    /// Checks the values; the error names the key (and its line in `text`).
+    pub fn validate(self, text: &str, origin: &Path) -> Result<Self> {
+        match self.check() {
+            Ok(()) => Ok(self),
+            Err((key, msg)) => {
+                let at = line_of_key(text, &key)
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
+                Err(Error::config(origin, format!("{key}{at}: {msg}")))
+            }
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        if self.model.trim().is_empty() {
+            return err(
+                "model",
+                "must name a model directory or builtin:demo".into(),
+            );
+        }
+        match &self.source {
+            SourceConfig::V4l2(v) => {
+                if v.width_px == 0 || v.height_px == 0 {
+                    return err("source.v4l2.width_px", "frame size must be positive".into());
+                }
+                if v.fps == 0 {
+                    return err("source.v4l2.fps", "must be at least 1".into());
+                }
+                if !(2..=32).contains(&v.buffer_count) {
+                    return err(
+                        "source.v4l2.buffer_count",
+                        "must be between 2 and 32".into(),
+                    );
+                }
+                if v.dequeue_timeout_ms == 0 {
+                    return err("source.v4l2.dequeue_timeout_ms", "must be positive".into());
+                }
+                if v.reconnect_initial_backoff_ms == 0
+                    || v.reconnect_max_backoff_ms < v.reconnect_initial_backoff_ms
+                {
+                    return err(
+                        "source.v4l2.reconnect_max_backoff_ms",
+                        "backoffs must be positive and max >= initial".into(),
+                    );
+                }
+            }
+            SourceConfig::Replay(r) => {
+                if !(r.fps.is_finite() && r.fps >= 0.0) {
+                    return err("source.replay.fps", format!("{} is not a rate >= 0", r.fps));
+                }
+            }
+            SourceConfig::Synthetic(s) => {
+                if !(s.fps.is_finite() && s.fps >= 0.0) {
+                    return err(
+                        "source.synthetic.fps",
+                        format!("{} is not a rate >= 0", s.fps),
+                    );
+                }
+                if !(8..=4096).contains(&s.size_px) {
+                    return err(
+                        "source.synthetic.size_px",
+                        "must be between 8 and 4096".into(),
+                    );
+                }
+                crate::data::synth::parse_kinds(&s.classes.join(","))
+                    .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
+            }
+        }
+        if let Some(r) = &self.preprocess.roi {
+            if r.width_px == 0 || r.height_px == 0 {
+                return err("preprocess.roi.width_px", "ROI must not be empty".into());
+            }
+        }
+        if self.pipeline.queue_capacity_frames == 0 {
+            return err(
+                "pipeline.queue_capacity_frames",
+                "must be at least 1".into(),
+            );
+        }
+        if self.pipeline.sink_queue_capacity_decisions == 0 {
+            return err(
+                "pipeline.sink_queue_capacity_decisions",
+                "must be at least 1".into(),
+            );
+        }
+        if self.output.log.rotate_bytes < 4096 {
+            return err("output.log.rotate_bytes", "must be at least 4096".into());
+        }
+        if let Some(m) = self.evidence.margin_below {
+            if !m.is_finite() {
+                return err("evidence.margin_below", "must be a finite number".into());
+            }
+        }
+        if !(self.checks.reference_tolerance.is_finite() && self.checks.reference_tolerance >= 0.0)
+        {
+            return err("checks.reference_tolerance", "must be >= 0".into());
+        }
+        if self.metrics.enabled {
+            self.metrics
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
+        }
+        if self.metrics.healthy_within_ms == 0 {
+            return err("metrics.healthy_within_ms", "must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that need the model: classes named in the evidence policy exist,
+    /// a grey camera is not given to a colour model.
+    pub fn check_against_model(
+        &self,
+        classes: &[String],
+        channels: usize,
+        origin: &Path,
+        text: &str,
+    ) -> Result<()> {
+        let fail = |key: &str, msg: String| {
+            let at = line_of_key(text, key)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            Err(Error::config(origin, format!("{key}{at}: {msg}")))
+        };
+        if let Some(c) = self.evidence.classes.iter().find(|c| !classes.contains(c)) {
+            return fail(
+                "evidence.classes",
+                format!(
+                    "{c:?} is not a class of the model (classes: {})",
+                    classes.join(", ")
+                ),
+            );
+        }
+        if channels == 3 {
+            let grey_source = match &self.source {
+                SourceConfig::V4l2(v) => !v.pixel_format.is_colour(),
+                SourceConfig::Synthetic(_) => true,
+                SourceConfig::Replay(_) => false,
+            };
+            if grey_source {
+                return fail(
+                    "source",
+                    "delivers grey frames, the model takes RGB (3 channels)".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Loaded {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(path, format!("cannot read: {e}")))?;
+        Loaded::from_text(text, path)
+    }
+
+    /// The built-in configuration.
+    pub fn builtin() -> Result<Self> {
+        Loaded::from_text(DEFAULT_YAML.to_string(), Path::new(DEFAULT_NAME))
+    }
+
+    /// `--config FILE`, or the built-in configuration without one.
+    pub fn from_arg(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => Loaded::from_file(p),
+            None => Loaded::builtin(),
+        }
+    }
+
+    fn from_text(text: String, origin: &Path) -> Result<Self> {
+        let config = DaemonConfig::from_yaml(&text, origin)?.validate(&text, origin)?;
+        Ok(Loaded {
+            origin: origin.to_path_buf(),
+            text,
+            config,
+        })
+    }
+
+    /// Relative paths in a config file are relative to the file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() || self.origin.as_os_str() == DEFAULT_NAME {
+            return p.to_path_buf();
+        }
+        match self.origin.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// The model spec with a relative directory resolved.
+    pub fn model_spec(&self) -> String {
+        let m = &self.config.model;
+        if m.starts_with("builtin:") {
+            m.clone()
+        } else {
+            self.resolve(Path::new(m)).to_string_lossy().into_owned()
+        }
+    }
+
+    /// The decision log folder (see [`OutputConfig::log_dir`]).
+    pub fn log_dir(&self) -> Result<PathBuf> {
+        match &self.config.output.log_dir {
+            Some(p) => Ok(self.resolve(p)),
+            None => default_dir("LOGS_DIRECTORY", None, "log")
+                .ok_or_else(|| self.no_default("output.log_dir")),
+        }
+    }
+
+    /// The evidence folder (see [`OutputConfig::evidence_dir`]).
+    pub fn evidence_dir(&self) -> Result<PathBuf> {
+        match &self.config.output.evidence_dir {
+            Some(p) => Ok(self.resolve(p)),
+            None => default_dir("STATE_DIRECTORY", Some("evidence"), "evidence")
+                .ok_or_else(|| self.no_default("output.evidence_dir")),
+        }
+    }
+
+    fn no_default(&self, key: &str) -> Error {
+        Error::config(
+            &self.origin,
+            format!("{key}: not set, and neither the systemd directory variable, XDG_STATE_HOME nor HOME is set to derive it from"),
+        )
+    }
+}
+
+/// `$<systemd_var>[/<sub>]`, else `$XDG_STATE_HOME/gcm-inspect/<leaf>`, else
+/// `$HOME/.local/state/gcm-inspect/<leaf>`. systemd may list several
+/// directories separated by `:`; the first is ours.
+fn default_dir(systemd_var: &str, sub: Option<&str>, leaf: &str) -> Option<PathBuf> {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    if let Some(v) = nonempty(systemd_var) {
+        let first = v
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let base = PathBuf::from(first);
+        return Some(match sub {
+            Some(s) => base.join(s),
+            None => base,
+        });
+    }
+    if let Some(x) = nonempty("XDG_STATE_HOME") {
+        return Some(PathBuf::from(x).join("gcm-inspect").join(leaf));
+    }
+    nonempty("HOME").map(|h| PathBuf::from(h).join(".local/state/gcm-inspect").join(leaf))
+}
+
+/// serde_yaml's message, which carries the key path and `at line L column C`.
+fn yaml_message(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("line") => {
+            format!("{msg} (line {} column {})", loc.line(), loc.column())
+        }
+        _ => msg,
+    }
+}
+
+/// The 1-based line where a dotted key path (`source.v4l2.fps`) is set, found by
+/// following the keys through the indentation of block-style YAML.
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut parts = key.split('.').peekable();
+    let mut want = parts.next()?;
+    // The block being searched: its parent's indent, and its keys' indent
+    // (known from its first line).
+    let mut parent_indent: Option<usize> = None;
+    let mut child_indent: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if parent_indent.is_some_and(|p| indent <= p) {
+            return None; // left the parent's block without finding the key
+        }
+        let level = *child_indent.get_or_insert(indent);
+        if indent != level {
+            continue;
+        }
+        let name = trimmed.split(':').next().unwrap_or("").trim();
+        if trimmed.contains(':') && name == want {
+            match parts.next() {
+                None => return Some(i + 1),
+                Some(next) => {
+                    want = next;
+                    parent_indent = Some(indent);
+                    child_indent = None;
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<DaemonConfig> {
+        DaemonConfig::from_yaml(y, Path::new("t.yaml"))?.validate(y, Path::new("t.yaml"))
+    }
+
+    #[test]
+    fn builtin_config_is_valid_and_uses_the_demo_model() {
+        let l = Loaded::builtin().unwrap();
+        assert_eq!(l.config.model, "builtin:demo");
+        assert_eq!(l.config.source.kind(), "synthetic");
+        assert_eq!(l.config.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn camera_example_is_valid() {
+        let text = include_str!("../config/camera.example.yaml");
+        let c = parse(text).unwrap();
+        assert!(matches!(c.source, SourceConfig::V4l2(_)));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let y = "model: m\nsource:\n  synthetic:\n    fps: 5\n    colour: red\n";
+        let e = parse(y).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("unknown field `colour`") && m.contains("line 5"),
+            "{m}"
+        );
+        assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let y = "model: m\nsource:\n  synthetic: {}\nevidence:\n  quota_bytes: lots\n";
+        let m = parse(y).unwrap_err().to_string();
+        assert!(
+            m.contains("evidence.quota_bytes") && m.contains("line 5"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let y = "model: m\nsource:\n  v4l2:\n    device_path: /dev/video0\n    width_px: 640\n    height_px: 480\n    fps: 0\n    pixel_format: YUYV\n";
+        let m = parse(y).unwrap_err().to_string();
+        assert!(
+            m.contains("source.v4l2.fps (line 7): must be at least 1"),
+            "{m}"
+        );
+        let y = "model: m\nsource:\n  synthetic: {}\nmetrics:\n  listen: localhost\n";
+        let m = parse(y).unwrap_err().to_string();
+        assert!(m.contains("metrics.listen (line 5)"), "{m}");
+    }
+
+    #[test]
+    fn pixel_format_must_be_known() {
+        let y = "model: m\nsource:\n  v4l2:\n    device_path: /dev/video0\n    width_px: 640\n    height_px: 480\n    fps: 30\n    pixel_format: H264\n";
+        let m = parse(y).unwrap_err().to_string();
+        assert!(m.contains("H264") && m.contains("line 8"), "{m}");
+    }
+
+    #[test]
+    fn line_of_key_follows_nesting() {
+        let t = "a: 1\nb:\n  # c\n  a: 2\n  c:\n    a: 3\nc: 4\n";
+        assert_eq!(line_of_key(t, "a"), Some(1));
+        assert_eq!(line_of_key(t, "b.a"), Some(4));
+        assert_eq!(line_of_key(t, "b.c.a"), Some(6));
+        assert_eq!(line_of_key(t, "c"), Some(7));
+        assert_eq!(line_of_key(t, "b.x"), None);
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let y = "model: models/m1\nsource:\n  replay:\n    dir: frames\noutput:\n  log_dir: out\n";
+        let cfg = parse(y).unwrap();
+        let l = Loaded {
+            origin: PathBuf::from("/etc/gcm/daemon.yaml"),
+            text: y.into(),
+            config: cfg,
+        };
+        assert_eq!(l.model_spec(), "/etc/gcm/models/m1");
+        assert_eq!(l.log_dir().unwrap(), PathBuf::from("/etc/gcm/out"));
+    }
+}

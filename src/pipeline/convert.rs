@@ -1,0 +1,349 @@
+//! Camera pixel formats to images: YUYV, MJPEG and GREY buffers as V4L2
+//! delivers them (rows may be padded to `bytes_per_line`).
+//!
+//! Colour to grey uses the luma the camera already sends (YUYV's Y, a JPEG's
+//! Y after decoding); grey is never widened to colour (a grey camera on a
+//! colour model is refused when the daemon starts).
+
+use image::{DynamicImage, GrayImage, RgbImage};
+
+/// Why a frame could not be converted; the frame is skipped and counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConvertError {
+    /// The buffer holds fewer bytes than the format and size need.
+    Short { have: usize, need: usize },
+    /// An MJPEG frame that does not decode (torn, truncated, garbage).
+    CorruptJpeg(String),
+    /// A decoded frame whose size is not the size asked of the camera.
+    WrongSize { width: u32, height: u32 },
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConvertError::Short { have, need } => {
+                write!(f, "buffer holds {have} bytes, the format needs {need}")
+            }
+            ConvertError::CorruptJpeg(m) => write!(f, "corrupt MJPEG frame: {m}"),
+            ConvertError::WrongSize { width, height } => {
+                write!(
+                    f,
+                    "frame decodes to {width}x{height}, not the size asked for"
+                )
+            }
+        }
+    }
+}
+
+fn need(bytes: &[u8], n: usize) -> Result<(), ConvertError> {
+    if bytes.len() < n {
+        Err(ConvertError::Short {
+            have: bytes.len(),
+            need: n,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The row stride: `bytes_per_line`, or the packed width when the driver says 0.
+fn stride(bytes_per_line: usize, packed: usize) -> usize {
+    if bytes_per_line >= packed {
+        bytes_per_line
+    } else {
+        packed
+    }
+}
+
+/// 8-bit grey, `width x height`, rows `bytes_per_line` apart.
+pub fn grey(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    bytes_per_line: usize,
+) -> Result<GrayImage, ConvertError> {
+    let (w, h) = (width as usize, height as usize);
+    let s = stride(bytes_per_line, w);
+    need(bytes, s * (h.max(1) - 1) + w)?;
+    let mut out = Vec::with_capacity(w * h);
+    for r in 0..h {
+        out.extend_from_slice(&bytes[r * s..r * s + w]);
+    }
+    Ok(GrayImage::from_raw(width, height, out).expect("sized"))
+}
+
+/// YUYV (Y0 U Y1 V per two pixels) to grey: the Y samples.
+pub fn yuyv_to_grey(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    bytes_per_line: usize,
+) -> Result<GrayImage, ConvertError> {
+    let (w, h) = (width as usize, height as usize);
+    let s = stride(bytes_per_line, 2 * w);
+    need(bytes, s * (h.max(1) - 1) + 2 * w)?;
+    let mut out = Vec::with_capacity(w * h);
+    for r in 0..h {
+        let row = &bytes[r * s..r * s + 2 * w];
+        out.extend(row.iter().step_by(2));
+    }
+    Ok(GrayImage::from_raw(width, height, out).expect("sized"))
+}
+
+/// One YUV sample (BT.601, limited range, as UVC cameras send) to RGB.
+fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let c = (y as i32 - 16).max(0);
+    let d = u as i32 - 128;
+    let e = v as i32 - 128;
+    let clamp = |x: i32| ((x + 128) >> 8).clamp(0, 255) as u8;
+    [
+        clamp(298 * c + 409 * e),
+        clamp(298 * c - 100 * d - 208 * e),
+        clamp(298 * c + 516 * d),
+    ]
+}
+
+/// YUYV to RGB (BT.601, limited range); the two pixels of a pair share U and V.
+pub fn yuyv_to_rgb(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    bytes_per_line: usize,
+) -> Result<RgbImage, ConvertError> {
+    let (w, h) = (width as usize, height as usize);
+    let s = stride(bytes_per_line, 2 * w);
+    need(bytes, s * (h.max(1) - 1) + 2 * w)?;
+    let mut out = Vec::with_capacity(3 * w * h);
+    for r in 0..h {
+        let row = &bytes[r * s..r * s + 2 * w];
+        for (i, px) in row.chunks_exact(2).enumerate() {
+            // The pair's chroma sits in the pair's second half of the quad.
+            let quad = i / 2 * 4;
+            let (u, v) = (row[quad + 1], row.get(quad + 3).copied().unwrap_or(128));
+            out.extend_from_slice(&yuv_to_rgb(px[0], u, v));
+        }
+    }
+    Ok(RgbImage::from_raw(width, height, out).expect("sized"))
+}
+
+/// The APP0 "AVI1" segment that marks a JPEG as an MJPEG frame, which tells
+/// the decoder to use the standard Huffman tables of the MJPEG convention.
+const AVI1_APP0: [u8; 10] = [0xFF, 0xE0, 0x00, 0x08, b'A', b'V', b'I', b'1', 0x00, 0x00];
+
+/// Many UVC cameras send MJPEG frames without Huffman tables (DHT), relying
+/// on the standard ones; some also omit the AVI1 marker that says so. Such a
+/// frame gets the marker, so the decoder fills in the standard tables.
+fn with_default_tables(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        if marker == 0xC4 {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        if marker == 0xDA {
+            break;
+        }
+        if marker == 0xE0 && bytes[i + 4..].starts_with(b"AVI1") {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+    }
+    let mut v = Vec::with_capacity(bytes.len() + AVI1_APP0.len());
+    v.extend_from_slice(&bytes[..2]);
+    v.extend_from_slice(&AVI1_APP0);
+    v.extend_from_slice(&bytes[2..]);
+    std::borrow::Cow::Owned(v)
+}
+
+/// An MJPEG frame: one JPEG image, with the standard Huffman tables when the
+/// frame carries none (see [`with_default_tables`]).
+pub fn mjpeg(bytes: &[u8], width: u32, height: u32) -> Result<DynamicImage, ConvertError> {
+    // A JPEG starts with SOI (FF D8); cameras pad the buffer after EOI.
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return Err(ConvertError::CorruptJpeg("no JPEG start marker".into()));
+    }
+    let bytes = with_default_tables(bytes);
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .map_err(|e| ConvertError::CorruptJpeg(e.to_string()))?;
+    if (img.width(), img.height()) != (width, height) {
+        return Err(ConvertError::WrongSize {
+            width: img.width(),
+            height: img.height(),
+        });
+    }
+    Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A YUYV buffer as a camera records it, from per-pixel (Y, U, V).
+    fn record_yuyv(w: usize, h: usize, pad: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for r in 0..h {
+            for c in (0..w).step_by(2) {
+                let a = f(r, c);
+                let b = f(r, c + 1);
+                buf.extend_from_slice(&[a[0], a[1], b[0], a[2]]);
+            }
+            buf.extend(std::iter::repeat_n(0xEE, pad));
+        }
+        buf
+    }
+
+    #[test]
+    fn yuyv_grey_takes_the_luma_and_skips_row_padding() {
+        let buf = record_yuyv(6, 3, 4, |r, c| [(r * 10 + c) as u8, 90, 200]);
+        let g = yuyv_to_grey(&buf, 6, 3, 16).unwrap();
+        assert_eq!(g.get_pixel(0, 0).0, [0]);
+        assert_eq!(g.get_pixel(5, 2).0, [25]);
+        assert_eq!(g.get_pixel(3, 1).0, [13]);
+    }
+
+    #[test]
+    fn yuyv_colours_are_bt601() {
+        // Limited-range white, black and pure red, green, blue (BT.601).
+        let samples: [([u8; 3], [u8; 3]); 5] = [
+            ([235, 128, 128], [255, 255, 255]),
+            ([16, 128, 128], [0, 0, 0]),
+            ([81, 90, 240], [255, 0, 0]),
+            ([145, 54, 34], [0, 255, 0]),
+            ([41, 240, 110], [0, 0, 255]),
+        ];
+        for (yuv, rgb) in samples {
+            let buf = record_yuyv(2, 1, 0, |_, _| yuv);
+            let img = yuyv_to_rgb(&buf, 2, 1, 0).unwrap();
+            for p in img.pixels() {
+                for k in 0..3 {
+                    assert!(
+                        (p.0[k] as i32 - rgb[k] as i32).abs() <= 2,
+                        "{yuv:?} -> {:?}, want {rgb:?}",
+                        p.0
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn yuyv_pairs_share_chroma() {
+        // Left pixel of the pair red, right pixel with the same chroma.
+        let buf = vec![81, 90, 81, 240, 235, 128, 16, 128];
+        let img = yuyv_to_rgb(&buf, 4, 1, 8).unwrap();
+        assert_eq!(img.get_pixel(0, 0), img.get_pixel(1, 0));
+        assert_eq!(img.get_pixel(2, 0).0, [255, 255, 255]);
+        assert_eq!(img.get_pixel(3, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn short_buffers_are_refused() {
+        let e = yuyv_to_grey(&[0; 10], 4, 2, 0).unwrap_err();
+        assert_eq!(e, ConvertError::Short { have: 10, need: 16 });
+        assert!(grey(&[0; 5], 3, 2, 0).is_err());
+        assert!(yuyv_to_rgb(&[0; 15], 4, 2, 8).is_err());
+    }
+
+    #[test]
+    fn grey_honours_the_stride() {
+        let mut buf = Vec::new();
+        for r in 0..3u8 {
+            buf.extend_from_slice(&[r, r + 1, r + 2, 0xFF, 0xFF]);
+        }
+        let g = grey(&buf, 3, 3, 5).unwrap();
+        assert_eq!(g.into_raw(), vec![0, 1, 2, 1, 2, 3, 2, 3, 4]);
+    }
+
+    fn recorded_jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 100]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn mjpeg_decodes_and_checks_the_size() {
+        let j = recorded_jpeg(32, 16);
+        let img = mjpeg(&j, 32, 16).unwrap();
+        let p = img.to_rgb8().get_pixel(31, 15).0;
+        assert!(
+            (p[0] as i32 - 248).abs() < 12 && (p[2] as i32 - 100).abs() < 12,
+            "{p:?}"
+        );
+        // Cameras pad the buffer after the end of the image.
+        let mut padded = j.clone();
+        padded.extend(std::iter::repeat_n(0, 1000));
+        assert!(mjpeg(&padded, 32, 16).is_ok());
+        assert!(matches!(
+            mjpeg(&j, 64, 16),
+            Err(ConvertError::WrongSize {
+                width: 32,
+                height: 16
+            })
+        ));
+    }
+
+    #[test]
+    fn mjpeg_without_huffman_tables_uses_the_defaults() {
+        // UVC cameras often omit DHT segments (the MJPEG convention). Our
+        // encoder writes the standard tables, so cutting them out leaves a
+        // frame that decodes the same with the defaults, with or without the
+        // AVI1 marker.
+        let j = recorded_jpeg(16, 16);
+        let mut stripped = vec![0xFF, 0xD8];
+        let mut i = 2;
+        while i + 4 <= j.len() {
+            assert_eq!(j[i], 0xFF);
+            let marker = j[i + 1];
+            if marker == 0xDA {
+                stripped.extend_from_slice(&j[i..]);
+                break;
+            }
+            let len = u16::from_be_bytes([j[i + 2], j[i + 3]]) as usize;
+            if marker != 0xC4 {
+                stripped.extend_from_slice(&j[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+        assert!(
+            stripped.len() < j.len(),
+            "the encoder wrote no DHT to strip"
+        );
+        let a = mjpeg(&j, 16, 16).unwrap().to_rgb8();
+        let b = mjpeg(&stripped, 16, 16).unwrap().to_rgb8();
+        assert_eq!(a, b);
+        let mut marked = stripped[..2].to_vec();
+        marked.extend_from_slice(&AVI1_APP0);
+        marked.extend_from_slice(&stripped[2..]);
+        assert!(matches!(
+            with_default_tables(&marked),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(mjpeg(&marked, 16, 16).unwrap().to_rgb8(), a);
+    }
+
+    #[test]
+    fn corrupt_mjpeg_frames_are_errors_not_panics() {
+        let j = recorded_jpeg(32, 32);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("garbage", vec![0x12; 500]),
+            ("truncated header", j[..20].to_vec()),
+            ("zeroed header", {
+                let mut z = j.clone();
+                for b in &mut z[2..200.min(j.len())] {
+                    *b = 0;
+                }
+                z
+            }),
+        ];
+        for (what, bytes) in cases {
+            match mjpeg(&bytes, 32, 32) {
+                Err(ConvertError::CorruptJpeg(_)) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+}

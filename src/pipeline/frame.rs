@@ -1,0 +1,55 @@
+//! A captured frame as it travels from the source to the model.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::PixelFormat;
+
+/// The pixels of a frame, in the form the source delivered them.
+#[derive(Clone, Debug)]
+pub enum FrameData {
+    /// A camera buffer (copied out of the driver's mmap buffer).
+    Camera {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        /// Row stride in bytes (0: packed).
+        bytes_per_line: usize,
+        bytes: Vec<u8>,
+    },
+    /// The bytes of an image file (replay); decoded when the frame is prepared.
+    File { bytes: Vec<u8> },
+    /// 8-bit grey, row-major, packed (synthetic).
+    Grey {
+        width: u32,
+        height: u32,
+        bytes: Vec<u8>,
+    },
+}
+
+/// One frame from a source, before it has an id.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// Where it came from when that means something (the file name of a replay).
+    pub name: Option<String>,
+    pub data: FrameData,
+}
+
+/// A frame with its id and capture time.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Increasing over the daemon's life (it continues the log's last id
+    /// after a restart); a gap in the log means frames were dropped.
+    pub id: u64,
+    pub captured: Instant,
+    pub captured_unix_us: u64,
+    pub name: Option<String>,
+    pub data: FrameData,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

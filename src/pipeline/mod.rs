@@ -1,0 +1,536 @@
+//! The inspection daemon (`gcm-inspect run`): camera -> GCM decision ->
+//! logged evidence with divergence checks.
+//!
+//! ```text
+//! capture thread    FrameSource (v4l2 | replay | synthetic)
+//!    | bounded queue: a live source drops the oldest waiting frame (counted)
+//! infer thread      preprocess (ROI, resize, channels, scaling) + network + decision
+//!    | bounded queue: never drops, the model waits
+//! sink thread       checks (a) evidence reproduction, (b) reference cross-check,
+//!                   evidence (atomic, quota), decision log line (fsync policy)
+//! main thread       signals: SIGTERM/SIGINT stop, SIGHUP reload; sd_notify status
+//! metrics thread    /metrics, /healthz
+//! ```
+//!
+//! Shutdown: the stop flag ends the source first; its queue closes, the infer
+//! thread drains it and closes its own; the sink thread drains that, fsyncs
+//! and ends. Every frame captured before the stop gets its decision logged
+//! (frames dropped by the keep-latest queue never had one).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Serialize;
+
+use crate::config::Loaded;
+use crate::error::{Error, Result};
+
+pub mod convert;
+pub mod frame;
+pub mod http;
+pub mod infer;
+pub mod journald;
+pub mod metrics;
+pub mod model;
+pub mod notify;
+pub mod preprocess;
+pub mod sink;
+pub mod source;
+
+use frame::{unix_us, Frame};
+use metrics::Metrics;
+use model::{Bundle, Reference};
+use notify::Notifier;
+use source::{FrameSource, Next};
+
+/// Options from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many frames have been captured (then drain and exit).
+    pub max_frames: Option<u64>,
+}
+
+/// What a run did, printed as one JSON line on stdout when it ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub frames_captured: u64,
+    pub frames_dropped: u64,
+    pub frames_skipped: u64,
+    pub decisions: u64,
+    pub log_lines_written: u64,
+    pub log_lines_synced: u64,
+    pub divergences: u64,
+    pub evidence_written: u64,
+    pub evidence_bytes: u64,
+    pub source_reconnects: u64,
+    /// Why the run ended: `source ended`, `max frames`, `signal SIGTERM`, ...
+    pub ended_by: String,
+}
+
+enum Event {
+    Signal(i32),
+    /// A stage thread ended (normally or with an error).
+    StageEnded(&'static str),
+}
+
+fn signal_name(s: i32) -> &'static str {
+    match s {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Spawns a stage thread that raises `stop` and reports when it ends.
+fn stage<T: Send + 'static>(
+    name: &'static str,
+    stop: &Arc<AtomicBool>,
+    events: &Sender<Event>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<JoinHandle<Result<T>>> {
+    let (stop, events) = (stop.clone(), events.clone());
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = f();
+            if let Err(e) = &r {
+                tracing::error!("{name} stage failed: {e}");
+                stop.store(true, Ordering::SeqCst);
+            }
+            let _ = events.send(Event::StageEnded(name));
+            r
+        })
+        .map_err(|e| Error::Runtime(format!("cannot start the {name} thread: {e}")))
+}
+
+fn join<T>(name: &str, h: JoinHandle<Result<T>>) -> Result<T> {
+    h.join()
+        .map_err(|_| Error::Runtime(format!("the {name} thread panicked")))?
+}
+
+/// Why the capture loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CaptureEnd {
+    Source,
+    MaxFrames,
+    Stopped,
+    Downstream,
+}
+
+struct Capture {
+    source: Box<dyn FrameSource>,
+    tx: Sender<Frame>,
+    /// For a live source: a receiver of the same queue to drop the oldest frame.
+    drop_oldest: Option<Receiver<Frame>>,
+    stop: Arc<AtomicBool>,
+    max_frames: Option<u64>,
+    next_id: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Capture {
+    fn run(mut self) -> Result<CaptureEnd> {
+        let mut n = 0u64;
+        loop {
+            if self.max_frames.is_some_and(|m| n >= m) {
+                return Ok(CaptureEnd::MaxFrames);
+            }
+            let c = match self.source.next(&self.stop)? {
+                Next::Frame(c) => c,
+                Next::End => return Ok(CaptureEnd::Source),
+                Next::Stopped => return Ok(CaptureEnd::Stopped),
+            };
+            let mut frame = Frame {
+                id: self.next_id,
+                captured: Instant::now(),
+                captured_unix_us: unix_us(),
+                name: c.name,
+                data: c.data,
+            };
+            self.next_id += 1;
+            n += 1;
+            self.metrics.frames_captured.inc();
+            match &self.drop_oldest {
+                Some(oldest) => loop {
+                    match self.tx.try_send(frame) {
+                        Ok(()) => break,
+                        Err(TrySendError::Full(back)) => {
+                            if oldest.try_recv().is_ok() {
+                                self.metrics.frames_dropped.inc();
+                            }
+                            frame = back;
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Ok(CaptureEnd::Downstream),
+                    }
+                },
+                None => {
+                    if self.tx.send(frame).is_err() {
+                        return Ok(CaptureEnd::Downstream);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn status_line(m: &Metrics, b: &Bundle) -> String {
+    format!(
+        "{} decisions, {} captured, {} dropped, {} divergent; model {}",
+        m.decisions_total(),
+        m.frames_captured.get(),
+        m.frames_dropped.get(),
+        m.evidence_divergent.get() + m.reference_divergent.get(),
+        b.predictor.card.short_id()
+    )
+}
+
+/// Loads the new config and model for a reload; the running ones stay if this fails.
+fn reload(current: &Loaded) -> Result<(Loaded, Bundle)> {
+    let fresh = if current.origin.as_os_str() == crate::config::DEFAULT_NAME {
+        Loaded::builtin()?
+    } else {
+        Loaded::from_file(&current.origin)?
+    };
+    let bundle = Bundle::open(&fresh)?;
+    let (a, b) = (&current.config, &fresh.config);
+    for (what, same) in [
+        ("source", a.source == b.source),
+        ("output", a.output == b.output),
+        ("metrics", a.metrics == b.metrics),
+        ("pipeline", a.pipeline == b.pipeline),
+    ] {
+        if !same {
+            tracing::warn!(
+                "reload: changes to `{what}` need a restart; the running {what} settings stay"
+            );
+        }
+    }
+    Ok((fresh, bundle))
+}
+
+/// Runs the daemon until the source ends, `--max-frames` is reached or a
+/// stop signal arrives.
+pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Signals first, so that a stop during a slow start is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let signals_handle = signals.handle();
+    let notifier = Arc::new(Notifier::from_env());
+    let metrics = Arc::new(Metrics::new());
+    let cfg = loaded.config.clone();
+
+    let bundle = Arc::new(Bundle::open(&loaded)?);
+    metrics.set_model(bundle.model_id());
+    tracing::info!("serving {}", bundle.describe());
+    match &bundle.reference {
+        Reference::Unfolded(_) => {
+            tracing::info!(
+            "reference cross-check: every {} frame(s) against the unfolded network on the CPU{}",
+            cfg.checks.reference_every_nth_frame,
+            if cfg.device == "cpu" { " (same device as serving, different code path)" } else { "" }
+        )
+        }
+        Reference::Folded(_) => tracing::info!(
+            "reference cross-check: every {} frame(s) against the bundled model on the CPU{}",
+            cfg.checks.reference_every_nth_frame,
+            if cfg.device == "cpu" {
+                ": serving on the CPU too, so this path is compared with itself and only catches nondeterminism"
+            } else {
+                ""
+            }
+        ),
+    }
+
+    let log_dir = loaded.log_dir()?;
+    let evidence_dir = loaded.evidence_dir()?;
+    let (log, rec) = sink::log::DecisionLog::open(&log_dir, &cfg.output.log, metrics.clone())?;
+    let store = sink::evidence_store::EvidenceStore::open(
+        &evidence_dir,
+        cfg.evidence.quota_bytes,
+        metrics.clone(),
+    )?;
+    let first_id = [rec.last_frame, store.last_frame()]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(0, |l| l + 1);
+    tracing::info!(
+        "decision log {} ({} lines kept{}), evidence in {} ({} bytes of {}); first frame id {first_id}",
+        log.path().display(),
+        rec.lines,
+        if rec.cut_bytes > 0 { format!(", torn tail of {} bytes cut", rec.cut_bytes) } else { String::new() },
+        store.dir().display(),
+        store.total_bytes(),
+        cfg.evidence.quota_bytes
+    );
+
+    let source = source::open(&loaded, &metrics)?;
+    let live = source.live();
+    tracing::info!(
+        "source: {} ({})",
+        source.describe(),
+        if live {
+            "live: drops the oldest frame when the model is busy"
+        } else {
+            "waits for the model"
+        }
+    );
+
+    let http = if cfg.metrics.enabled {
+        let s = http::serve(
+            &cfg.metrics.listen,
+            metrics.clone(),
+            Duration::from_millis(cfg.metrics.healthy_within_ms),
+        )?;
+        tracing::info!(
+            "metrics: listening on http://{}/metrics and /healthz",
+            s.addr
+        );
+        Some(s)
+    } else {
+        None
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events) = crossbeam_channel::unbounded::<Event>();
+    let (frame_tx, frame_rx) = bounded::<Frame>(cfg.pipeline.queue_capacity_frames);
+    let (dec_tx, dec_rx) = bounded(cfg.pipeline.sink_queue_capacity_decisions);
+    let (reload_tx, reload_rx) = bounded::<Arc<Bundle>>(1);
+
+    let signal_thread = {
+        let events_tx = events_tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for s in signals.forever() {
+                    if events_tx.send(Event::Signal(s)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the signal thread: {e}")))?
+    };
+
+    // Everything is open: say so before the stage threads start pinging the watchdog.
+    notifier.ready(&format!("serving; {}", status_line(&metrics, &bundle)));
+    tracing::info!("ready");
+    let sinks = sink::Sinks {
+        rx: dec_rx,
+        log,
+        store,
+        metrics: metrics.clone(),
+    };
+    let sink_h = stage("sinks", &stop, &events_tx, move || sinks.run())?;
+    let infer = infer::Infer {
+        rx: frame_rx.clone(),
+        tx: dec_tx,
+        reload: reload_rx,
+        bundle: bundle.clone(),
+        metrics: metrics.clone(),
+        notifier: notifier.clone(),
+    };
+    let infer_h = stage("infer", &stop, &events_tx, move || infer.run())?;
+    let capture = Capture {
+        source,
+        tx: frame_tx,
+        drop_oldest: live.then_some(frame_rx),
+        stop: stop.clone(),
+        max_frames: opts.max_frames,
+        next_id: first_id,
+        metrics: metrics.clone(),
+    };
+    let capture_h = stage("capture", &stop, &events_tx, move || capture.run())?;
+    drop(events_tx);
+
+    let mut loaded = loaded;
+    let mut bundle = bundle;
+    let mut ended_by = String::new();
+    let mut last_drops = 0;
+    let mut last_status = Instant::now();
+    loop {
+        match events.recv_timeout(Duration::from_secs(1)) {
+            Ok(Event::Signal(s)) if s == SIGHUP => {
+                notifier.reloading();
+                tracing::info!("SIGHUP: reloading {}", loaded.origin.display());
+                match reload(&loaded) {
+                    Ok((fresh, b)) => {
+                        let b = Arc::new(b);
+                        // The infer thread takes it between two frames.
+                        if reload_tx.send(b.clone()).is_ok() {
+                            tracing::info!("reload accepted: {}", b.describe());
+                            metrics.reloads_ok.inc();
+                            loaded = fresh;
+                            bundle = b;
+                        }
+                    }
+                    Err(e) => {
+                        metrics.reloads_failed.inc();
+                        tracing::error!(
+                            "reload failed, still serving the previous config and model: {e}"
+                        );
+                    }
+                }
+                notifier.ready(&status_line(&metrics, &bundle));
+            }
+            Ok(Event::Signal(s)) => {
+                if ended_by.is_empty() {
+                    ended_by = format!("signal {}", signal_name(s));
+                    tracing::info!(
+                        "{}: stopping the source, draining the pipeline",
+                        signal_name(s)
+                    );
+                    notifier.stopping();
+                    stop.store(true, Ordering::SeqCst);
+                } else {
+                    tracing::info!("{}: already stopping", signal_name(s));
+                }
+            }
+            Ok(Event::StageEnded(name)) => {
+                if ended_by.is_empty() {
+                    ended_by = format!("{name} ended");
+                }
+                if name == "capture" || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        if stop.load(Ordering::SeqCst) && capture_h.is_finished() {
+            break;
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = Instant::now();
+            notifier.status(&status_line(&metrics, &bundle));
+            let drops = metrics.frames_dropped.get();
+            if drops > last_drops {
+                tracing::warn!(
+                    "{} frames dropped in the last 10 s: the model does not keep up with the source",
+                    drops - last_drops
+                );
+                last_drops = drops;
+            }
+        }
+    }
+    if !stop.load(Ordering::SeqCst) {
+        notifier.stopping();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let captured = join("capture", capture_h);
+    let inferred = join("infer", infer_h);
+    let sunk = join("sinks", sink_h);
+    signals_handle.close();
+    let _ = signal_thread.join();
+    if let Some(h) = http {
+        h.shutdown();
+    }
+    // The first failure downstream is the cause of the ones upstream.
+    sunk?;
+    inferred?;
+    let end = captured?;
+    if ended_by.is_empty() || ended_by == "capture ended" {
+        ended_by = match end {
+            CaptureEnd::Source => "source ended",
+            CaptureEnd::MaxFrames => "max frames",
+            CaptureEnd::Stopped => "stopped",
+            CaptureEnd::Downstream => "pipeline ended",
+        }
+        .into();
+    }
+    let summary = Summary {
+        frames_captured: metrics.frames_captured.get(),
+        frames_dropped: metrics.frames_dropped.get(),
+        frames_skipped: metrics.skipped_total(),
+        decisions: metrics.decisions_total(),
+        log_lines_written: metrics.log_lines_written.get(),
+        log_lines_synced: metrics.log_lines_synced.get(),
+        divergences: metrics.evidence_divergent.get() + metrics.reference_divergent.get(),
+        evidence_written: metrics.evidence_written.get(),
+        evidence_bytes: metrics.evidence_bytes.get(),
+        source_reconnects: metrics.source_reconnects.get(),
+        ended_by,
+    };
+    tracing::info!(
+        "stopped ({}): {} decisions logged, {} frames captured, {} dropped, {} skipped",
+        summary.ended_by,
+        summary.decisions,
+        summary.frames_captured,
+        summary.frames_dropped,
+        summary.frames_skipped
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frame::{Captured, FrameData};
+
+    /// A live source with frames always ready (a camera faster than the model).
+    struct Burst;
+
+    impl FrameSource for Burst {
+        fn describe(&self) -> String {
+            "burst".into()
+        }
+        fn live(&self) -> bool {
+            true
+        }
+        fn next(&mut self, _: &AtomicBool) -> Result<Next> {
+            Ok(Next::Frame(Captured {
+                name: None,
+                data: FrameData::Grey {
+                    width: 1,
+                    height: 1,
+                    bytes: vec![0],
+                },
+            }))
+        }
+    }
+
+    fn capture(live: bool, cap: usize, frames: u64) -> (CaptureEnd, Vec<u64>, Arc<Metrics>) {
+        let (tx, rx) = bounded(cap);
+        let metrics = Arc::new(Metrics::new());
+        let c = Capture {
+            source: Box::new(Burst),
+            tx,
+            drop_oldest: live.then(|| rx.clone()),
+            stop: Arc::new(AtomicBool::new(false)),
+            max_frames: Some(frames),
+            next_id: 100,
+            metrics: metrics.clone(),
+        };
+        let end = if live {
+            c.run().unwrap()
+        } else {
+            // A waiting source needs a consumer.
+            let h = std::thread::spawn(move || c.run().unwrap());
+            let got: Vec<u64> = rx.iter().map(|f| f.id).collect();
+            return (h.join().unwrap(), got, metrics);
+        };
+        let got = rx.try_iter().map(|f| f.id).collect();
+        (end, got, metrics)
+    }
+
+    #[test]
+    fn a_live_source_keeps_the_latest_frames_and_counts_drops() {
+        let (end, kept, m) = capture(true, 4, 50);
+        assert_eq!(end, CaptureEnd::MaxFrames);
+        assert_eq!(kept, vec![146, 147, 148, 149]);
+        assert_eq!(m.frames_captured.get(), 50);
+        assert_eq!(m.frames_dropped.get(), 46);
+    }
+
+    #[test]
+    fn a_waiting_source_drops_nothing() {
+        let (end, got, m) = capture(false, 2, 30);
+        assert_eq!(end, CaptureEnd::MaxFrames);
+        assert_eq!(got, (100..130).collect::<Vec<_>>());
+        assert_eq!(m.frames_dropped.get(), 0);
+    }
+}

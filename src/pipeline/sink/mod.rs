@@ -1,0 +1,280 @@
+//! The sink stage: divergence checks, evidence, the decision log line and
+//! the per-decision metrics, in that order, one decision at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::infer::Decided;
+use super::metrics::Metrics;
+use crate::error::Result;
+use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo};
+use crate::model::predictor::argmax;
+
+pub mod evidence_store;
+pub mod log;
+
+use evidence_store::EvidenceStore;
+use log::{Check, Checks, DecisionLog, LogLine};
+
+pub struct Sinks {
+    pub rx: Receiver<Decided>,
+    pub log: DecisionLog,
+    pub store: EvidenceStore,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Check (b): the reference path's scores against the served ones.
+pub fn reference_check(d: &Decided) -> Result<Check> {
+    let raw = d.planar.to_tensor(&Device::Cpu)?;
+    let r = d.bundle.reference.scores(&raw)?;
+    let s = &d.decision.scores;
+    let max_abs_error = s
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
+    let tol = d.bundle.checks.reference_tolerance as f64;
+    let same_class = argmax(&r) == d.decision.class_index;
+    let ok = r.len() == s.len() && same_class && max_abs_error <= tol && max_abs_error.is_finite();
+    Ok(Check {
+        ok,
+        max_abs_error: max_abs_error.is_finite().then_some(max_abs_error),
+        detail: (!ok).then(|| {
+            format!(
+                "reference ({}) scores {r:?} decide {}, served scores {s:?} decide {}; tolerance {tol}",
+                d.bundle.reference.describe(),
+                d.bundle.predictor.classes()[argmax(&r).min(r.len().saturating_sub(1))],
+                d.decision.class
+            )
+        }),
+    })
+}
+
+fn build_evidence(d: &Decided) -> Result<Evidence> {
+    let b = &d.bundle;
+    evidence::build(
+        &d.planar,
+        &d.maps,
+        ModelInfo {
+            classes: b.predictor.classes(),
+            scaling: b.prep.scaling.name(),
+            model_id: Some(b.model_id()),
+        },
+        &d.decision.scores,
+        d.decision.class_index,
+        if b.evidence.heatmaps_all_classes {
+            HeatmapClasses::All
+        } else {
+            HeatmapClasses::Decided
+        },
+    )
+}
+
+/// Check (a) as a log-line record.
+fn as_check(r: &evidence::Reproduction, classes: &[String]) -> Check {
+    let ok = r.ok();
+    Check {
+        ok,
+        max_abs_error: r.max_abs_error.is_finite().then_some(r.max_abs_error),
+        detail: (!ok).then(|| r.describe_failure(classes)),
+    }
+}
+
+/// Check (a) on evidence built in memory (the quantised data as it is stored).
+fn evidence_check(ev: &Evidence) -> Check {
+    as_check(&ev.check, &ev.record.classes)
+}
+
+/// Check (a) for a frame whose evidence is not kept: the evidence's own
+/// quantisation applied in memory ([`evidence::check`]), without encoding
+/// files nobody will read.
+pub fn quantised_check(d: &Decided) -> Check {
+    let classes = d.bundle.predictor.classes();
+    as_check(
+        &evidence::check(&d.maps, classes, &d.decision.scores, d.decision.class_index),
+        classes,
+    )
+}
+
+fn every(n: u64, id: u64) -> bool {
+    n > 0 && id.is_multiple_of(n)
+}
+
+impl Sinks {
+    /// Until the decision queue is closed and empty; then a final fsync.
+    pub fn run(mut self) -> Result<()> {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(d) => self.handle(d)?,
+                Err(RecvTimeoutError::Timeout) => self.log.tick()?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.log.sync()
+    }
+
+    fn handle(&mut self, d: Decided) -> Result<()> {
+        let t0 = Instant::now();
+        let b = d.bundle.clone();
+        if b.evidence.quota_bytes != self.store.quota() {
+            self.store.set_quota(b.evidence.quota_bytes)?;
+        }
+        let policy = &b.evidence;
+        let id = d.frame;
+        let selected = policy.all_frames
+            || policy.classes.contains(&d.decision.class)
+            || policy.margin_below.is_some_and(|m| d.decision.margin < m)
+            || every(policy.every_nth_frame, id);
+        let mut checks = Checks::default();
+        let mut built = None;
+        if selected {
+            built = Some(self.checked_evidence(&d, &mut checks));
+        } else if every(b.checks.evidence_every_nth_frame, id) {
+            self.metrics.evidence_checks.inc();
+            let c = quantised_check(&d);
+            self.note_evidence_check(id, &c);
+            checks.evidence = Some(c);
+        }
+        if every(b.checks.reference_every_nth_frame, id) {
+            self.metrics.reference_checks.inc();
+            let c = match reference_check(&d) {
+                Ok(c) => c,
+                Err(e) => Check {
+                    ok: false,
+                    max_abs_error: None,
+                    detail: Some(format!("the reference path failed: {e}")),
+                },
+            };
+            if !c.ok {
+                self.metrics.reference_divergent.inc();
+                tracing::warn!(
+                    frame = id,
+                    "divergence (reference cross-check): {}",
+                    c.detail.as_deref().unwrap_or("")
+                );
+            }
+            checks.reference = Some(c);
+        }
+        let divergent = checks.divergent();
+        let keep = selected || (divergent && policy.divergent);
+        if keep && built.is_none() {
+            // Kept because divergent: build the files and check them as stored.
+            built = Some(self.checked_evidence(&d, &mut checks));
+        }
+        let evidence = match (keep, built) {
+            (true, Some(Some(ev))) => self.store.store(id, &ev)?,
+            _ => None,
+        };
+        let divergent = checks.divergent();
+        let dec = &d.decision;
+        let line = LogLine {
+            frame: id,
+            captured_unix_us: d.captured_unix_us,
+            source: d.name.clone(),
+            class: dec.class.clone(),
+            class_index: dec.class_index,
+            classes: b.predictor.classes().to_vec(),
+            scores: dec.scores.clone(),
+            probabilities: dec.probabilities.clone(),
+            margin: dec.margin,
+            latency: d.latency.clone(),
+            model: b.model_id().to_string(),
+            checks,
+            divergent,
+            evidence,
+        };
+        self.log.append(&line)?;
+        self.metrics.decided(&dec.class);
+        self.metrics.latency_sinks.observe(t0.elapsed());
+        Ok(())
+    }
+
+    /// Builds the evidence in memory and records check (a) on it. `None` when
+    /// it could not be built (recorded as a failed check).
+    fn checked_evidence(&self, d: &Decided, checks: &mut Checks) -> Option<Evidence> {
+        self.metrics.evidence_checks.inc();
+        let (check, ev) = match build_evidence(d) {
+            Ok(ev) => (evidence_check(&ev), Some(ev)),
+            Err(e) => (
+                Check {
+                    ok: false,
+                    max_abs_error: None,
+                    detail: Some(format!("evidence could not be built: {e}")),
+                },
+                None,
+            ),
+        };
+        self.note_evidence_check(d.frame, &check);
+        checks.evidence = Some(check);
+        ev
+    }
+
+    fn note_evidence_check(&self, frame: u64, check: &Check) {
+        if !check.ok {
+            self.metrics.evidence_divergent.inc();
+            tracing::warn!(
+                frame,
+                "divergence (evidence reproduction): {}",
+                check.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::image_io::Planar;
+    use crate::evidence::FrameMaps;
+    use crate::pipeline::infer;
+    use crate::pipeline::preprocess::{self, Prepared};
+    use std::path::Path;
+
+    fn decided(dir: &Path) -> Decided {
+        let bundle = Arc::new(crate::pipeline::model::test_bundle(dir));
+        let planar = Planar {
+            channels: 1,
+            rows: 8,
+            cols: 8,
+            data: (0..64).map(|i| (i * 4) as u8).collect(),
+        };
+        let scaled = preprocess::scale(&planar, &bundle.prep.scaling).unwrap();
+        let prepared = Prepared { planar, scaled };
+        let out = infer::forward(&bundle, &prepared).unwrap();
+        let decision = bundle.predictor.decide(&out.scores).unwrap().remove(0);
+        let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
+        Decided {
+            frame: 0,
+            captured_unix_us: 0,
+            name: None,
+            bundle,
+            decision,
+            planar: prepared.planar,
+            maps,
+            latency: Default::default(),
+        }
+    }
+
+    #[test]
+    fn in_memory_check_agrees_with_the_written_evidence_and_catches_wrong_scores() {
+        let t = tempfile::tempdir().unwrap();
+        let mut d = decided(t.path());
+        let fast = quantised_check(&d);
+        let built = evidence_check(&build_evidence(&d).unwrap());
+        assert!(fast.ok && built.ok, "{fast:?} {built:?}");
+        assert_eq!(fast.max_abs_error, built.max_abs_error);
+        // The reference path agrees with the served one.
+        let r = reference_check(&d).unwrap();
+        assert!(r.ok, "{r:?}");
+        // A score that does not match its CCM (a wrong scoring kernel) is caught
+        // by both forms of check (a) and by check (b).
+        d.decision.scores[1] += 0.5;
+        let fast = quantised_check(&d);
+        let built = evidence_check(&build_evidence(&d).unwrap());
+        assert!(!fast.ok && !built.ok, "{fast:?} {built:?}");
+        assert!(!reference_check(&d).unwrap().ok);
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Checks systemd/gcm-inspect.service: `systemd-analyze verify` (syntax, every
+# directive known, the binary executable) and `systemd-analyze security`
+# (exposure score, printed). Needs the `systemd` package, no running systemd.
+#
+#   systemd/check-unit.sh [BINARY]     BINARY defaults to target/debug/gcm-inspect
+#
+# The unit names /usr/local/bin/gcm-inspect; verify insists that the binary
+# exists, so a copy of the unit pointing at BINARY is checked instead.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bin="$(realpath "${1:-$here/../target/debug/gcm-inspect}")"
+[ -x "$bin" ] || { echo "check-unit: $bin is not an executable (build first)" >&2; exit 2; }
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+sed "s#/usr/local/bin/gcm-inspect#$bin#g" "$here/gcm-inspect.service" >"$tmp/gcm-inspect.service"
+systemd-analyze verify "$tmp/gcm-inspect.service"
+echo "systemd-analyze verify: OK"
+systemd-analyze security --offline=true --no-pager "$tmp/gcm-inspect.service" | tail -n 1
