@@ -21,7 +21,10 @@
 #   3. bench.log, bench.json   the GPU benchmarks (benches/gpu.rs);
 #   4. torch.log, torch.json   the same network in PyTorch on the same GPU
 #                  (scripts/reference/gcm_torch_gpu.py), checked against our scores;
-#   5. summary.txt the headline figures.
+#   5. daemon.log  `gcm-inspect run` with device: cuda on a replay of synthetic
+#                  frames, reference cross-check (b) on every frame, then
+#                  `gcm-inspect verify` over its log;
+#   6. summary.txt the headline figures.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -112,6 +115,44 @@ step "PyTorch reference" | tee "$out/torch.log"
     --out "$out/torch.json" >>"$out/torch.log" 2>&1 || status=1
 cat "$out/torch.log"
 
+# The daemon itself with device: cuda on a replay of synthetic camera frames,
+# its reference cross-check (b) on every frame against the CPU reference and
+# check (a) on every decision; then `verify` over the log. Uses the
+# benchmark's model (Table 3, 256x256 grey, crack/ok).
+step "daemon replay with device cuda" | tee "$out/daemon.log"
+(
+    set -e
+    d="$work/daemon"
+    mkdir -p "$d/flat"
+    "$work/bin/gcm-inspect" synth --out "$d/frames" --count 48 --seed 5 --size 256 --classes crack,ok
+    find "$d/frames" -name '*.png' -exec cp {} "$d/flat/" \;
+    cat >"$d/replay.yaml" <<YAML
+model: $work/bench/model
+device: cuda
+source:
+  replay:
+    dir: flat
+    fps: 0
+output:
+  log_dir: log
+  evidence_dir: evidence
+evidence:
+  every_nth_frame: 8
+checks:
+  evidence_every_nth_frame: 1
+  reference_every_nth_frame: 1
+metrics:
+  enabled: false
+YAML
+    "$work/bin/gcm-inspect" run --config "$d/replay.yaml" --max-frames 48
+    lines=$(wc -l <"$d/log/decisions.jsonl")
+    divergent=$(grep -c '"divergent":true' "$d/log/decisions.jsonl" || true)
+    echo "decisions: $lines, divergent: $divergent"
+    "$work/bin/gcm-inspect" verify "$d/log"
+    [ "$lines" -ge 48 ] && [ "$divergent" = 0 ]
+) >>"$out/daemon.log" 2>&1 || status=1
+tail -n 15 "$out/daemon.log"
+
 "$py" - "$out" >"$out/summary.txt" 2>&1 <<'EOF'
 import json, os, re, sys
 out = sys.argv[1]
@@ -124,6 +165,9 @@ b, t = load("bench.json"), load("torch.json")
 parity = open(os.path.join(out, "parity.log")).read()
 m = re.findall(r"test result: .*", parity)
 print("parity:", m[-1] if m else "no test result (see parity.log)")
+daemon = open(os.path.join(out, "daemon.log")).read()
+m = re.findall(r"decisions: \d+, divergent: \d+", daemon)
+print("daemon replay (device cuda, cross-check every frame):", m[-1] if m else "did not finish (see daemon.log)")
 if "copy_gbs_read_plus_write" in b:
     print(f"device-to-device copy: {b['copy_gbs_read_plus_write']:.0f} GB/s (read+write)")
     for r in b["score"]:
