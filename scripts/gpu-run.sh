@@ -120,12 +120,13 @@ cat "$out/torch.log"
 # check (a) on every decision; then `verify` over the log. Uses the
 # benchmark's model (Table 3, 256x256 grey, crack/ok).
 step "daemon replay with device cuda" | tee "$out/daemon.log"
-(
-    set -e
-    d="$work/daemon"
-    mkdir -p "$d/flat"
-    "$work/bin/gcm-inspect" synth --out "$d/frames" --count 48 --seed 5 --size 256 --classes crack,ok
-    find "$d/frames" -name '*.png' -exec cp {} "$d/flat/" \;
+# (A function with explicit checks: `set -e` does not act inside `... || x`.)
+daemon_replay() {
+    local d="$work/daemon" g="$work/bin/gcm-inspect" lines divergent
+    mkdir -p "$d/flat" || return 1
+    [ -f "$work/bench/model/model.json" ] || { echo "no model: the benchmark step did not write one"; return 1; }
+    "$g" synth --out "$d/frames" --count 48 --seed 5 --size 256 --classes crack,ok || return 1
+    find "$d/frames" -name '*.png' -exec cp {} "$d/flat/" \; || return 1
     cat >"$d/replay.yaml" <<YAML
 model: $work/bench/model
 device: cuda
@@ -144,13 +145,14 @@ checks:
 metrics:
   enabled: false
 YAML
-    "$work/bin/gcm-inspect" run --config "$d/replay.yaml" --max-frames 48
-    lines=$(wc -l <"$d/log/decisions.jsonl")
-    divergent=$(grep -c '"divergent":true' "$d/log/decisions.jsonl" || true)
-    echo "decisions: $lines, divergent: $divergent"
-    "$work/bin/gcm-inspect" verify "$d/log"
-    [ "$lines" -ge 48 ] && [ "$divergent" = 0 ]
-) >>"$out/daemon.log" 2>&1 || status=1
+    "$g" run --config "$d/replay.yaml" --max-frames 48 || return 1
+    lines=$(wc -l <"$d/log/decisions.jsonl") || return 1
+    divergent=$(grep -c '"divergent":true' "$d/log/decisions.jsonl")
+    echo "decisions: $lines, divergent: ${divergent:-0}"
+    "$g" verify "$d/log" || return 1
+    [ "$lines" -ge 48 ] && [ "${divergent:-0}" = 0 ]
+}
+daemon_replay >>"$out/daemon.log" 2>&1 || status=1
 tail -n 15 "$out/daemon.log"
 
 "$py" - "$out" >"$out/summary.txt" 2>&1 <<'EOF'
