@@ -6,7 +6,7 @@
 //! `--mode train` times one training step instead (forward in training mode,
 //! softmax cross-entropy, backward, SGD update), the path `train` runs.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -16,10 +16,10 @@ use serde::Serialize;
 use crate::device;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::folded::FoldedGcm;
 use crate::model::gcm::{varmap_tensors, Gcm};
+use crate::model::{bundled, checkpoint};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,9 +32,10 @@ pub enum Mode {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Model directory (model.json + model.safetensors), e.g. written by `train`.
+    /// Model directory (model.json + model.safetensors), e.g. written by
+    /// `train`, or `builtin:demo` for the model bundled in the binary.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
     /// Images per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -129,7 +130,8 @@ pub fn run(a: Args) -> Result<()> {
         write_random_model(&a)?;
     }
     engine::set_stock_ops(a.stock_ops);
-    let (card, net) = checkpoint::load_model(&a.model, &dev)?;
+    let loaded = bundled::open(&a.model)?;
+    let (card, net) = (loaded.card.clone(), loaded.build(&dev)?);
     let cfg = card.model.clone();
     let input = [cfg.input_channels, cfg.input_rows, cfg.input_cols];
     let x = Tensor::rand(0f32, 1.0, (a.batch, input[0], input[1], input[2]), &dev)?;
@@ -191,7 +193,7 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "{} {:?} on {} ({} ops, {}, {} threads), batch {}, input {}x{}x{}: {:.1} images/s; \
              latency per batch p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms ({} iterations)",
-            a.model.display(),
+            a.model,
             report.mode,
             report.device,
             report.ops,
@@ -222,7 +224,17 @@ fn write_random_model(a: &Args) -> Result<()> {
     cfg.validate()
         .map_err(|e| Error::Usage(format!("--init: {e}")))?;
     let (_, vm) = Gcm::init(&cfg, 0, &Device::Cpu)?;
-    checkpoint::save(&a.model, &varmap_tensors(&vm), checkpoint::new_card(cfg))?;
+    if a.model.starts_with("builtin:") {
+        return Err(Error::Usage(format!(
+            "--init writes a model directory; {} is bundled in the binary",
+            a.model
+        )));
+    }
+    checkpoint::save(
+        Path::new(&a.model),
+        &varmap_tensors(&vm),
+        checkpoint::new_card(cfg),
+    )?;
     Ok(())
 }
 
@@ -230,7 +242,7 @@ type Step = Box<dyn FnMut() -> Result<()>>;
 
 /// One SGD training step on a fresh copy of the model's weights.
 fn train_step(a: &Args, cfg: &ModelConfig, dev: &Device, x: Tensor) -> Result<Step> {
-    let loaded = checkpoint::load(&a.model)?;
+    let loaded = bundled::open(&a.model)?;
     let vm = candle_nn::VarMap::new();
     {
         let mut data = vm.data().lock().expect("fresh varmap");

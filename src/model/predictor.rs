@@ -51,10 +51,7 @@ impl Predictor {
     /// Opens a model by its spec: a model directory, or `builtin:demo` for the
     /// demo model bundled in the binary (see `weights/README.md`).
     pub fn open(spec: &str, device: &Device) -> Result<Self> {
-        match spec.strip_prefix("builtin:") {
-            Some(name) => super::bundled::load(name, device),
-            None => Predictor::load(Path::new(spec), device),
-        }
+        Predictor::from_loaded(&super::bundled::open(spec)?, device)
     }
 
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {

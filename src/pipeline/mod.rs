@@ -42,7 +42,7 @@ pub mod source;
 
 use frame::{unix_us, Frame};
 use metrics::Metrics;
-use model::{Bundle, Reference};
+use model::Bundle;
 use notify::Notifier;
 use source::{FrameSource, Next};
 
@@ -227,24 +227,16 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     let bundle = Arc::new(Bundle::open(&loaded)?);
     metrics.set_model(bundle.model_id());
     tracing::info!("serving {}", bundle.describe());
-    match &bundle.reference {
-        Reference::Unfolded(_) => {
-            tracing::info!(
-            "reference cross-check: every {} frame(s) against the unfolded network on the CPU{}",
-            cfg.checks.reference_every_nth_frame,
-            if cfg.device == "cpu" { " (same device as serving, different code path)" } else { "" }
-        )
+    tracing::info!(
+        "reference cross-check: every {} frame(s) against {}{}",
+        cfg.checks.reference_every_nth_frame,
+        bundle.reference.describe(),
+        if cfg.device == "cpu" {
+            " (same device as serving, different code path)"
+        } else {
+            ""
         }
-        Reference::Folded(_) => tracing::info!(
-            "reference cross-check: every {} frame(s) against the bundled model on the CPU{}",
-            cfg.checks.reference_every_nth_frame,
-            if cfg.device == "cpu" {
-                ": serving on the CPU too, so this path is compared with itself and only catches nondeterminism"
-            } else {
-                ""
-            }
-        ),
-    }
+    );
 
     let log_dir = loaded.log_dir()?;
     let evidence_dir = loaded.evidence_dir()?;

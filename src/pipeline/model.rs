@@ -9,37 +9,22 @@ use candle_core::{Device, Tensor};
 use super::preprocess::PrepSpec;
 use crate::config::{ChecksConfig, EvidenceConfig, Loaded};
 use crate::error::Result;
-use crate::model::checkpoint;
 use crate::model::{Gcm, Predictor};
 
-/// The path check (b) compares the served scores with.
+/// The path check (b) compares the served scores with: the unfolded network
+/// (BatchNorm as its own layer) on the CPU, a different code path from the
+/// served one (folded BatchNorm, the engine's planned executor, maybe a GPU).
 #[derive(Clone, Debug)]
-pub enum Reference {
-    /// The unfolded network (BatchNorm as its own layer, candle's reference
-    /// convolutions) on the CPU: a different code path from the served one
-    /// (folded BatchNorm, the engine's fused convolutions, maybe a GPU).
-    Unfolded(Box<Gcm>),
-    /// The served (folded) network again, on the CPU. Used for a bundled model,
-    /// whose tensors are not reachable as a model directory; on a CPU-only box
-    /// this compares the path with itself and catches nothing but
-    /// nondeterminism, which the daemon says when it starts.
-    Folded(Box<Predictor>),
-}
+pub struct Reference(pub Box<Gcm>);
 
 impl Reference {
     pub fn describe(&self) -> &'static str {
-        match self {
-            Reference::Unfolded(_) => "unfolded network on the CPU",
-            Reference::Folded(_) => "the served (folded) network on the CPU",
-        }
+        "the unfolded network on the CPU"
     }
 
     /// Scores `[N]` for one raw input `[1, D, R, C]` in [0, 1] (on the CPU).
     pub fn scores(&self, raw: &Tensor) -> Result<Vec<f32>> {
-        let s = match self {
-            Reference::Unfolded(net) => net.forward_t(raw, false)?.scores,
-            Reference::Folded(p) => p.forward(raw)?.scores,
-        };
+        let s = self.0.forward_t(raw, false)?.scores;
         Ok(s.to_device(&Device::Cpu)?.get(0)?.to_vec1::<f32>()?)
     }
 }
@@ -63,15 +48,9 @@ impl Bundle {
         let cfg = &loaded.config;
         let device = crate::device::open(&cfg.device)?;
         let spec = loaded.model_spec();
-        let (predictor, reference) = if spec.starts_with("builtin:") {
-            let p = Predictor::open(&spec, &device)?;
-            let r = Predictor::open(&spec, &Device::Cpu)?;
-            (p, Reference::Folded(Box::new(r)))
-        } else {
-            let m = checkpoint::load(std::path::Path::new(&spec))?;
-            let p = Predictor::from_loaded(&m, &device)?;
-            (p, Reference::Unfolded(Box::new(m.build(&Device::Cpu)?)))
-        };
+        let m = crate::model::bundled::open(&spec)?;
+        let predictor = Predictor::from_loaded(&m, &device)?;
+        let reference = Reference(Box::new(m.build(&Device::Cpu)?));
         let mc = predictor.config();
         cfg.check_against_model(
             predictor.classes(),
@@ -121,6 +100,7 @@ impl Bundle {
 #[cfg(test)]
 pub(crate) fn test_bundle(dir: &std::path::Path) -> Bundle {
     use crate::config::DaemonConfig;
+    use crate::model::checkpoint;
     use crate::model::gcm::varmap_tensors;
     use crate::model::ModelConfig;
     let mut cfg = ModelConfig::table3(8, 8, 1, vec!["a".into(), "b".into(), "c".into()]);
