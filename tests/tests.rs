@@ -18,3 +18,6 @@ mod train;
 
 #[path = "it/bad_input.rs"]
 mod bad_input;
+
+#[path = "it/elpv_scripts.rs"]
+mod elpv_scripts;
