@@ -126,7 +126,18 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
     }
     let card_path = dir.join(CARD_FILE);
     let text = std::fs::read_to_string(&card_path).at(&card_path)?;
-    let card: ModelCard = serde_json::from_str(&text)
+    let w_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&w_path).at(&w_path)?;
+    load_parts(dir, &text, &bytes)
+}
+
+/// The checks of [`load`] on a card's text and a weights file's bytes that
+/// are already in memory (a model bundled in the binary). `dir` names the
+/// model in errors.
+pub fn load_parts(dir: &Path, text: &str, bytes: &[u8]) -> Result<LoadedModel> {
+    let card_path = dir.join(CARD_FILE);
+    let w_path = dir.join(WEIGHTS_FILE);
+    let card: ModelCard = serde_json::from_str(text)
         .map_err(|e| Error::model(&card_path, format!("invalid model card: {e}")))?;
     if card.format != CARD_FORMAT {
         return Err(Error::model(
@@ -138,9 +149,7 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
         .validate()
         .map_err(|m| Error::model(&card_path, format!("model.{m}")))?;
 
-    let w_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&w_path).at(&w_path)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::model(&w_path, format!("not a safetensors file: {e}")))?;
     let mut tensors = HashMap::new();
     let specs = tensor_specs(&card.model);
@@ -195,7 +204,7 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
             format!("tensor {extra} is not part of the architecture in model.json"),
         ));
     }
-    let sha = sha256_hex(&bytes);
+    let sha = sha256_hex(bytes);
     if sha != card.weights_sha256 {
         return Err(Error::model(
             &card_path,
