@@ -19,5 +19,8 @@ mod train;
 #[path = "it/bad_input.rs"]
 mod bad_input;
 
+#[path = "it/engine.rs"]
+mod engine;
+
 #[path = "it/elpv_scripts.rs"]
 mod elpv_scripts;

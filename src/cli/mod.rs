@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 
+pub mod bench;
 pub mod check_config;
 pub mod eval;
 pub mod explain;
@@ -42,6 +43,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Train a GCM on image folders or a CSV manifest.
     Train(train::Args),
+    /// Measure how fast this machine runs a model: images/s and latency percentiles.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

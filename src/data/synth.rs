@@ -349,7 +349,7 @@ fn render(n: usize, kind: Kind, cell_seed: u64) -> Vec<u8> {
                 2 => ((0.0, nf - b), (a, nf)),
                 _ => ((nf, nf - b), (nf - a, nf)),
             };
-            let cx = if corner % 2 == 0 { 0.0 } else { nf };
+            let cx = if corner.is_multiple_of(2) { 0.0 } else { nf };
             let cy = if corner < 2 { 0.0 } else { nf };
             let dark = rng.range(0.3, 0.6) as f32;
             let side = |x: f32, y: f32| (q.0 - p.0) * (y - p.1) - (q.1 - p.1) * (x - p.0);

@@ -4,13 +4,56 @@
 //! behind them can be chosen per device without touching the networks.
 //! Layout is NCHW throughout; weights follow PyTorch's conventions
 //! (`[out, in, k, k]` for convolutions, `[in, out, k, k]` for transposed ones).
+//!
+//! On the CPU with `f32` tensors the engine's own kernels run (direct
+//! convolution on a padded, phase-split input with register tiling; the
+//! stride-2 transposed convolution by sub-pixel decomposition; see
+//! [`conv`]), as candle custom ops with their backward passes. Other devices
+//! and dtypes use candle's stock ops. [`set_stock_ops`] switches the CPU back to
+//! candle's ops, for comparison benchmarks.
 
-use candle_core::{Result, Tensor};
+use std::cell::Cell;
+
+use candle_core::{DType, Result, Tensor};
+
+pub mod bn;
+pub mod conv;
+mod kernels;
+mod ops;
+pub mod reference;
+pub mod simd;
+
+pub use ops::with_f32;
+pub use simd::Isa;
+
+thread_local! {
+    static STOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Use candle's stock ops instead of the engine's kernels on the CPU, for
+/// model code called from this thread (for measuring the difference and for
+/// tests; the engine is the default).
+pub fn set_stock_ops(stock: bool) {
+    STOCK.with(|s| s.set(stock));
+}
+
+/// Whether the engine's own CPU kernels run for these tensors (on this thread).
+pub fn uses_engine(x: &Tensor, w: &Tensor) -> bool {
+    !STOCK.with(|s| s.get())
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+}
 
 /// 2-D convolution with symmetric zero padding `pad` and the given stride.
 /// `x`: `[B, I, H, W]`, `w`: `[O, I, K, K]` -> `[B, O, H', W']`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    x.conv2d(w, pad, stride, 1, 1)
+    if uses_engine(x, w) {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, ops::Conv2d { stride, pad })
+    } else {
+        x.conv2d(w, pad, stride, 1, 1)
+    }
 }
 
 /// Transposed 2-D convolution, PyTorch semantics:
@@ -23,7 +66,18 @@ pub fn conv_transpose2d(
     pad: usize,
     out_pad: usize,
 ) -> Result<Tensor> {
-    x.conv_transpose2d(w, pad, out_pad, stride, 1)
+    if uses_engine(x, w) {
+        x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            ops::ConvTranspose2d {
+                stride,
+                pad,
+                out_pad,
+            },
+        )
+    } else {
+        x.conv_transpose2d(w, pad, out_pad, stride, 1)
+    }
 }
 
 /// `relu?(conv2d(x, w) + b)` with `b`: `[O]`. Inference only.
@@ -35,7 +89,18 @@ pub fn conv2d_bias_relu(
     pad: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    bias_relu(conv2d(x, w, stride, pad)?, b, relu)
+    if uses_engine(x, w) && b.dtype() == DType::F32 {
+        x.contiguous()?.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            &ops::Conv2dBiasRelu {
+                conv: ops::Conv2d { stride, pad },
+                relu,
+            },
+        )
+    } else {
+        bias_relu(conv2d(x, w, stride, pad)?, b, relu)
+    }
 }
 
 /// `relu?(conv_transpose2d(x, w) + b)` with `b`: `[O]`. Inference only.
@@ -48,7 +113,22 @@ pub fn conv_transpose2d_bias_relu(
     out_pad: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    bias_relu(conv_transpose2d(x, w, stride, pad, out_pad)?, b, relu)
+    if uses_engine(x, w) && b.dtype() == DType::F32 {
+        x.contiguous()?.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            &ops::ConvTranspose2dBiasRelu {
+                conv: ops::ConvTranspose2d {
+                    stride,
+                    pad,
+                    out_pad,
+                },
+                relu,
+            },
+        )
+    } else {
+        bias_relu(conv_transpose2d(x, w, stride, pad, out_pad)?, b, relu)
+    }
 }
 
 fn bias_relu(y: Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {

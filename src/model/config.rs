@@ -183,7 +183,7 @@ impl ModelConfig {
                 return Err(format!("classes: {c:?} appears twice"));
             }
         }
-        if self.head_kernel % 2 == 0 {
+        if self.head_kernel.is_multiple_of(2) {
             return Err(format!("head_kernel: {} must be odd", self.head_kernel));
         }
         if let InputScaling::Centred { mean } = &self.scaling {

@@ -99,16 +99,37 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false)
+    }
+
+    /// `relu(self.forward_t(x, train))`, fused into one op in training mode on the CPU.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = x.dim(1)?;
         let bshape = (1, c, 1, 1);
         if !train {
             let (scale, shift) = self.folded()?;
-            return x
+            let y = x
                 .broadcast_mul(&scale.reshape(bshape)?)?
-                .broadcast_add(&shift.reshape(bshape)?);
+                .broadcast_add(&shift.reshape(bshape)?)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         let (b, _, h, w) = x.dims4()?;
         let n = (b * h * w) as f64;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        if engine::uses_engine(x, &self.gamma) && self.beta.dtype() == DType::F32 {
+            // The engine's fused op: one pass for the statistics, one for the output.
+            let (y, mean, var) =
+                engine::bn::batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
+            let dev = x.device();
+            let mean = Tensor::from_vec(mean, c, dev)?;
+            let var = Tensor::from_vec(var, c, dev)?;
+            self.update_running(&mean, &var, unbias)?;
+            return Ok(y);
+        }
         // Statistics over batch and space, per channel.
         let xc = x.transpose(0, 1)?.reshape((c, b * h * w))?;
         let mean = xc.mean_keepdim(D::Minus1)?;
@@ -120,16 +141,26 @@ impl BatchNorm {
             .broadcast_mul(&self.gamma.reshape((c, 1))?)?
             .broadcast_add(&self.beta.reshape((c, 1))?)?;
         let y = y.reshape((c, b, h, w))?.transpose(0, 1)?;
-        // Running statistics (unbiased variance, as PyTorch), outside the graph.
-        let mean = mean.detach().flatten_all()?;
-        let var = var.detach().flatten_all()?;
-        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        self.update_running(
+            &mean.detach().flatten_all()?,
+            &var.detach().flatten_all()?,
+            unbias,
+        )?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// Running statistics (unbiased variance, as PyTorch), outside the graph.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, unbias: f64) -> Result<()> {
         let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
             + (var * (BN_MOMENTUM * unbias))?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        Ok(y)
+        Ok(())
     }
 }
 
@@ -157,7 +188,7 @@ impl ConvBnRelu {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv(x)?, train)?.relu()
+        self.bn.forward_relu_t(&self.conv(x)?, train)
     }
 
     /// Weight and bias with the BatchNorm's inference transform folded in.

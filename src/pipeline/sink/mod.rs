@@ -100,7 +100,7 @@ pub fn quantised_check(d: &Decided) -> Check {
 }
 
 fn every(n: u64, id: u64) -> bool {
-    n > 0 && id % n == 0
+    n > 0 && id.is_multiple_of(n)
 }
 
 impl Sinks {

@@ -1,0 +1,205 @@
+//! Training-mode BatchNorm (+ ReLU) as one op with its own backward.
+//!
+//! Written with candle's elementwise ops, BatchNorm in training mode is a
+//! dozen passes over the feature map (transpose, reductions, broadcasts) in
+//! forward and as many again in backward. Here forward is three passes (mean,
+//! variance, normalise + ReLU) and backward two (two per-channel sums, then the
+//! input gradient), parallel over channels and planes.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::ops::{f32_slice, with_f32};
+
+const LANES: usize = 16;
+
+/// `(sum(f(a)), sum(g(a)))` over the elements of `a` (and the zipped `b`, `c`),
+/// in `LANES` independent partial sums so the compiler vectorises it (one
+/// running f32 sum cannot be reordered).
+#[inline(always)]
+fn lane_sums(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let mut s0 = [0f32; LANES];
+    let mut s1 = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let cc = c.chunks_exact(LANES);
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
+        for l in 0..LANES {
+            let (u, v) = f(xa[l], xb[l], xc[l]);
+            s0[l] += u;
+            s1[l] += v;
+        }
+    }
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for ((&xa, &xb), &xc) in ra.iter().zip(rb).zip(rc) {
+        let (u, v) = f(xa, xb, xc);
+        t0 += u;
+        t1 += v;
+    }
+    (s0.iter().sum::<f32>() + t0, s1.iter().sum::<f32>() + t1)
+}
+
+/// Per-channel mean and biased variance of NCHW `x` (two-pass; per-plane
+/// sums in f32, summed over planes in f64).
+pub(crate) fn channel_stats(x: &[f32], (b, c, hw): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let n = (b * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..b).map(move |bi| &x[(bi * c + ch) * hw..(bi * c + ch + 1) * hw]);
+            let sum: f64 = planes()
+                .map(|p| lane_sums(p, p, p, |v, _, _| (v, 0.0)).0 as f64)
+                .sum();
+            let m = (sum / n) as f32;
+            let ss: f64 = planes()
+                .map(|p| lane_sums(p, p, p, |v, _, _| ((v - m) * (v - m), 0.0)).0 as f64)
+                .sum();
+            (m, (ss / n) as f32)
+        })
+        .unzip()
+}
+
+/// BatchNorm with the batch statistics `mean` and `1/sqrt(var + eps)`, then ReLU if asked.
+#[derive(Clone, Debug)]
+struct BnTrain {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    relu: bool,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "engine-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let gamma = f32_slice(s2, l2, self.name())?;
+        let beta = f32_slice(s3, l3, self.name())?;
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(bc, (yp, xp))| {
+                let ch = bc % c;
+                let a = gamma[ch] * self.inv_std[ch];
+                let s = beta[ch] - self.mean[ch] * a;
+                if self.relu {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = (v * a + s).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = v * a + s;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let n = (b * hw) as f32;
+        let gam = gamma.to_vec1::<f32>()?;
+        let (dx, dgamma, dbeta) = with_f32(x, |x| {
+            with_f32(y, |y| {
+                with_f32(g, |g| {
+                    // g' = g * relu'(y); per channel sum(g') and sum(g' * xhat).
+                    let relu = self.relu;
+                    let (sg, sgx): (Vec<f32>, Vec<f32>) = (0..c)
+                        .into_par_iter()
+                        .map(|ch| {
+                            let m = self.mean[ch];
+                            let mut s = 0f64;
+                            let mut sx = 0f64;
+                            for bi in 0..b {
+                                let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
+                                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                                let (u, v) = lane_sums(xs, ys, gs, |xv, yv, gv| {
+                                    let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+                                    (gm, gm * (xv - m))
+                                });
+                                s += u as f64;
+                                sx += v as f64;
+                            }
+                            (s as f32, (sx * self.inv_std[ch] as f64) as f32)
+                        })
+                        .unzip();
+                    let mut dx = vec![0f32; x.len()];
+                    dx.par_chunks_mut(hw).enumerate().for_each(|(bc, d)| {
+                        let ch = bc % c;
+                        let (m, is) = (self.mean[ch], self.inv_std[ch]);
+                        let k = gam[ch] * is / n;
+                        let r = bc * hw..(bc + 1) * hw;
+                        let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                        let (a, bsum) = (sg[ch], sgx[ch] * is);
+                        for (((dv, &xv), &yv), &gv) in d.iter_mut().zip(xs).zip(ys).zip(gs) {
+                            let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+                            *dv = k * (n * gm - a - (xv - m) * bsum);
+                        }
+                    });
+                    Ok((dx, sgx, sg))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (b, c, h, w), dev)?),
+            Some(Tensor::from_vec(dgamma, c, dev)?),
+            Some(Tensor::from_vec(dbeta, c, dev)?),
+        ))
+    }
+}
+
+/// Training-mode BatchNorm over the channels of CPU `f32` NCHW `x`, with ReLU
+/// if `relu`. Returns the output and the batch mean and biased variance (for
+/// the running statistics).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let x = x.contiguous()?;
+    let (b, c, h, w) = x.dims4()?;
+    let (mean, var) = with_f32(&x, |xs| Ok(channel_stats(xs, (b, c, h * w))))?;
+    let inv_std = var
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + eps).sqrt() as f32)
+        .collect();
+    let y = x.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BnTrain {
+            mean: mean.clone(),
+            inv_std,
+            relu,
+        },
+    )?;
+    Ok((y, mean, var))
+}

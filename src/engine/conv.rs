@@ -1,0 +1,830 @@
+//! Convolution plans on plain `f32` slices in NCHW: the forward convolution,
+//! the sub-pixel transposed convolution and the weight gradient.
+//!
+//! A plan is made once per layer and input size (weights packed for the
+//! register tile, tap offsets, prepared-input geometry) and run many times on
+//! caller-provided buffers, so the inference executor allocates nothing per
+//! frame. The training ops make a plan per call; packing costs
+//! `O(weights)`, small next to the convolution.
+//!
+//! Transposed convolution with stride `s` is run as `s * s` small direct
+//! convolutions on the low-resolution input, one per output phase
+//! `(Y mod s, X mod s)`, each with only the kernel taps that reach that phase:
+//! no zero-stuffed input, `1 / s^2` of the multiply-adds of the naive
+//! formulation.
+
+use rayon::prelude::*;
+
+use super::kernels::{conv_tile, wgrad_kernel, ConvFn, ConvJob, OutPtr, WgradJob};
+use super::simd::Isa;
+
+fn round_up(x: usize, m: usize) -> usize {
+    x.div_ceil(m) * m
+}
+
+/// Rows of output per task so that there are at least a few tasks per thread.
+fn rows_per_task(rows: usize, other_tasks: usize) -> usize {
+    let want = rayon::current_num_threads() * 4;
+    let splits = want.div_ceil(other_tasks.max(1)).max(1);
+    rows.div_ceil(splits).max(1)
+}
+
+/// Geometry of a prepared input: `[cin][phases][rows][cols]` per image, with
+/// `P[c][ph][r][q] = x[c][r - pad_top][q * step + ph - pad_left]` (zero outside).
+#[derive(Clone, Debug)]
+struct Prep {
+    cin: usize,
+    h: usize,
+    w: usize,
+    step: usize,
+    phases: usize,
+    rows: usize,
+    cols: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+impl Prep {
+    fn img_len(&self) -> usize {
+        self.cin * self.ch_len()
+    }
+    fn ch_len(&self) -> usize {
+        self.phases * self.rows * self.cols
+    }
+
+    /// Fills `out` (`batch * img_len`) from NCHW `x`.
+    fn fill(&self, x: &[f32], batch: usize, out: &mut [f32]) {
+        let hw = self.h * self.w;
+        out[..batch * self.img_len()]
+            .par_chunks_mut(self.ch_len())
+            .enumerate()
+            .for_each(|(bc, dst)| self.fill_channel(&x[bc * hw..(bc + 1) * hw], dst));
+    }
+
+    /// Fills one image's prepared input (`img_len` floats) from its `[cin, h, w]`.
+    fn fill_image(&self, x: &[f32], out: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (c, dst) in out[..self.img_len()].chunks_mut(self.ch_len()).enumerate() {
+            self.fill_channel(&x[c * hw..(c + 1) * hw], dst);
+        }
+    }
+
+    /// Fills prepared rows `lo..hi` (of every channel and phase) of one image.
+    fn fill_rows(&self, x: &[f32], out: &mut [f32], lo: usize, hi: usize) {
+        let hw = self.h * self.w;
+        for (c, dst) in out[..self.img_len()].chunks_mut(self.ch_len()).enumerate() {
+            self.fill_channel_rows(&x[c * hw..(c + 1) * hw], dst, lo, hi);
+        }
+    }
+
+    fn fill_channel(&self, src: &[f32], dst: &mut [f32]) {
+        self.fill_channel_rows(src, dst, 0, self.rows)
+    }
+
+    fn fill_channel_rows(&self, src: &[f32], dst: &mut [f32], lo_row: usize, hi_row: usize) {
+        let (h, w, step, pl) = (self.h, self.w, self.step, self.pad_left);
+        for (ph, plane) in dst.chunks_mut(self.rows * self.cols).enumerate() {
+            // Columns q with 0 <= q * step + ph - pad_left < w.
+            let hi = (w + pl).saturating_sub(ph).div_ceil(step).min(self.cols);
+            let lo = pl.saturating_sub(ph).div_ceil(step).min(hi);
+            for (r, d) in plane
+                .chunks_mut(self.cols)
+                .enumerate()
+                .take(hi_row)
+                .skip(lo_row)
+            {
+                let iy = r as isize - self.pad_top as isize;
+                if iy < 0 || iy >= h as isize {
+                    d.fill(0.0);
+                    continue;
+                }
+                let s = &src[iy as usize * w..(iy as usize + 1) * w];
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                if step == 1 {
+                    let first = lo + ph - pl;
+                    d[lo..hi].copy_from_slice(&s[first..first + hi - lo]);
+                } else {
+                    for (q, v) in d[lo..hi].iter_mut().enumerate() {
+                        *v = s[(lo + q) * step + ph - pl];
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's prepared-input buffer for per-image tasks (reused, so the
+    /// training ops do not allocate it per call).
+    static PREP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's prepared-input buffer of at least `n` floats.
+fn with_prep<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PREP.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < n {
+            p.resize(n, 0.0);
+        }
+        f(&mut p[..n])
+    })
+}
+
+/// Batches at least this many times the thread count run one image per task
+/// (prepared input and output of an image stay in the core's cache).
+const IMAGES_PER_THREAD: usize = 2;
+
+/// Packs `weight(o, ci, t)` as `[cout / ocb][cin][taps][ocb]`, zero beyond `cout`.
+fn pack(
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    ocb: usize,
+    weight: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    let nob = cout.div_ceil(ocb);
+    let mut p = vec![0f32; nob * cin * taps * ocb];
+    for ob in 0..nob {
+        for ci in 0..cin {
+            for t in 0..taps {
+                for j in 0..ocb {
+                    let o = ob * ocb + j;
+                    if o < cout {
+                        p[((ob * cin + ci) * taps + t) * ocb + j] = weight(o, ci, t);
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// One phase (or the whole) of a convolution: taps, packed weights, output placement.
+#[derive(Clone, Debug)]
+struct Part {
+    taps: Vec<usize>,
+    w: Vec<f32>,
+    oh: usize,
+    ow: usize,
+    x_row: usize,
+    out_off: usize,
+    out_row: usize,
+    out_col: usize,
+}
+
+/// A planned convolution or transposed convolution for a fixed input size.
+#[derive(Clone, Debug)]
+pub struct ConvPlan {
+    kernel: ConvFn,
+    ocb: usize,
+    prep: Prep,
+    parts: Vec<Part>,
+    bias: Option<Vec<f32>>,
+    relu: bool,
+    /// Output row `r` of every part reads prepared rows
+    /// `r * row_step .. r * row_step + row_span`.
+    row_step: usize,
+    row_span: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Output size.
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvPlan {
+    /// `conv2d` with weight `[cout, cin, k, k]` (PyTorch layout), symmetric
+    /// zero padding `pad`, then `+ bias` and ReLU when asked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        isa: Isa,
+        (cin, h, w): (usize, usize, usize),
+        weight: &[f32],
+        (cout, k): (usize, usize),
+        stride: usize,
+        pad: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> ConvPlan {
+        assert!(stride >= 1 && k >= 1);
+        assert_eq!(weight.len(), cout * cin * k * k, "conv weight size");
+        assert!(
+            h + 2 * pad >= k && w + 2 * pad >= k,
+            "input smaller than the kernel"
+        );
+        let oh = (h + 2 * pad - k) / stride + 1;
+        let ow = (w + 2 * pad - k) / stride + 1;
+        let l = isa.lanes();
+        let phases = stride.min(k);
+        let rows = (oh - 1) * stride + k;
+        let cols = round_up(ow, l) + (k - 1) / stride + 1;
+        let prep = Prep {
+            cin,
+            h,
+            w,
+            step: stride,
+            phases,
+            rows,
+            cols,
+            pad_top: pad,
+            pad_left: pad,
+        };
+        let mut taps = Vec::with_capacity(k * k);
+        for ky in 0..k {
+            for kx in 0..k {
+                taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
+            }
+        }
+        let (ocb, kernel) = conv_tile(isa, cout);
+        let wp = pack(cout, cin, k * k, ocb, |o, ci, t| {
+            weight[(o * cin + ci) * k * k + t]
+        });
+        ConvPlan {
+            kernel,
+            ocb,
+            prep,
+            parts: vec![Part {
+                taps,
+                w: wp,
+                oh,
+                ow,
+                x_row: stride * cols,
+                out_off: 0,
+                out_row: ow,
+                out_col: 1,
+            }],
+            bias: bias.map(|b| b.to_vec()),
+            relu,
+            row_step: stride,
+            row_span: k,
+            cin,
+            cout,
+            h,
+            w,
+            oh,
+            ow,
+        }
+    }
+
+    /// `conv_transpose2d` with weight `[cin, cout, k, k]` (PyTorch layout):
+    /// output size `(h - 1) * stride - 2 * pad + k + out_pad` per axis.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_transpose(
+        isa: Isa,
+        (cin, h, w): (usize, usize, usize),
+        weight: &[f32],
+        (cout, k): (usize, usize),
+        stride: usize,
+        pad: usize,
+        (out_pad_h, out_pad_w): (usize, usize),
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> ConvPlan {
+        assert!(stride >= 1 && k >= 1 && out_pad_h < stride && out_pad_w < stride);
+        assert_eq!(
+            weight.len(),
+            cout * cin * k * k,
+            "conv_transpose weight size"
+        );
+        let full = |n: usize, op: usize| ((n - 1) * stride + k + op) as isize - 2 * pad as isize;
+        assert!(
+            full(h, out_pad_h) > 0 && full(w, out_pad_w) > 0,
+            "empty transposed-convolution output"
+        );
+        let (oh, ow) = (full(h, out_pad_h) as usize, full(w, out_pad_w) as usize);
+        let l = isa.lanes();
+        let s = stride as isize;
+        let p = pad as isize;
+        // Taps of phase r along one axis: (kernel index, input offset).
+        let axis_taps = |r: usize| -> Vec<(usize, isize)> {
+            (0..k)
+                .filter(|&kk| (r as isize + p - kk as isize).rem_euclid(s) == 0)
+                .map(|kk| (kk, (r as isize + p - kk as isize).div_euclid(s)))
+                .collect()
+        };
+        let phase_taps: Vec<Vec<(usize, isize)>> = (0..stride).map(axis_taps).collect();
+        let min_d = phase_taps.iter().flatten().map(|t| t.1).min().unwrap_or(0);
+        let max_d = phase_taps.iter().flatten().map(|t| t.1).max().unwrap_or(0);
+        let pad0 = (-min_d).max(0) as usize;
+        let span = (max_d + pad0 as isize).max(0) as usize;
+        let count = |n: usize, r: usize| if r < n { (n - r).div_ceil(stride) } else { 0 };
+        let qh = count(oh, 0);
+        let qw = count(ow, 0);
+        let rows = qh + span;
+        let cols = round_up(qw, l) + span;
+        let prep = Prep {
+            cin,
+            h,
+            w,
+            step: 1,
+            phases: 1,
+            rows,
+            cols,
+            pad_top: pad0,
+            pad_left: pad0,
+        };
+        let (ocb, kernel) = conv_tile(isa, cout);
+        let mut parts = Vec::new();
+        for ry in 0..stride {
+            for rx in 0..stride {
+                let (ph, pw) = (count(oh, ry), count(ow, rx));
+                if ph == 0 || pw == 0 {
+                    continue;
+                }
+                let mut taps = Vec::new();
+                let mut kidx = Vec::new();
+                for &(ky, dy) in &phase_taps[ry] {
+                    for &(kx, dx) in &phase_taps[rx] {
+                        let r = (dy + pad0 as isize) as usize;
+                        let c = (dx + pad0 as isize) as usize;
+                        taps.push(r * cols + c);
+                        kidx.push(ky * k + kx);
+                    }
+                }
+                let wp = pack(cout, cin, taps.len(), ocb, |o, ci, t| {
+                    weight[(ci * cout + o) * k * k + kidx[t]]
+                });
+                parts.push(Part {
+                    taps,
+                    w: wp,
+                    oh: ph,
+                    ow: pw,
+                    x_row: cols,
+                    out_off: ry * ow + rx,
+                    out_row: stride * ow,
+                    out_col: stride,
+                });
+            }
+        }
+        ConvPlan {
+            kernel,
+            ocb,
+            prep,
+            parts,
+            bias: bias.map(|b| b.to_vec()),
+            relu,
+            row_step: 1,
+            row_span: span + 1,
+            cin,
+            cout,
+            h,
+            w,
+            oh,
+            ow,
+        }
+    }
+
+    /// Floats of prepared input per image (scratch for [`ConvPlan::run_image`]).
+    pub fn scratch_len(&self) -> usize {
+        self.prep.img_len()
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.cout * self.oh * self.ow
+    }
+
+    /// Runs on `batch` NCHW images `x`, writing NCHW `out`, split across the
+    /// threads. Allocates nothing once each thread's prepared-input buffer
+    /// has grown to this plan's size.
+    pub fn run(&self, x: &[f32], batch: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), batch * self.cin * self.h * self.w, "input size");
+        assert_eq!(out.len(), batch * self.out_len(), "output size");
+        if batch == 0 {
+            return;
+        }
+        let out_len = out.len();
+        let outp = OutPtr(out.as_mut_ptr());
+        let nob = self.cout.div_ceil(self.ocb);
+        let kernel = self.kernel;
+        let in_img = self.cin * self.h * self.w;
+        // Whole images per task when there are enough of them; otherwise
+        // bands of output rows, each task preparing just the input rows its
+        // band reads (one parallel region per layer, no shared scratch).
+        let max_rows = self.parts.iter().map(|p| p.oh).max().unwrap_or(1);
+        let rpt = if batch >= IMAGES_PER_THREAD * rayon::current_num_threads() {
+            max_rows
+        } else {
+            rows_per_task(max_rows, batch)
+        };
+        let chunks = max_rows.div_ceil(rpt);
+        (0..batch * chunks).into_par_iter().for_each(|t| {
+            let (b, r0) = (t / chunks, (t % chunks) * rpt);
+            let r1 = (r0 + rpt).min(max_rows);
+            with_prep(self.scratch_len(), |prep| {
+                let lo = r0 * self.row_step;
+                let hi = ((r1 - 1) * self.row_step + self.row_span).min(self.prep.rows);
+                self.prep
+                    .fill_rows(&x[b * in_img..(b + 1) * in_img], prep, lo, hi);
+                for p in &self.parts {
+                    let pr1 = r1.min(p.oh);
+                    if r0 >= pr1 {
+                        continue;
+                    }
+                    let job = self.job(p, prep, 0, outp, out_len);
+                    for ob in 0..nob {
+                        // SAFETY: `kernel` was chosen by `conv_tile` for the
+                        // detected ISA; the packed weights were sized by this
+                        // plan and `prep` holds every input row the rows
+                        // `r0..pr1` read; tasks write disjoint (image, rows),
+                        // and the phases of a transposed convolution write
+                        // disjoint pixels.
+                        unsafe { kernel(&job, b, ob, r0, pr1) }
+                    }
+                }
+            })
+        });
+    }
+
+    /// Runs one image on the calling thread only: `x` `[cin, h, w]`,
+    /// `scratch` at least `scratch_len()`, `out` `out_len()` floats.
+    pub fn run_image(&self, x: &[f32], scratch: &mut [f32], out: &mut [f32]) {
+        assert_eq!(x.len(), self.cin * self.h * self.w, "input size");
+        assert_eq!(out.len(), self.out_len(), "output size");
+        let prep = &mut scratch[..self.scratch_len()];
+        self.prep.fill_image(x, prep);
+        let (outp, out_len) = (OutPtr(out.as_mut_ptr()), out.len());
+        for p in &self.parts {
+            let job = self.job(p, prep, 0, outp, out_len);
+            for ob in 0..self.cout.div_ceil(self.ocb) {
+                // SAFETY: as in `run`; one image, written by this thread only.
+                unsafe { (self.kernel)(&job, 0, ob, 0, p.oh) }
+            }
+        }
+    }
+
+    /// The job of one part over prepared input `x` (`x_img` floats per
+    /// image; 0 when `x` holds one image).
+    fn job<'a>(
+        &'a self,
+        p: &'a Part,
+        x: &'a [f32],
+        x_img: usize,
+        out: OutPtr,
+        out_len: usize,
+    ) -> ConvJob<'a> {
+        ConvJob {
+            x,
+            x_img,
+            x_ch: self.prep.ch_len(),
+            x_row: p.x_row,
+            taps: &p.taps,
+            cin: self.cin,
+            w: &p.w,
+            bias: self.bias.as_deref(),
+            relu: self.relu,
+            cout: self.cout,
+            oh: p.oh,
+            ow: p.ow,
+            out,
+            out_len,
+            out_off: p.out_off,
+            out_img: self.out_len(),
+            out_ch: self.oh * self.ow,
+            out_row: p.out_row,
+            out_col: p.out_col,
+        }
+    }
+}
+
+/// Weight gradient of `conv2d(x, w, stride, pad)` for output gradient `g`:
+/// `g`: `[b, cout, oh, ow]`, `x`: `[b, cin, h, w]` -> `[cout, cin, k, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_weight_grad(
+    isa: Isa,
+    g: &[f32],
+    x: &[f32],
+    (batch, cin, h, w): (usize, usize, usize, usize),
+    (cout, oh, ow): (usize, usize, usize),
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Vec<f32> {
+    assert_eq!(x.len(), batch * cin * h * w, "input size");
+    assert_eq!(g.len(), batch * cout * oh * ow, "gradient size");
+    let l = isa.lanes();
+    let phases = stride.min(k);
+    let rows = ((oh.max(1) - 1) * stride + k).max(h + pad);
+    let owp = round_up(ow, l);
+    let cols = owp + (k - 1) / stride + 1;
+    let prep = Prep {
+        cin,
+        h,
+        w,
+        step: stride,
+        phases,
+        rows,
+        cols,
+        pad_top: pad,
+        pad_left: pad,
+    };
+    let nt = k * k;
+    let mut out = vec![0f32; cout * cin * nt];
+    if batch == 0 || oh == 0 || ow == 0 {
+        return out;
+    }
+    let per_image = batch >= IMAGES_PER_THREAD * rayon::current_num_threads();
+    let mut xp = Vec::new();
+    if !per_image {
+        xp = vec![0f32; batch * prep.img_len()];
+        prep.fill(x, batch, &mut xp);
+    }
+    // Rows of g padded with zeros to whole vectors.
+    let gp: std::borrow::Cow<[f32]> = if owp == ow {
+        std::borrow::Cow::Borrowed(g)
+    } else {
+        let mut v = vec![0f32; batch * cout * oh * owp];
+        v.par_chunks_mut(owp)
+            .zip(g.par_chunks(ow))
+            .for_each(|(d, s)| d[..ow].copy_from_slice(s));
+        std::borrow::Cow::Owned(v)
+    };
+    let mut taps = Vec::with_capacity(nt);
+    for ky in 0..k {
+        for kx in 0..k {
+            taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
+        }
+    }
+    let job = WgradJob {
+        g: &gp,
+        g_img: cout * oh * owp,
+        g_ch: oh * owp,
+        g_row: owp,
+        x: &xp,
+        x_img: prep.img_len(),
+        x_ch: prep.ch_len(),
+        x_row: stride * cols,
+        taps: &taps,
+        cout,
+        cin,
+        oh,
+        row_vecs: owp / l,
+    };
+    let kernel = wgrad_kernel(isa, nt);
+    let n = out.len();
+    let in_img = cin * h * w;
+    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
+    };
+    let partial = if per_image {
+        (0..batch)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; n],
+                |mut acc, b| {
+                    with_prep(prep.img_len(), |buf| {
+                        prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
+                        let job = WgradJob {
+                            x: buf,
+                            x_img: 0,
+                            ..job.clone()
+                        };
+                        for ci in 0..cin {
+                            // SAFETY: `kernel` matches the detected ISA; `buf`
+                            // holds image `b` prepared for every tap.
+                            unsafe { kernel(&job, b, ci, &mut acc) };
+                        }
+                    });
+                    acc
+                },
+            )
+            .reduce(|| vec![0f32; n], sum)
+    } else {
+        (0..batch * cin)
+            .into_par_iter()
+            .fold(
+                || vec![0f32; n],
+                |mut acc, bc| {
+                    // SAFETY: `kernel` matches the detected ISA; `job` was sized
+                    // above (g padded to whole vectors, x prepared for every tap).
+                    unsafe { kernel(&job, bc / cin, bc % cin, &mut acc) };
+                    acc
+                },
+            )
+            .reduce(|| vec![0f32; n], sum)
+    };
+    out.copy_from_slice(&partial);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::reference;
+    use crate::rng::Rng;
+
+    fn rand(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}: element {i}: {x} vs reference {y}"
+            );
+        }
+    }
+
+    fn bias_relu(v: &mut [f32], bias: Option<&[f32]>, relu: bool, plane: usize) {
+        for (i, x) in v.iter_mut().enumerate() {
+            if let Some(b) = bias {
+                *x += b[(i / plane) % b.len()];
+            }
+            if relu {
+                *x = x.max(0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn conv_matches_reference_on_random_shapes_for_every_isa() {
+        let mut rng = Rng::new(31);
+        for isa in Isa::available() {
+            for case in 0..40 {
+                let b = [1, 2, 5][rng.below(3)];
+                let cin = [1, 3, 5, 16, 17][rng.below(5)];
+                let cout = [1, 2, 3, 7, 9, 16, 20][rng.below(7)];
+                let k = [1, 3, 5][rng.below(3)];
+                let stride = 1 + rng.below(2);
+                let pad = [0, k / 2][rng.below(2)];
+                let h = k.max(1 + rng.below(21));
+                let w = k.max(1 + rng.below(37));
+                let x = rand(&mut rng, b * cin * h * w);
+                let wt = rand(&mut rng, cout * cin * k * k);
+                let bias = rand(&mut rng, cout);
+                let (use_bias, relu) = (rng.bool(0.5), rng.bool(0.5));
+                let bias = use_bias.then_some(&bias[..]);
+                let plan =
+                    ConvPlan::conv(isa, (cin, h, w), &wt, (cout, k), stride, pad, bias, relu);
+                let (mut want, oh, ow) =
+                    reference::conv2d(&x, (b, cin, h, w), &wt, (cout, k), stride, pad);
+                bias_relu(&mut want, bias, relu, oh * ow);
+                assert_eq!((plan.oh, plan.ow), (oh, ow));
+                let mut out = vec![f32::NAN; b * plan.out_len()];
+                plan.run(&x, b, &mut out);
+                // One image at a time on this thread gives the same result.
+                let mut scratch = vec![f32::NAN; plan.scratch_len()];
+                let mut one = vec![f32::NAN; plan.out_len()];
+                let n_in = x.len() / b;
+                for bi in 0..b {
+                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
+                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
+                }
+                let what = format!(
+                    "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
+                );
+                assert_close(&out, &want, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_conv_matches_reference_on_random_shapes_for_every_isa() {
+        let mut rng = Rng::new(32);
+        for isa in Isa::available() {
+            for case in 0..40 {
+                let b = [1, 2, 5][rng.below(3)];
+                let cin = [1, 4, 9, 16][rng.below(4)];
+                let cout = [1, 2, 5, 8, 17][rng.below(5)];
+                let k = 2 + rng.below(4);
+                let stride = 1 + rng.below(3);
+                let pad = rng.below(k.div_ceil(2));
+                let (oph, opw) = (rng.below(stride), rng.below(stride));
+                let h = 1 + rng.below(12);
+                let w = 1 + rng.below(25);
+                if (h - 1) * stride + k + oph <= 2 * pad || (w - 1) * stride + k + opw <= 2 * pad {
+                    continue;
+                }
+                let x = rand(&mut rng, b * cin * h * w);
+                let wt = rand(&mut rng, cin * cout * k * k);
+                let bias = rand(&mut rng, cout);
+                let (use_bias, relu) = (rng.bool(0.5), rng.bool(0.5));
+                let bias = use_bias.then_some(&bias[..]);
+                let plan = ConvPlan::conv_transpose(
+                    isa,
+                    (cin, h, w),
+                    &wt,
+                    (cout, k),
+                    stride,
+                    pad,
+                    (oph, opw),
+                    bias,
+                    relu,
+                );
+                // The reference takes one output padding: compare on the
+                // larger output and crop.
+                let op = oph.max(opw);
+                let (full, fh, fw) = reference::conv_transpose2d(
+                    &x,
+                    (b, cin, h, w),
+                    &wt,
+                    (cout, k),
+                    stride,
+                    pad,
+                    op,
+                );
+                let (oh, ow) = (fh - (op - oph), fw - (op - opw));
+                let mut want = Vec::with_capacity(b * cout * oh * ow);
+                for bo in 0..b * cout {
+                    for y in 0..oh {
+                        let row = (bo * fh + y) * fw;
+                        want.extend_from_slice(&full[row..row + ow]);
+                    }
+                }
+                bias_relu(&mut want, bias, relu, oh * ow);
+                assert_eq!((plan.oh, plan.ow), (oh, ow));
+                let mut out = vec![f32::NAN; b * plan.out_len()];
+                plan.run(&x, b, &mut out);
+                // One image at a time on this thread gives the same result.
+                let mut scratch = vec![f32::NAN; plan.scratch_len()];
+                let mut one = vec![f32::NAN; plan.out_len()];
+                let n_in = x.len() / b;
+                for bi in 0..b {
+                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
+                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
+                }
+                let what = format!(
+                    "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad} op{oph},{opw}"
+                );
+                assert_close(&out, &want, &what);
+            }
+        }
+    }
+
+    /// dW[o,i,ky,kx] = sum g[b,o,y,x] * x[b,i,y*s+ky-p,x*s+kx-p], by definition.
+    fn naive_wgrad(
+        g: &[f32],
+        x: &[f32],
+        (b, ci, h, w): (usize, usize, usize, usize),
+        (co, oh, ow): (usize, usize, usize),
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f64; co * ci * k * k];
+        for bi in 0..b {
+            for o in 0..co {
+                for i in 0..ci {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let mut acc = 0f64;
+                            for y in 0..oh {
+                                for xx in 0..ow {
+                                    let iy = (y * s + ky) as isize - p as isize;
+                                    let ix = (xx * s + kx) as isize - p as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    acc += g[((bi * co + o) * oh + y) * ow + xx] as f64
+                                        * x[((bi * ci + i) * h + iy as usize) * w + ix as usize]
+                                            as f64;
+                                }
+                            }
+                            out[((o * ci + i) * k + ky) * k + kx] += acc;
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|v| v as f32).collect()
+    }
+
+    #[test]
+    fn weight_grad_matches_definition_for_every_isa() {
+        let mut rng = Rng::new(33);
+        for isa in Isa::available() {
+            for case in 0..30 {
+                let b = [1, 2, 5][rng.below(3)];
+                let ci = [1, 3, 16][rng.below(3)];
+                let co = [1, 2, 5, 16, 17][rng.below(5)];
+                let k = [1, 2, 3, 5][rng.below(4)];
+                let s = 1 + rng.below(2);
+                let p = rng.below(k / 2 + 1);
+                let h = k.max(1 + rng.below(19));
+                let w = k.max(1 + rng.below(35));
+                // Any output size the caller states, including the adjoint use
+                // (transposed convolution) where it is not conv's own.
+                let oh = (h + 2 * p - k) / s + 1 + rng.below(2);
+                let ow = (w + 2 * p - k) / s + 1 + rng.below(2);
+                let x = rand(&mut rng, b * ci * h * w);
+                let g = rand(&mut rng, b * co * oh * ow);
+                let got = conv2d_weight_grad(isa, &g, &x, (b, ci, h, w), (co, oh, ow), k, s, p);
+                let want = naive_wgrad(&g, &x, (b, ci, h, w), (co, oh, ow), k, s, p);
+                let what = format!("{isa:?} case {case}: b{b} {ci}->{co} {h}x{w} k{k} s{s} p{p}");
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                        "{what}: element {i}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}
