@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 die() { echo "bench-elpv: $*" >&2; exit 1; }
 [ $# -ge 1 ] || die "usage: scripts/bench-elpv.sh MODEL_DIR [THREADS] [ROUNDS]"
 MODEL="$1"
-THREADS="${2:-$(nproc)}"
+CORES="$(nproc --all)"
+THREADS="${2:-$CORES}"
 ROUNDS="${3:-3}"
 BIN="${BIN:-target/release/gcm-inspect}"
 EPOCHS="${EPOCHS:-0}"
@@ -74,7 +75,7 @@ PY
     done
 fi
 
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads $THREADS"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $CORES cores, threads $THREADS"
 echo "load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "gcm-inspect: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), model $MODEL ($(grep -m1 -o '"weights_sha256": *"[0-9a-f]\{12\}' "$MODEL/model.json" | grep -o '[0-9a-f]\{12\}$'))"
 [ -z "${KEEP:-}" ] || cp "$OUT" "$KEEP"
