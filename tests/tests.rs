@@ -27,3 +27,6 @@ mod engine;
 #[cfg(feature = "cuda")]
 #[path = "it/gpu.rs"]
 mod gpu;
+
+#[path = "it/elpv_scripts.rs"]
+mod elpv_scripts;

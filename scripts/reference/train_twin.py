@@ -1,0 +1,237 @@
+"""Trains the PyTorch twin with gcm-inspect's recipe (a `train --config` YAML).
+
+    .venv-ref/bin/python scripts/reference/train_twin.py \
+        --data data/elpv/binary.csv --config config/elpv-binary.yaml --out data/runs/x
+
+The same semantics as `gcm-inspect train` (src/train/): the manifest's `train`
+rows only (`test` rows are never read unless --test is given), a validation
+set stratified by label carved out of them with `val_fraction` and `seed` (not
+the same images as gcm-inspect's split, which uses its own RNG), SGD with
+momentum and weight decay on convolution weights only, the step schedule at
+`lr_milestones_fraction`, optional inverse-frequency class weights, flips /
+90-degree rotations / zero pad-and-crop, the best epoch by validation accuracy
+(ties: lower loss). Images are resized with PIL's antialiased bilinear filter.
+
+Writes OUT/model.safetensors + OUT/model.json (loadable by gcm-inspect) and
+OUT/history.jsonl; prints one JSON line per epoch and a summary line.
+--test evaluates the best model on the manifest's test rows once at the end.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
+
+DEFAULTS = dict(epochs=180, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
+                val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
+                class_balanced_loss=False)
+AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4)
+
+
+def load_config(path):
+    cfg = dict(DEFAULTS)
+    raw = {}
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    cfg.update({k: v for k, v in raw.items() if k not in ("augment", "model")})
+    cfg["augment"] = dict(AUG_DEFAULTS, **(raw.get("augment") or {}))
+    cfg["model"] = dict(raw.get("model") or {})
+    return cfg
+
+
+def lr_at(cfg, epoch):
+    passed = sum(1 for f in cfg["lr_milestones_fraction"] if epoch >= round(f * cfg["epochs"]))
+    return cfg["lr"] * cfg["lr_decay_factor"] ** passed
+
+
+def stratified_val(labels, frac, seed):
+    rng = np.random.RandomState(seed)
+    val = []
+    for c in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == c]
+        rng.shuffle(idx)
+        val += idx[: int(round(frac * len(idx)))]
+    val = set(val)
+    return [i for i in range(len(labels)) if i not in val], sorted(val)
+
+
+def load_set(rows, size, classes):
+    x = np.stack([load_grey(r["path"], size) for r in rows])[:, None]
+    y = np.array([classes.index(r["label"]) for r in rows])
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def augment(xb, aug, gen):
+    """Per image: zero pad-and-crop, flips, rotation by k*90 degrees (uint8 in, float out)."""
+    x = xb.float() / 255.0
+    out = torch.empty_like(x)
+    p = aug["pad_crop_px"]
+    r = torch.randint(0, 2**31 - 1, (x.shape[0], 5), generator=gen)
+    for i in range(x.shape[0]):
+        im = x[i]
+        if p > 0:
+            dy, dx = int(r[i, 0] % (2 * p + 1)), int(r[i, 1] % (2 * p + 1))
+            im = F.pad(im, (p, p, p, p))[:, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+        if aug["hflip"] and r[i, 2] % 2:
+            im = im.flip(2)
+        if aug["vflip"] and (r[i, 3] // 2) % 2:
+            im = im.flip(1)
+        if aug["rot90"] and x.shape[2] == x.shape[3]:
+            im = torch.rot90(im, int(r[i, 4] % 4), (1, 2))
+        out[i] = im
+    return out
+
+
+def evaluate(net, x, y, batch, weights=None):
+    net.eval()
+    correct, loss, n = 0, 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(x), batch):
+            xb, yb = x[s:s + batch].float() / 255.0, y[s:s + batch]
+            scores = net(xb)
+            loss += F.cross_entropy(scores, yb, reduction="sum").item()
+            correct += (scores.argmax(1) == yb).sum().item()
+            n += len(xb)
+    return correct / n, loss / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--size", type=int, help="input rows = columns")
+    ap.add_argument("--scaling", choices=["raw", "inverted", "centred"])
+    ap.add_argument("--widths", help="encoder widths, e.g. 16,32,64")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--set", action="append", default=[],
+                    help="KEY=YAML override, e.g. augment.pad_crop_px=4 or class_balanced_loss=true")
+    ap.add_argument("--test", action="store_true", help="evaluate the best model on the test rows at the end")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    cfg = load_config(a.config)
+    m = cfg["model"]
+    if a.epochs:
+        cfg["epochs"] = a.epochs
+    if a.size:
+        m["input_rows"] = m["input_cols"] = a.size
+    if a.scaling:
+        m["scaling"] = a.scaling
+    if a.widths:
+        m["encoder_widths"] = [int(w) for w in a.widths.split(",")]
+    if a.lr:
+        cfg["lr"] = a.lr
+    if a.seed is not None:
+        cfg["seed"] = a.seed
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        d = cfg
+        *path, last = k.split(".")
+        for p in path:
+            d = d[p]
+        d[last] = yaml.safe_load(v)
+
+    rows, classes = read_manifest(a.data)
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    val_rows = [r for r in rows if r.get("split") == "val"]
+    if not val_rows:
+        tr, va = stratified_val([r["label"] for r in train_rows], cfg["val_fraction"], cfg["seed"])
+        train_rows, val_rows = [train_rows[i] for i in tr], [train_rows[i] for i in va]
+    size = m.get("input_rows")
+    t0 = time.time()
+    xtr, ytr = load_set(train_rows, size, classes)
+    xva, yva = load_set(val_rows, size, classes)
+    print(f"loaded {len(xtr)} train / {len(xva)} val images at {tuple(xtr.shape[2:])} in "
+          f"{time.time() - t0:.1f}s", file=sys.stderr)
+
+    scaling = m.get("scaling", "raw")
+    if scaling == "centred":
+        scaling_cfg = {"kind": "centred", "mean": [float(xtr.float().mean() / 255.0)]}
+    else:
+        scaling_cfg = {"kind": scaling}
+    model_cfg = {k: v for k, v in m.items() if k not in ("scaling",)}
+    model_cfg.update(input_rows=xtr.shape[2], input_cols=xtr.shape[3], input_channels=1,
+                     classes=classes, scaling=scaling_cfg)
+    torch.manual_seed(cfg["seed"])
+    net = GcmTwin(model_cfg)
+    decay = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() == 4]
+    other = [p for n, p in net.named_parameters() if not (n.endswith("weight") and p.dim() == 4)]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                           {"params": other, "weight_decay": 0.0}],
+                          lr=cfg["lr"], momentum=cfg["momentum"])
+    weights = None
+    if cfg["class_balanced_loss"]:
+        counts = torch.bincount(ytr, minlength=len(classes)).float()
+        weights = counts.sum() / (len(classes) * counts.clamp(min=1))
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    os.makedirs(a.out, exist_ok=True)
+    hist = open(os.path.join(a.out, "history.jsonl"), "w")
+    best, secs = None, []
+    params = net.num_parameters()
+    for epoch in range(cfg["epochs"]):
+        t = time.time()
+        lr = lr_at(cfg, epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        net.train()
+        order = torch.randperm(len(xtr), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for s in range(0, len(order), cfg["batch_size"]):
+            idx = order[s:s + cfg["batch_size"]]
+            if len(idx) < 2:
+                continue
+            xb, yb = augment(xtr[idx], cfg["augment"], gen), ytr[idx]
+            scores = net(xb)
+            loss = F.cross_entropy(scores, yb, weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not torch.isfinite(loss):
+                sys.exit(f"training diverged at epoch {epoch + 1}; lower lr (now {lr})")
+            loss_sum += loss.item() * len(idx)
+            correct += (scores.argmax(1) == yb).sum().item()
+            seen += len(idx)
+        train_secs = time.time() - t
+        va_acc, va_loss = evaluate(net, xva, yva, cfg["eval_batch_size"])
+        rec = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
+                   val_loss=va_loss, val_accuracy=va_acc, seconds=time.time() - t,
+                   train_seconds=train_secs, images_per_second=seen / train_secs)
+        secs.append(train_secs)
+        print(json.dumps(rec), flush=True)
+        hist.write(json.dumps(rec) + "\n")
+        hist.flush()
+        if best is None or va_acc > best["val_accuracy"] or (
+                va_acc == best["val_accuracy"] and va_loss < best["val_loss"]):
+            best = dict(epoch=epoch + 1, val_accuracy=va_acc, val_loss=va_loss, val_images=len(xva),
+                        train_accuracy=rec["train_accuracy"], train_loss=rec["train_loss"])
+            save_model(a.out, net, training=cfg, metrics=best,
+                       data={"source": os.path.abspath(a.data), "classes": classes,
+                             "train_images": len(xtr), "val_images": len(xva)})
+    summary = dict(best=best, parameters=params, median_epoch_train_seconds=float(np.median(secs)),
+                   threads=a.threads, torch=torch.__version__, config=cfg)
+    if a.test:
+        from gcm_twin import load_model
+        _, best_net = load_model(a.out)
+        test_rows = [r for r in rows if r.get("split") == "test"]
+        xte, yte = load_set(test_rows, size, classes)
+        summary["test_accuracy"], summary["test_loss"] = evaluate(best_net, xte, yte, cfg["eval_batch_size"])
+        summary["test_images"] = len(xte)
+    print(json.dumps({"summary": summary}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

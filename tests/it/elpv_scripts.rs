@@ -1,0 +1,278 @@
+//! `scripts/fetch-elpv.sh` on a tiny generated stand-in with the ELPV wheel's
+//! layout (no download): manifests, the shared stratified test split,
+//! idempotence, wheel input, clear errors, and that `train`/`eval` read them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::*;
+
+/// Cells per defect probability in the stand-in (label, count).
+const COUNTS: [(&str, usize); 4] = [
+    ("0.0", 12),
+    ("0.3333333333333333", 8),
+    ("0.6666666666666666", 4),
+    ("1.0", 8),
+];
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-elpv.sh")
+}
+
+fn fetch(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(script())
+        .args(args)
+        .env_remove("ELPV_FROM")
+        .env_remove("ELPV_OUT")
+        .output()
+        .expect("bash runs")
+}
+
+fn fetch_ok(args: &[&str]) -> String {
+    let o = fetch(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "fetch-elpv.sh {args:?} failed:\n{err}");
+    err
+}
+
+fn fetch_fails(args: &[&str]) -> String {
+    let o = fetch(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "fetch-elpv.sh {args:?}: {err}");
+    err
+}
+
+/// `root/elpv_dataset/data/{labels.csv, images/cellNNNN.png}` as in the wheel:
+/// 16x16 grey cells, darker with the defect probability, alternating mono/poly.
+fn stand_in(root: &Path) -> PathBuf {
+    let data = root.join("elpv_dataset/data");
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    let mut labels = String::new();
+    let mut n = 0;
+    for (k, (prob, count)) in COUNTS.iter().enumerate() {
+        for _ in 0..*count {
+            n += 1;
+            let name = format!("images/cell{n:04}.png");
+            let img = image::GrayImage::from_fn(16, 16, |x, y| {
+                let crack = k > 0 && x == y;
+                image::Luma([if crack {
+                    20
+                } else {
+                    200 - 10 * k as u8 + (n % 7) as u8
+                }])
+            });
+            img.save(data.join(&name)).unwrap();
+            let kind = if n % 2 == 0 { "mono" } else { "poly" };
+            labels += &format!("{name}  {prob:<18}  {kind}\n");
+        }
+    }
+    std::fs::write(data.join("labels.csv"), labels).unwrap();
+    root.to_path_buf()
+}
+
+struct Row {
+    path: String,
+    label: String,
+    split: String,
+    kind: String,
+    probability: f64,
+}
+
+fn manifest(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,label,split,type,probability"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 5, "{l}");
+            Row {
+                path: f[0].into(),
+                label: f[1].into(),
+                split: f[2].into(),
+                kind: f[3].into(),
+                probability: f[4].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn test_set(rows: &[Row]) -> BTreeSet<String> {
+    rows.iter()
+        .filter(|r| r.split == "test")
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+#[test]
+fn fetch_elpv_writes_both_manifests_with_one_stratified_test_split() {
+    let t = tempfile::tempdir().unwrap();
+    let src = stand_in(&t.path().join("src"));
+    let out = t.path().join("elpv");
+    let log = fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    assert!(log.contains("32 images, 24 train / 8 test"), "{log}");
+
+    let binary = manifest(&out.join("binary.csv"));
+    let four = manifest(&out.join("four_class.csv"));
+    assert_eq!(binary.len(), 32);
+    assert_eq!(four.len(), 32);
+    for (b, f) in binary.iter().zip(&four) {
+        assert_eq!((&b.path, &b.split, &b.kind), (&f.path, &f.split, &f.kind));
+        assert!(out.join(&b.path).is_file(), "{} not unpacked", b.path);
+        assert!(["mono", "poly"].contains(&b.kind.as_str()));
+        let want = if b.probability >= 0.5 { "defect" } else { "ok" };
+        assert_eq!(b.label, want, "{}", b.path);
+        let four_label = match (b.probability * 3.0).round() as u32 {
+            0 => "p0",
+            1 => "p33",
+            2 => "p67",
+            _ => "p100",
+        };
+        assert_eq!(f.label, four_label, "{}", b.path);
+        assert!(["train", "test"].contains(&b.split.as_str()));
+    }
+    // A quarter of every probability class is test (round half to even).
+    let mut per: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in &four {
+        let e = per.entry(r.label.as_str()).or_default();
+        e.0 += 1;
+        e.1 += (r.split == "test") as usize;
+    }
+    assert_eq!(per["p0"], (12, 3));
+    assert_eq!(per["p33"], (8, 2));
+    assert_eq!(per["p67"], (4, 1));
+    assert_eq!(per["p100"], (8, 2));
+    assert_eq!(test_set(&binary), test_set(&four));
+
+    // Idempotent: a second run rewrites the same bytes and keeps the images.
+    let before = std::fs::read(out.join("binary.csv")).unwrap();
+    let log = fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    assert!(!log.contains("unpacked"), "unpacked again:\n{log}");
+    assert_eq!(std::fs::read(out.join("binary.csv")).unwrap(), before);
+
+    // A lost image is noticed and the files are unpacked again.
+    std::fs::remove_file(out.join(&binary[3].path)).unwrap();
+    let log = fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    assert!(log.contains("unpacked 32 images"), "{log}");
+    assert!(out.join(&binary[3].path).is_file());
+}
+
+#[test]
+fn fetch_elpv_reads_a_wheel_and_the_split_does_not_depend_on_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let src = stand_in(&t.path().join("src"));
+    let wheel = t.path().join("elpv_dataset-1.0.0.post1-py3-none-any.whl");
+    let z = Command::new("python3")
+        .args(["-m", "zipfile", "-c", p(&wheel), "elpv_dataset"])
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(z.success());
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fetch_ok(&["--from", p(&wheel), "--out", p(&a)]);
+    let o = Command::new("bash")
+        .arg(script())
+        .env("ELPV_FROM", &src)
+        .env("ELPV_OUT", &b)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for m in ["binary.csv", "four_class.csv"] {
+        assert_eq!(
+            std::fs::read(a.join(m)).unwrap(),
+            std::fs::read(b.join(m)).unwrap(),
+            "{m} differs between the wheel and the folder"
+        );
+    }
+    assert_eq!(files(&a.join("images")).len(), 32);
+}
+
+#[test]
+fn fetch_elpv_refuses_bad_sources_with_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let e = fetch_fails(&["--from", p(&t.path().join("nope")), "--out", p(&out)]);
+    assert!(e.contains("no such file or folder"), "{e}");
+
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = fetch_fails(&["--from", p(&empty), "--out", p(&out)]);
+    assert!(e.contains("no elpv_dataset/data/labels.csv"), "{e}");
+
+    let not_zip = t.path().join("x.whl");
+    std::fs::write(&not_zip, b"not a zip").unwrap();
+    let e = fetch_fails(&["--from", p(&not_zip), "--out", p(&out)]);
+    assert!(e.contains("not a wheel"), "{e}");
+
+    let src = stand_in(&t.path().join("bad_prob"));
+    let labels = src.join("elpv_dataset/data/labels.csv");
+    let text = std::fs::read_to_string(&labels).unwrap();
+    std::fs::write(&labels, text.replacen("0.0 ", "0.5 ", 1)).unwrap();
+    let e = fetch_fails(&["--from", p(&src), "--out", p(&out)]);
+    assert!(e.contains("line 1: probability 0.5"), "{e}");
+
+    let src = stand_in(&t.path().join("missing_image"));
+    std::fs::remove_file(src.join("elpv_dataset/data/images/cell0005.png")).unwrap();
+    let e = fetch_fails(&["--from", p(&src), "--out", p(&out)]);
+    assert!(e.contains("images/cell0005.png, which is missing"), "{e}");
+
+    let e = fetch_fails(&["--bogus"]);
+    assert!(e.contains("unknown argument: --bogus"), "{e}");
+}
+
+#[test]
+fn elpv_manifests_train_and_evaluate_on_their_test_split() {
+    let t = tempfile::tempdir().unwrap();
+    let src = stand_in(&t.path().join("src"));
+    let out = t.path().join("elpv");
+    fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    let cfg = t.path().join("tiny.yaml");
+    std::fs::write(
+        &cfg,
+        "batch_size: 8\nlr: 0.05\nval_fraction: 0.25\nresize: true\naugment:\n  pad_crop_px: 0\n  vflip: true\n  rot90: true\nmodel:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3, 4]\n  scaling: inverted\n",
+    )
+    .unwrap();
+    let model = t.path().join("model");
+    ok(&[
+        "train",
+        "--data",
+        p(&out.join("four_class.csv")),
+        "--out",
+        p(&model),
+        "--config",
+        p(&cfg),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        card["model"]["classes"],
+        serde_json::json!(["p0", "p100", "p33", "p67"])
+    );
+    // The test rows are not trained on: train + val hold the 24 train rows only.
+    let seen: u64 = ["train_per_class", "val_per_class"]
+        .iter()
+        .flat_map(|k| card["data"][k].as_array().unwrap().clone())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(seen, 24);
+    let report = ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&out.join("four_class.csv")),
+        "--split",
+        "test",
+        "--resize",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let acc = r["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{report}");
+    assert_eq!(r["images"], 8, "{report}");
+}
