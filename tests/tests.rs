@@ -30,3 +30,6 @@ mod gpu;
 
 #[path = "it/elpv_scripts.rs"]
 mod elpv_scripts;
+
+#[path = "it/bundled.rs"]
+mod bundled;
