@@ -6,20 +6,16 @@
 #
 #   scripts/bench-cpu.sh [THREADS] [ROUNDS]
 #
-# Creates .venv-bench/ (git-ignored) with torch, onnx and onnxruntime from PyPI.
-# PyPI's Linux torch wheel depends on the CUDA runtime packages; they are
-# installed but unused (every measurement here is on the CPU).
+# PyTorch and ONNX Runtime run the PyTorch twin (scripts/reference/gcm_twin.py)
+# loaded from the same randomly initialised model directory gcm-inspect
+# times, via scripts/reference/bench_twin.py; the venv (.venv-ref/, from
+# PyPI) is made by scripts/reference/setup-venv.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-$(nproc)}
 ROUNDS=${2:-3}
-VENV=.venv-bench
+VENV=$(scripts/reference/setup-venv.sh)
 PY=$VENV/bin/python
-if [ ! -x "$PY" ] || ! "$PY" -c "import torch, onnx, onnxruntime" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q torch onnx onnxruntime numpy
-fi
 cargo build --release -q
 BIN=target/release/gcm-inspect
 WORK=$(mktemp -d)
@@ -39,10 +35,11 @@ for round in $(seq "$ROUNDS"); do
     ours --stock-ops --batch 1 --warmup 2 --iters 10 --min-seconds 2
     ours --stock-ops --batch 32 --warmup 1 --iters 3 --min-seconds 0
     ours --stock-ops --batch 32 --mode train --warmup 1 --iters 2 --min-seconds 0
-    "$PY" scripts/reference/gcm_torch.py --threads "$THREADS" --size 64 2>/dev/null >>"$OUT"
+    "$PY" scripts/reference/bench_twin.py --model "$MODEL" --threads "$THREADS" \
+        --warmup 5 --iters 20 --min-seconds 2 2>/dev/null >>"$OUT"
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, threads $THREADS"
 echo "load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "gcm-inspect commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "gcm-inspect ISA: $(grep -o '"isa":"[a-z0-9]*"' "$OUT" | head -1)"
-"$PY" scripts/reference/summarise.py "$OUT"
+"$PY" scripts/reference/summarise_bench.py "$OUT"

@@ -1,9 +1,10 @@
-"""Medians and same-run ratios of bench-elpv.sh's JSON lines, as a Markdown table.
+"""Medians and same-run ratios of bench-elpv.sh's and bench-cpu.sh's JSON lines, as Markdown tables.
 
     python3 scripts/reference/summarise_bench.py RESULTS.jsonl
 
-Reads `gcm-inspect bench --json` objects (runtime "gcm-inspect"; fields
-images_per_second, batch, mode) and bench_twin.py's (runtime "pytorch-eager"
+Reads `gcm-inspect bench --json` objects (runtime "gcm-inspect", or
+"candle-stock" for `--stock-ops`; fields images_per_second, batch, mode)
+and bench_twin.py's (runtime "pytorch-eager"
 or "onnxruntime") and `{"epoch_seconds": ...}` lines; groups by runtime, mode
 and batch; prints the median over rounds and the ratio of gcm-inspect to each
 reference (> 1: gcm-inspect is faster).
@@ -28,17 +29,22 @@ def main():
         elif "epoch_seconds" in r:
             epochs[r["runtime"]].append(r["epoch_seconds"])
         elif "images_per_second" in r:
-            runtime = r.get("runtime", "gcm-inspect")
+            runtime = r.get("runtime") or ("candle-stock" if r.get("ops") == "candle-stock" else "gcm-inspect")
             speed[(r.get("mode", "infer"), r["batch"], runtime)].append(r["images_per_second"])
-    print("| what | batch | gcm-inspect | PyTorch eager | ONNX Runtime | vs PyTorch | vs ORT |")
-    print("|---|---|---|---|---|---|---|")
+    names = {"gcm-inspect": "gcm-inspect", "pytorch-eager": "PyTorch eager",
+             "onnxruntime": "ONNX Runtime", "candle-stock": "candle stock"}
+    refs = [rt for rt in ("pytorch-eager", "onnxruntime", "candle-stock")
+            if rt != "candle-stock" or any(k[2] == rt for k in speed)]
+    short = {"pytorch-eager": "PyTorch", "onnxruntime": "ORT", "candle-stock": "candle stock"}
+    print("| what | batch | " + " | ".join(names[rt] for rt in ["gcm-inspect"] + refs)
+          + " | " + " | ".join(f"vs {short[rt]}" for rt in refs) + " |")
+    print("|---|---|" + "---|" * (1 + 2 * len(refs)))
     for mode, batch in sorted({(m, b) for m, b, _ in speed}):
         med = {rt: statistics.median(v) for (m, b, rt), v in speed.items() if (m, b) == (mode, batch)}
         ours = med.get("gcm-inspect")
         cells = [f"{med[rt]:.1f} img/s (n={len(speed[(mode, batch, rt)])})" if rt in med else "-"
-                 for rt in ("gcm-inspect", "pytorch-eager", "onnxruntime")]
-        ratios = [f"{ours / med[rt]:.2f}x" if ours and rt in med else "-"
-                  for rt in ("pytorch-eager", "onnxruntime")]
+                 for rt in ["gcm-inspect"] + refs]
+        ratios = [f"{ours / med[rt]:.2f}x" if ours and rt in med else "-" for rt in refs]
         print(f"| {mode} | {batch} | " + " | ".join(cells + ratios) + " |")
     if epochs:
         print()
