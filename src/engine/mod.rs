@@ -19,7 +19,7 @@ use candle_core::{DType, Result, Tensor};
 pub mod bn;
 pub mod conv;
 mod kernels;
-mod ops;
+pub(crate) mod ops;
 pub mod reference;
 pub mod simd;
 

@@ -17,6 +17,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use crate::engine::ops::f32_slice;
 use crate::error::{Error, Result};
 use crate::evidence::QuantCcm;
 
@@ -101,13 +102,6 @@ fn sizes(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)>
     Ok((n, d, r * c))
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("evidence: contiguous f32 input expected"),
-    }
-}
-
 impl CustomOp2 for CcmQuant {
     fn name(&self) -> &'static str {
         "gcm-ccm-quant"
@@ -122,7 +116,10 @@ impl CustomOp2 for CcmQuant {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, d, hw) = sizes(l1, l2)?;
-        let (cwm, img) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (cwm, img) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
         let k = self.picks.len() / 2;
         let mut out = Vec::with_capacity(k * (2 + d * hw));
         for p in self.picks.chunks_exact(2) {
