@@ -18,7 +18,7 @@
 #   GCM_CUDA_TARGET_DIR (default: $HOME/.cache/gcm-inspect/target-cuda)
 # Measured on a 2-core CI-sized machine shared with other builds (load ~5):
 # installing the toolkit 2.5 min on a fresh machine; with an empty target dir
-# clippy 16 min (most of it nvcc on candle-kernels' CUDA sources); with the
+# clippy 15 to 16 min (most of it nvcc on candle-kernels' CUDA sources); with the
 # target dir kept, 8 s with nothing changed and about 1 min after a change
 # to this crate.
 # Idempotent and non-interactive; safe to run again.
