@@ -4,10 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::Device;
-
 use super::checkpoint::{load_parts, LoadedModel};
-use super::predictor::Predictor;
 use crate::error::{Error, Result};
 
 const DEMO_CARD: &str = include_str!("../../weights/demo/model.json");
@@ -29,11 +26,6 @@ pub fn loaded(name: &str) -> Result<LoadedModel> {
             ),
         )),
     }
-}
-
-/// Loads the bundled model `name` for inference on `device`.
-pub fn load(name: &str, device: &Device) -> Result<Predictor> {
-    Predictor::from_loaded(&loaded(name)?, device)
 }
 
 /// A model directory or `builtin:NAME`, loaded and checked.
