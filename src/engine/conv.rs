@@ -632,6 +632,30 @@ mod tests {
         }
     }
 
+    /// Runs `plan` on the batch `x` of `b` images and compares with `want`;
+    /// also runs it one image at a time on this thread, which must give
+    /// exactly the batched result.
+    fn check_plan(
+        plan: &ConvPlan,
+        x: &[f32],
+        b: usize,
+        (oh, ow): (usize, usize),
+        want: &[f32],
+        what: &str,
+    ) {
+        assert_eq!((plan.oh, plan.ow), (oh, ow));
+        let mut out = vec![f32::NAN; b * plan.out_len()];
+        plan.run(x, b, &mut out);
+        let mut scratch = vec![f32::NAN; plan.scratch_len()];
+        let mut one = vec![f32::NAN; plan.out_len()];
+        let n_in = x.len() / b;
+        for bi in 0..b {
+            plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
+            assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
+        }
+        assert_close(&out, want, what);
+    }
+
     fn bias_relu(v: &mut [f32], bias: Option<&[f32]>, relu: bool, plane: usize) {
         for (i, x) in v.iter_mut().enumerate() {
             if let Some(b) = bias {
@@ -666,21 +690,10 @@ mod tests {
                 let (mut want, oh, ow) =
                     reference::conv2d(&x, (b, cin, h, w), &wt, (cout, k), stride, pad);
                 bias_relu(&mut want, bias, relu, oh * ow);
-                assert_eq!((plan.oh, plan.ow), (oh, ow));
-                let mut out = vec![f32::NAN; b * plan.out_len()];
-                plan.run(&x, b, &mut out);
-                // One image at a time on this thread gives the same result.
-                let mut scratch = vec![f32::NAN; plan.scratch_len()];
-                let mut one = vec![f32::NAN; plan.out_len()];
-                let n_in = x.len() / b;
-                for bi in 0..b {
-                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
-                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
-                }
                 let what = format!(
                     "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
                 );
-                assert_close(&out, &want, &what);
+                check_plan(&plan, &x, b, (oh, ow), &want, &what);
             }
         }
     }
@@ -739,21 +752,10 @@ mod tests {
                     }
                 }
                 bias_relu(&mut want, bias, relu, oh * ow);
-                assert_eq!((plan.oh, plan.ow), (oh, ow));
-                let mut out = vec![f32::NAN; b * plan.out_len()];
-                plan.run(&x, b, &mut out);
-                // One image at a time on this thread gives the same result.
-                let mut scratch = vec![f32::NAN; plan.scratch_len()];
-                let mut one = vec![f32::NAN; plan.out_len()];
-                let n_in = x.len() / b;
-                for bi in 0..b {
-                    plan.run_image(&x[bi * n_in..(bi + 1) * n_in], &mut scratch, &mut one);
-                    assert_eq!(&one[..], &out[bi * one.len()..(bi + 1) * one.len()]);
-                }
                 let what = format!(
                     "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad} op{oph},{opw}"
                 );
-                assert_close(&out, &want, &what);
+                check_plan(&plan, &x, b, (oh, ow), &want, &what);
             }
         }
     }
