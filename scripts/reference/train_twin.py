@@ -7,7 +7,8 @@ The same semantics as `gcm-inspect train` (src/train/): the manifest's `train`
 rows only (`test` rows are never read unless --test is given), a validation
 set stratified by label carved out of them with `val_fraction` and `seed` (not
 the same images as gcm-inspect's split, which uses its own RNG), SGD with
-momentum and weight decay on convolution weights only, the step schedule at
+momentum or AdamW (`optimizer`), weight decay on convolution weights only
+(L2 for SGD, decoupled for AdamW, as in PyTorch), the step schedule at
 `lr_milestones_fraction`, optional inverse-frequency class weights, flips /
 90-degree rotations / zero pad-and-crop, the best epoch by validation accuracy
 (ties: lower loss). Images are resized with PIL's antialiased bilinear filter.
@@ -30,7 +31,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
 
-DEFAULTS = dict(epochs=180, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
                 class_balanced_loss=False)
@@ -170,9 +171,14 @@ def main():
     net = GcmTwin(model_cfg)
     decay = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() == 4]
     other = [p for n, p in net.named_parameters() if not (n.endswith("weight") and p.dim() == 4)]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                           {"params": other, "weight_decay": 0.0}],
-                          lr=cfg["lr"], momentum=cfg["momentum"])
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
+              {"params": other, "weight_decay": 0.0}]
+    if cfg["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+    elif cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    else:
+        sys.exit(f"{a.config}: optimizer: {cfg['optimizer']!r} is not sgd or adamw")
     weights = None
     if cfg["class_balanced_loss"]:
         counts = torch.bincount(ytr, minlength=len(classes)).float()

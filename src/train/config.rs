@@ -127,6 +127,18 @@ impl ScalingChoice {
     }
 }
 
+/// Which optimiser updates the weights (`src/train/optim.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerChoice {
+    /// SGD with `momentum` and L2 weight decay (Table 4).
+    #[default]
+    Sgd,
+    /// AdamW (betas 0.9 / 0.999, eps 1e-8) with decoupled weight decay;
+    /// `momentum` is not used.
+    Adamw,
+}
+
 /// Every knob of `gcm-inspect train`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,13 +149,17 @@ pub struct TrainConfig {
     /// Images per SGD step.
     #[serde(default = "d_batch")]
     pub batch_size: usize,
+    /// `sgd` (Table 4) or `adamw`.
+    #[serde(default)]
+    pub optimizer: OptimizerChoice,
     /// Initial learning rate.
     #[serde(default = "d_lr")]
     pub lr: f64,
     /// SGD momentum.
     #[serde(default = "d_momentum")]
     pub momentum: f64,
-    /// L2 weight decay on convolution weights (see the module docs).
+    /// Weight decay on convolution weights (see the module docs): L2 for
+    /// SGD, decoupled (`w -= lr * weight_decay * w`) for AdamW.
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
     /// Fractions of `epochs` after which the learning rate is multiplied by
@@ -287,6 +303,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("mixup") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn optimizer_is_sgd_unless_named() {
+        assert_eq!(TrainConfig::default().optimizer, OptimizerChoice::Sgd);
+        let c = TrainConfig::from_yaml("optimizer: adamw\n", Path::new("t.yaml")).unwrap();
+        assert_eq!(c.optimizer, OptimizerChoice::Adamw);
+        let e = TrainConfig::from_yaml("optimizer: adam\n", Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optimizer") || e.contains("adam"), "{e}");
     }
 
     #[test]

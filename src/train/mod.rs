@@ -3,14 +3,14 @@
 //! Output folder:
 //! * `model.safetensors`, `model.json`: the best epoch by validation accuracy
 //!   (ties go to the lower validation loss): the model to use;
-//! * `last/`: the last epoch's model plus `train_state.safetensors` (momentum
-//!   buffers) and `train_state.json` (epochs done, the config, best so far),
+//! * `last/`: the last epoch's model plus `train_state.safetensors` (the
+//!   optimiser's state) and `train_state.json` (epochs done, the config, best so far),
 //!   which `--resume` continues from;
 //! * `history.jsonl`: one line of metrics per epoch.
 
 pub mod config;
 pub mod data;
-pub mod sgd;
+pub mod optim;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -30,7 +30,7 @@ use crate::model::{Gcm, ModelConfig};
 use crate::rng::Rng;
 use config::{ScalingChoice, TrainConfig};
 use data::ImageSet;
-use sgd::Sgd;
+use optim::Optimizer;
 
 /// How a run starts.
 #[derive(Clone, Debug)]
@@ -246,12 +246,17 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         &model_cfg,
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
     )?;
-    let mut opt = Sgd::new(net.trainable(&varmap), cfg.momentum, cfg.weight_decay);
+    let mut opt = Optimizer::new(
+        cfg.optimizer,
+        net.trainable(&varmap),
+        cfg.momentum,
+        cfg.weight_decay,
+    );
     if resume_state.is_some() {
         let p = job.out.join(LAST).join(STATE_TENSORS);
         let st = candle_core::safetensors::load(&p, &job.device)
             .map_err(|e| Error::model(&p, e.to_string()))?;
-        opt.load_state(&st);
+        opt.load_state(&st).map_err(|m| Error::model(&p, m))?;
     }
     if start_epoch >= cfg.epochs {
         return Err(Error::Usage(format!(
@@ -550,10 +555,10 @@ fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, device: &Device)
     Ok(())
 }
 
-fn save_state(dir: &Path, opt: &Sgd, st: &TrainState) -> Result<()> {
+fn save_state(dir: &Path, opt: &Optimizer, st: &TrainState) -> Result<()> {
     let p = dir.join(STATE_TENSORS);
     let tensors: HashMap<String, Tensor> = opt
-        .state()
+        .state()?
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;

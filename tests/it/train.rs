@@ -102,6 +102,93 @@ fn resume_continues_where_the_run_stopped() {
 }
 
 #[test]
+fn adamw_resume_restores_the_moments() {
+    // Two epochs straight, and one epoch then --resume to two, must end on
+    // the same weights: an optimiser state that was not saved or not
+    // restored (fresh moments, step count 0) moves them differently.
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    synth(&data, 24, 16, "ok,spot", 5);
+    let cfg = t.path().join("adamw.yaml");
+    std::fs::write(
+        &cfg,
+        "optimizer: adamw\nbatch_size: 16\nlr: 0.01\nweight_decay: 0.01\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n",
+    )
+    .unwrap();
+    let run = |out: &std::path::Path, epochs: &str| {
+        ok(&[
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(out),
+            "--config",
+            p(&cfg),
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ])
+    };
+    let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
+    run(&straight, "2");
+    run(&resumed, "1");
+    ok(&[
+        "train",
+        "--data",
+        p(&data),
+        "--out",
+        p(&resumed),
+        "--resume",
+        "--epochs",
+        "2",
+        "--no-progress",
+    ]);
+    let card = json(&resumed.join("last/model.json"));
+    assert_eq!(card["training"]["optimizer"], "adamw");
+    let load = |dir: &std::path::Path| {
+        candle_core::safetensors::load(
+            dir.join("last/model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(&straight), load(&resumed));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for (name, ta) in &a {
+        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (x, y) in va.iter().zip(&vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "resumed run differs from the straight run by {worst}"
+    );
+    // Resuming an AdamW run whose state file lost its moments is refused.
+    let state = resumed.join("last/train_state.safetensors");
+    let mut st = candle_core::safetensors::load(&state, &candle_core::Device::Cpu).unwrap();
+    st.remove("adamw.steps");
+    candle_core::safetensors::save(&st, &state).unwrap();
+    let err = fails(
+        &[
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(&resumed),
+            "--resume",
+            "--epochs",
+            "3",
+            "--no-progress",
+        ],
+        5,
+    );
+    assert!(err.contains("adamw.steps"), "{err}");
+}
+
+#[test]
 fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
     let t = tempfile::tempdir().unwrap();
     let (data, base, tuned) = (
