@@ -8,8 +8,13 @@ fn json(path: &std::path::Path) -> Value {
 }
 
 fn train_tiny(data: &std::path::Path, out: &std::path::Path, epochs: &str) -> String {
+    train_with(data, out, epochs, TINY_TRAIN_YAML)
+}
+
+/// `train` with this config text (written beside OUT as OUT.yaml).
+fn train_with(data: &std::path::Path, out: &std::path::Path, epochs: &str, yaml: &str) -> String {
     let cfg = out.with_extension("yaml");
-    std::fs::write(&cfg, TINY_TRAIN_YAML).unwrap();
+    std::fs::write(&cfg, yaml).unwrap();
     ok(&[
         "train",
         "--data",
@@ -109,29 +114,10 @@ fn adamw_resume_restores_the_moments() {
     let t = tempfile::tempdir().unwrap();
     let data = t.path().join("data");
     synth(&data, 24, 16, "ok,spot", 5);
-    let cfg = t.path().join("adamw.yaml");
-    std::fs::write(
-        &cfg,
-        "optimizer: adamw\nbatch_size: 16\nlr: 0.01\nweight_decay: 0.01\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n",
-    )
-    .unwrap();
-    let run = |out: &std::path::Path, epochs: &str| {
-        ok(&[
-            "train",
-            "--data",
-            p(&data),
-            "--out",
-            p(out),
-            "--config",
-            p(&cfg),
-            "--epochs",
-            epochs,
-            "--no-progress",
-        ])
-    };
+    let yaml = "optimizer: adamw\nweight_decay: 0.01\nlr: 0.01\nbatch_size: 16\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
     let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
-    run(&straight, "2");
-    run(&resumed, "1");
+    train_with(&data, &straight, "2", yaml);
+    train_with(&data, &resumed, "1", yaml);
     ok(&[
         "train",
         "--data",
