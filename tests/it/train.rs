@@ -118,17 +118,20 @@ fn adamw_resume_restores_the_moments() {
     let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
     train_with(&data, &straight, "2", yaml);
     train_with(&data, &resumed, "1", yaml);
-    ok(&[
-        "train",
-        "--data",
-        p(&data),
-        "--out",
-        p(&resumed),
-        "--resume",
-        "--epochs",
-        "2",
-        "--no-progress",
-    ]);
+    let resume = |epochs: &'static str| {
+        [
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(&resumed),
+            "--resume",
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ]
+    };
+    ok(&resume("2"));
     let card = json(&resumed.join("last/model.json"));
     assert_eq!(card["training"]["optimizer"], "adamw");
     let load = |dir: &std::path::Path| {
@@ -157,20 +160,7 @@ fn adamw_resume_restores_the_moments() {
     let mut st = candle_core::safetensors::load(&state, &candle_core::Device::Cpu).unwrap();
     st.remove("adamw.steps");
     candle_core::safetensors::save(&st, &state).unwrap();
-    let err = fails(
-        &[
-            "train",
-            "--data",
-            p(&data),
-            "--out",
-            p(&resumed),
-            "--resume",
-            "--epochs",
-            "3",
-            "--no-progress",
-        ],
-        5,
-    );
+    let err = fails(&resume("3"), 5);
     assert!(err.contains("adamw.steps"), "{err}");
 }
 
