@@ -146,6 +146,9 @@ def main():
             d = d[p]
         d[last] = yaml.safe_load(v)
 
+    if cfg["optimizer"] not in ("sgd", "adamw"):
+        sys.exit(f"{a.config}: optimizer: {cfg['optimizer']!r} is not sgd or adamw")
+
     rows, classes = read_manifest(a.data)
     train_rows = [r for r in rows if r.get("split") == "train"]
     val_rows = [r for r in rows if r.get("split") == "val"]
@@ -175,10 +178,8 @@ def main():
               {"params": other, "weight_decay": 0.0}]
     if cfg["optimizer"] == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
-    elif cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
     else:
-        sys.exit(f"{a.config}: optimizer: {cfg['optimizer']!r} is not sgd or adamw")
+        opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
     weights = None
     if cfg["class_balanced_loss"]:
         counts = torch.bincount(ytr, minlength=len(classes)).float()
