@@ -313,7 +313,10 @@ mod tests {
         let e = TrainConfig::from_yaml("optimizer: adam\n", Path::new("t.yaml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("optimizer") || e.contains("adam"), "{e}");
+        assert!(
+            e.contains("t.yaml") && e.contains("optimizer") && e.contains("`adamw`"),
+            "{e}"
+        );
     }
 
     #[test]

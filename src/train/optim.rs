@@ -196,7 +196,10 @@ impl AdamW {
             .to_dtype(DType::F64)
             .and_then(|t| t.to_vec1::<f64>())
             .map_err(|e| format!("adamw.steps: {e}"))?;
-        self.steps = steps.first().copied().unwrap_or(0.0) as u64;
+        self.steps = match steps[..] {
+            [t] if t >= 0.0 && t.fract() == 0.0 => t as u64,
+            _ => return Err(format!("adamw.steps: {steps:?} is not one step count")),
+        };
         for ((n, _, _), mom) in self.params.iter().zip(self.moments.iter_mut()) {
             *mom = match (
                 state.get(&format!("adamw.m.{n}")),
@@ -292,6 +295,15 @@ mod tests {
         let mut partial = st.clone();
         partial.remove("adamw.v.w");
         assert!(b.load_state(&partial).unwrap_err().contains("w"));
+        let mut bad = st.clone();
+        bad.insert(
+            "adamw.steps".into(),
+            Tensor::new(&[0f64; 0], &Device::Cpu).unwrap(),
+        );
+        assert!(b
+            .load_state(&bad)
+            .unwrap_err()
+            .contains("not one step count"));
         let sgd_state = HashMap::new();
         assert!(b
             .load_state(&sgd_state)
