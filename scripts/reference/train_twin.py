@@ -35,7 +35,7 @@ DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
                 class_balanced_loss=False)
-AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4)
+AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
 def load_config(path):
@@ -73,8 +73,15 @@ def load_set(rows, size, classes):
 
 
 def augment(xb, aug, gen):
-    """Per image: zero pad-and-crop, flips, rotation by k*90 degrees (uint8 in, float out)."""
+    """Per image: exposure gain and brightness offset (clamped to [0, 1]; zero
+    padding stays 0), zero pad-and-crop, flips, rotation by k*90 degrees
+    (uint8 in, float out)."""
     x = xb.float() / 255.0
+    if aug["exposure"] > 0 or aug["brightness"] > 0:
+        # Drawn only when on, so that configs without them keep their stream.
+        u = 2.0 * torch.rand(x.shape[0], 2, generator=gen) - 1.0
+        gain = (1.0 + aug["exposure"] * u[:, 0]).view(-1, 1, 1, 1)
+        x = (x * gain + aug["brightness"] * u[:, 1].view(-1, 1, 1, 1)).clamp(0.0, 1.0)
     out = torch.empty_like(x)
     p = aug["pad_crop_px"]
     r = torch.randint(0, 2**31 - 1, (x.shape[0], 5), generator=gen)

@@ -66,6 +66,15 @@ pub struct Augment {
     /// Zero-pad this many pixels on each side, then crop back at a random offset.
     #[serde(default = "four")]
     pub pad_crop_px: usize,
+    /// Exposure jitter: every pixel of an image is multiplied by one gain
+    /// drawn uniformly from `[1 - exposure, 1 + exposure]`, then clamped to
+    /// [0, 1] (before the model's input scaling). 0 turns it off.
+    #[serde(default)]
+    pub exposure: f32,
+    /// Brightness jitter: one offset per image, uniform in
+    /// `[-brightness, brightness]`, added after the gain. 0 turns it off.
+    #[serde(default)]
+    pub brightness: f32,
 }
 
 impl Default for Augment {
@@ -75,6 +84,8 @@ impl Default for Augment {
             vflip: false,
             rot90: false,
             pad_crop_px: 4,
+            exposure: 0.0,
+            brightness: 0.0,
         }
     }
 }
@@ -233,6 +244,14 @@ impl TrainConfig {
         {
             return Err(format!("lr_milestones_fraction: {f} is not in [0, 1]"));
         }
+        for (name, v) in [
+            ("exposure", self.augment.exposure),
+            ("brightness", self.augment.brightness),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("augment.{name}: {v} must be in [0, 1)"));
+            }
+        }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
                 "val_fraction: {} must be in [0, 1)",
@@ -303,6 +322,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("mixup") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn photometric_jitter_outside_its_range_is_named() {
+        let c = TrainConfig::from_yaml(
+            "augment:\n  exposure: 0.2\n  brightness: 0.05\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert_eq!((c.augment.exposure, c.augment.brightness), (0.2, 0.05));
+        assert_eq!(TrainConfig::default().augment.exposure, 0.0);
+        for (yaml, field) in [
+            ("augment:\n  exposure: 1.5\n", "augment.exposure: 1.5"),
+            ("augment:\n  brightness: -0.1\n", "augment.brightness: -0.1"),
+        ] {
+            let e = TrainConfig::from_yaml(yaml, Path::new("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("t.yaml") && e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -98,12 +98,25 @@ pub fn load_images(
 /// Writes one augmented copy of `img` (values in [0, 1]) into `out`.
 ///
 /// The output pixel `(y, x)` reads the padded, flipped, rotated image at the
-/// crop offset; pixels from the zero padding are 0.
+/// crop offset, times the exposure gain plus the brightness offset, clamped
+/// to [0, 1]; pixels from the zero padding are 0.
 pub fn augment_into(img: &Planar, aug: &Augment, rng: &mut Rng, out: &mut Vec<f32>) {
     let (r, c, d) = (img.rows, img.cols, img.channels);
     let k = if aug.rot90 && r == c { rng.below(4) } else { 0 };
     let hflip = aug.hflip && rng.bool(0.5);
     let vflip = aug.vflip && rng.bool(0.5);
+    // Drawn only when on, so that configs without them keep their stream.
+    let gain = if aug.exposure > 0.0 {
+        rng.range(1.0 - aug.exposure as f64, 1.0 + aug.exposure as f64) as f32
+    } else {
+        1.0
+    };
+    let offset = if aug.brightness > 0.0 {
+        rng.range(-aug.brightness as f64, aug.brightness as f64) as f32
+    } else {
+        0.0
+    };
+    let photometric = gain != 1.0 || offset != 0.0;
     let p = aug.pad_crop_px as isize;
     let (dy, dx) = if p > 0 {
         (
@@ -135,7 +148,12 @@ pub fn augment_into(img: &Planar, aug: &Augment, rng: &mut Rng, out: &mut Vec<f3
                     2 => (n - 1 - y1, n - 1 - x1),
                     _ => (n - 1 - x1, y1),
                 };
-                out.push(plane[ys as usize * c + xs as usize] as f32 / 255.0);
+                let v = plane[ys as usize * c + xs as usize] as f32 / 255.0;
+                out.push(if photometric {
+                    (gain * v + offset).clamp(0.0, 1.0)
+                } else {
+                    v
+                });
             }
         }
     }
@@ -196,6 +214,7 @@ mod tests {
             vflip: false,
             rot90: false,
             pad_crop_px: 0,
+            ..Augment::default()
         };
         assert_eq!(run(&a, 1), (1..=9).collect::<Vec<u8>>());
     }
@@ -207,6 +226,7 @@ mod tests {
             vflip: true,
             rot90: true,
             pad_crop_px: 0,
+            ..Augment::default()
         };
         let mut seen = std::collections::HashSet::new();
         for s in 0..200 {
@@ -226,11 +246,53 @@ mod tests {
             vflip: false,
             rot90: false,
             pad_crop_px: 1,
+            ..Augment::default()
         };
         let shifted: Vec<Vec<u8>> = (0..100).map(|s| run(&a, s)).collect();
         assert!(shifted.iter().any(|v| v.contains(&0)));
         assert!(shifted.iter().any(|v| *v == (1..=9).collect::<Vec<u8>>()));
         // A shift never invents values: non-zero pixels come from the image.
         assert!(shifted.iter().flatten().all(|&p| p <= 9));
+    }
+
+    #[test]
+    fn exposure_and_brightness_are_one_affine_map_per_image() {
+        // A 1x4 image with a dark, two mid and a bright pixel.
+        let im = Planar {
+            channels: 1,
+            rows: 1,
+            cols: 4,
+            data: vec![0, 64, 128, 255],
+        };
+        let a = Augment {
+            hflip: false,
+            vflip: false,
+            rot90: false,
+            pad_crop_px: 0,
+            exposure: 0.3,
+            brightness: 0.1,
+        };
+        let (mut gains, mut offsets) = (Vec::new(), Vec::new());
+        for s in 0..300 {
+            let mut out = Vec::new();
+            augment_into(&im, &a, &mut Rng::new(s), &mut out);
+            // Recover the map from the two unclamped mid pixels.
+            let (x1, x2) = (64.0 / 255.0, 128.0 / 255.0);
+            let g = (out[2] - out[1]) / (x2 - x1);
+            let o = out[1] - g * x1;
+            assert!((0.7 - 1e-4..=1.3 + 1e-4).contains(&g), "gain {g}");
+            assert!((-0.1 - 1e-4..=0.1 + 1e-4).contains(&o), "offset {o}");
+            // The same map on the ends, clamped to [0, 1].
+            assert!((out[0] - o.clamp(0.0, 1.0)).abs() < 1e-5);
+            assert!((out[3] - (g + o).clamp(0.0, 1.0)).abs() < 1e-5);
+            gains.push(g);
+            offsets.push(o);
+        }
+        // Both spread over their range, not stuck at one end.
+        let spread = |v: &[f32]| {
+            v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min)
+        };
+        assert!(spread(&gains) > 0.5, "gains {}", spread(&gains));
+        assert!(spread(&offsets) > 0.16, "offsets {}", spread(&offsets));
     }
 }
