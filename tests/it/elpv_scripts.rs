@@ -275,4 +275,54 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
     let acc = r["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc), "{report}");
     assert_eq!(r["images"], 8, "{report}");
+
+    // scripts/elpv-errors.py breaks the same decisions down by probability
+    // and cell type: its error count is eval's, group by group.
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-errors.py"))
+        .args([
+            "--model",
+            p(&model),
+            "--data",
+            p(&out.join("four_class.csv")),
+        ])
+        .args(["--bin", env!("CARGO_BIN_EXE_gcm-inspect"), "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "elpv-errors.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(b["images"], 8, "{stdout}");
+    let groups = b["groups"].as_array().unwrap();
+    let sum = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("images"), 8, "{stdout}");
+    let wrong = (8.0 * (1.0 - acc)).round() as u64;
+    assert_eq!(b["errors"].as_u64(), Some(wrong), "{stdout}\n{report}");
+    assert_eq!(sum("errors"), wrong, "{stdout}");
+    // Per label, the groups hold as many images as eval's confusion row.
+    let mut per_label: BTreeMap<String, u64> = BTreeMap::new();
+    for g in groups {
+        *per_label
+            .entry(g["label"].as_str().unwrap().to_string())
+            .or_default() += g["images"].as_u64().unwrap();
+    }
+    let confusion = r["confusion"].as_array().unwrap();
+    let classes = r["classes"].as_array().unwrap();
+    for (c, row) in classes.iter().zip(confusion) {
+        let support: u64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            per_label[c.as_str().unwrap()],
+            support,
+            "{stdout}\n{report}"
+        );
+    }
 }
