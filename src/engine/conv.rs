@@ -22,11 +22,12 @@ fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
 }
 
-/// Rows of output per task so that there are at least a few tasks per thread.
-fn rows_per_task(rows: usize, other_tasks: usize) -> usize {
+/// Rows of output per task so that there are at least a few tasks per
+/// thread, but never fewer than `min_rows`.
+fn rows_per_task(rows: usize, other_tasks: usize, min_rows: usize) -> usize {
     let want = rayon::current_num_threads() * 4;
     let splits = want.div_ceil(other_tasks.max(1)).max(1);
-    rows.div_ceil(splits).max(1)
+    rows.div_ceil(splits).max(min_rows).max(1)
 }
 
 /// Geometry of a prepared input: `[cin][phases][rows][cols]` per image, with
@@ -178,6 +179,11 @@ struct Part {
 pub struct ConvPlan {
     kernel: ConvFn,
     ocb: usize,
+    /// Output rows a task needs so that the kernel's `NV` vectors of output
+    /// positions are distinct ones: the kernel recomputes its last vector
+    /// to fill the tile, so one 8-wide row per task on 16 lanes with `NV`
+    /// 2 would do four times the useful work.
+    min_task_rows: usize,
     prep: Prep,
     parts: Vec<Part>,
     bias: Option<Vec<f32>>,
@@ -238,13 +244,14 @@ impl ConvPlan {
                 taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
             }
         }
-        let (ocb, kernel) = conv_tile(isa, cout);
+        let (ocb, nv, kernel) = conv_tile(isa, cout);
         let wp = pack(cout, cin, k * k, ocb, |o, ci, t| {
             weight[(o * cin + ci) * k * k + t]
         });
         ConvPlan {
             kernel,
             ocb,
+            min_task_rows: nv.div_ceil(ow.div_ceil(l)),
             prep,
             parts: vec![Part {
                 taps,
@@ -326,7 +333,7 @@ impl ConvPlan {
             pad_top: pad0,
             pad_left: pad0,
         };
-        let (ocb, kernel) = conv_tile(isa, cout);
+        let (ocb, nv, kernel) = conv_tile(isa, cout);
         let mut parts = Vec::new();
         for ry in 0..stride {
             for rx in 0..stride {
@@ -362,6 +369,8 @@ impl ConvPlan {
         ConvPlan {
             kernel,
             ocb,
+            // Every phase is at least `ow / stride` wide (rounded down).
+            min_task_rows: nv.div_ceil((ow / stride).max(1).div_ceil(l)),
             prep,
             parts,
             bias: bias.map(|b| b.to_vec()),
@@ -407,7 +416,7 @@ impl ConvPlan {
         let rpt = if batch >= IMAGES_PER_THREAD * rayon::current_num_threads() {
             max_rows
         } else {
-            rows_per_task(max_rows, batch)
+            rows_per_task(max_rows, batch, self.min_task_rows)
         };
         let chunks = max_rows.div_ceil(rpt);
         (0..batch * chunks).into_par_iter().for_each(|t| {

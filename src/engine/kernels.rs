@@ -321,30 +321,31 @@ entries!(conv_neon, wgrad_neon, Neon, ["neon"]);
 entries!(conv_portable, wgrad_portable, Portable, []);
 
 /// The register tile for a convolution with `cout` output channels:
-/// `(OCB, kernel)`. Tiles were chosen to fill the register file
+/// `(OCB, NV, kernel)`: `OCB` output channels by `NV` vectors of output
+/// positions. Tiles were chosen to fill the register file
 /// (32 registers for AVX-512 and NEON, 16 for AVX2) with accumulators.
-pub(crate) fn conv_tile(isa: Isa, cout: usize) -> (usize, ConvFn) {
+pub(crate) fn conv_tile(isa: Isa, cout: usize) -> (usize, usize, ConvFn) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => match cout {
-            0..=2 => (2, conv_avx512::<2, 8>),
-            3..=4 => (4, conv_avx512::<4, 4>),
-            _ => (8, conv_avx512::<8, 2>),
+            0..=2 => (2, 8, conv_avx512::<2, 8>),
+            3..=4 => (4, 4, conv_avx512::<4, 4>),
+            _ => (8, 2, conv_avx512::<8, 2>),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match cout {
-            0..=2 => (2, conv_avx2::<2, 6>),
-            _ => (4, conv_avx2::<4, 3>),
+            0..=2 => (2, 6, conv_avx2::<2, 6>),
+            _ => (4, 3, conv_avx2::<4, 3>),
         },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => match cout {
-            0..=2 => (2, conv_neon::<2, 8>),
-            3..=4 => (4, conv_neon::<4, 6>),
-            _ => (8, conv_neon::<8, 3>),
+            0..=2 => (2, 8, conv_neon::<2, 8>),
+            3..=4 => (4, 6, conv_neon::<4, 6>),
+            _ => (8, 3, conv_neon::<8, 3>),
         },
         _ => match cout {
-            0..=2 => (2, conv_portable::<2, 4>),
-            _ => (4, conv_portable::<4, 2>),
+            0..=2 => (2, 4, conv_portable::<2, 4>),
+            _ => (4, 2, conv_portable::<4, 2>),
         },
     }
 }
