@@ -249,6 +249,43 @@ fn read_manifest(path: &Path) -> Result<Dataset> {
     })
 }
 
+/// Writes `samples` as a `path,label` manifest that [`Dataset::open`] reads
+/// back: absolute paths (the file may be read from anywhere), fields quoted
+/// where they hold a comma or a quote. A path or label that the reader would
+/// not give back (a line break, spaces at either end: fields are trimmed), or
+/// a path that is not UTF-8, is an error naming it.
+pub fn write_manifest(path: &Path, samples: &[Sample]) -> Result<()> {
+    fn field(s: &str) -> String {
+        if s.contains([',', '"']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    let mut text = String::from("path,label\n");
+    for smp in samples {
+        let abs = std::path::absolute(&smp.path).at(&smp.path)?;
+        let p = abs.to_str().ok_or_else(|| {
+            Error::data(
+                &smp.path,
+                "the path is not UTF-8: it cannot go into a manifest",
+            )
+        })?;
+        let unreadable = |f: &str| f.contains(['\n', '\r']) || f.trim() != f;
+        if unreadable(p) || unreadable(&smp.label) {
+            return Err(Error::data(
+                &smp.path,
+                format!(
+                    "label {:?}: a line break or edge spaces in the path or label cannot go into a manifest",
+                    smp.label
+                ),
+            ));
+        }
+        text.push_str(&format!("{},{}\n", field(p), field(&smp.label)));
+    }
+    std::fs::write(path, text).at(path)
+}
+
 /// Indices of a split stratified by label: for each label, a seeded shuffle,
 /// then `round(fraction * n)` images (at least one where the label has two or
 /// more) go to the second part.
@@ -295,6 +332,51 @@ mod tests {
         assert_eq!(d.classes, vec!["bad", "ok"]);
         assert_eq!(d.samples[0].path, dir.path().join("img/a.png"));
         assert_eq!(d.only(Split::Test).unwrap().samples.len(), 1);
+    }
+
+    #[test]
+    fn written_manifest_reads_back_from_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = vec![
+            Sample {
+                path: dir.path().join("a, \"quoted\" b.png"),
+                label: "defect".into(),
+                split: Some(Split::Val),
+            },
+            Sample {
+                path: dir.path().join("sub/c.png"),
+                label: "ok,1".into(),
+                split: None,
+            },
+        ];
+        let m = dir.path().join("out/v.csv");
+        std::fs::create_dir_all(m.parent().unwrap()).unwrap();
+        write_manifest(&m, &samples).unwrap();
+        let d = Dataset::open(&m).unwrap();
+        let got: Vec<_> = d
+            .samples
+            .iter()
+            .map(|s| (s.path.clone(), s.label.clone()))
+            .collect();
+        let want = vec![
+            (samples[0].path.clone(), "defect".to_string()),
+            (samples[1].path.clone(), "ok,1".to_string()),
+        ];
+        assert_eq!(got, want);
+        let bad = [Sample {
+            path: dir.path().join("x.png"),
+            label: "o\nk".into(),
+            split: None,
+        }];
+        let e = write_manifest(&m, &bad).unwrap_err().to_string();
+        assert!(e.contains("x.png") && e.contains("line break"), "{e}");
+        let bad = [Sample {
+            path: dir.path().join("y.png "),
+            label: "ok".into(),
+            split: None,
+        }];
+        let e = write_manifest(&m, &bad).unwrap_err().to_string();
+        assert!(e.contains("y.png") && e.contains("edge spaces"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::data::dataset::{stratified_split, Dataset, Split};
+use crate::data::dataset::{self, stratified_split, Dataset, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model::checkpoint::{self, CardMetrics, ModelCard};
@@ -94,6 +94,8 @@ pub struct TrainSummary {
 const LAST: &str = "last";
 const STATE_JSON: &str = "train_state.json";
 const STATE_TENSORS: &str = "train_state.safetensors";
+/// The validation images of a run, a `path,label` manifest in the output folder.
+pub const VAL_MANIFEST: &str = "validation.csv";
 
 pub fn train(job: TrainJob) -> Result<TrainSummary> {
     let ds = Dataset::open(&job.data)?;
@@ -271,10 +273,15 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         "split": split_desc,
         "train_per_class": train_set.per_class(classes.len()),
         "val_per_class": val_set.per_class(classes.len()),
+        "val_manifest": VAL_MANIFEST,
         "resized": cfg.resize,
     });
     let class_weights = class_weights(&cfg, &train_set, classes.len(), &job.device)?;
     std::fs::create_dir_all(&job.out).at(&job.out)?;
+    // The validation images by name, so that the model can be evaluated or
+    // its errors broken down on exactly them (`eval --data MODEL/validation.csv`).
+    // The split is seeded: a resumed run writes the same list.
+    dataset::write_manifest(&job.out.join(VAL_MANIFEST), &val_s)?;
     let history_path = job.out.join("history.jsonl");
     if start_epoch == 0 {
         std::fs::write(&history_path, b"").at(&history_path)?;

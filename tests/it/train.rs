@@ -59,6 +59,24 @@ fn train_writes_model_card_checkpoints_and_history() {
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert_eq!(history.lines().count(), 2);
     assert!(out.join("last/model.json").exists() && out.join("last/train_state.json").exists());
+
+    // The seeded validation carve-out is written as a manifest: `eval` on it
+    // sees the images the best epoch was chosen on and gives its accuracy.
+    assert_eq!(card["data"]["val_manifest"], "validation.csv");
+    let val = std::fs::read_to_string(out.join("validation.csv")).unwrap();
+    let n_val = card["metrics"]["val_images"].as_u64().unwrap();
+    assert_eq!(val.lines().count() as u64, n_val + 1, "{val}");
+    let ev: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&out),
+        "--data",
+        p(&out.join("validation.csv")),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(ev["images"].as_u64(), Some(n_val), "{ev}");
+    assert_eq!(ev["accuracy"], card["metrics"]["val_accuracy"], "{ev}");
 }
 
 #[test]
