@@ -2,8 +2,11 @@
 """Where an ELPV model errs: errors by defect probability and cell type.
 
     scripts/elpv-errors.py --model data/models/elpv-binary \
-        --data data/elpv/binary.csv [--split test] [--bin target/release/gcm-inspect]
+        --data data/elpv/binary.csv [--split test|train|val] [--bin target/release/gcm-inspect]
 
+`--split val` takes the model's own validation images (MODEL/validation.csv,
+written by `gcm-inspect train`; the manifest gives their type and
+probability), so errors can be broken down without touching the test split.
 Runs `gcm-inspect explain --json --resize` on the split's images (the same
 decisions `gcm-inspect eval --resize` counts) and groups the errors by the
 manifest's `probability` and `type` columns (scripts/fetch-elpv.sh writes
@@ -24,14 +27,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="manifest path,label,split,type,probability")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", help="a manifest split, or val: MODEL/validation.csv")
     ap.add_argument("--bin", default="target/release/gcm-inspect")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
     base = os.path.dirname(os.path.abspath(a.data))
     with open(a.data, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == a.split]
+        manifest = list(csv.DictReader(f))
+    if a.split == "val":
+        val_list = os.path.join(a.model, "validation.csv")
+        if not os.path.exists(val_list):
+            sys.exit(f"elpv-errors: {val_list} does not exist (written by gcm-inspect train)")
+        by_path = {os.path.abspath(os.path.join(base, r["path"])): r for r in manifest}
+        with open(val_list, newline="") as f:
+            wanted = [os.path.abspath(r["path"]) for r in csv.DictReader(f)]
+        unknown = [p for p in wanted if p not in by_path]
+        if unknown:
+            sys.exit(f"elpv-errors: {len(unknown)} images of {val_list} are not in {a.data}, "
+                     f"e.g. {unknown[0]}")
+        rows = [dict(by_path[p], path=p) for p in wanted]
+    else:
+        rows = [r for r in manifest if r["split"] == a.split]
     if not rows:
         sys.exit(f"elpv-errors: no {a.split} rows in {a.data}")
     missing = [c for c in ("type", "probability") if c not in rows[0]]

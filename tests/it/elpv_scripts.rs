@@ -278,24 +278,30 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
 
     // scripts/elpv-errors.py breaks the same decisions down by probability
     // and cell type: its error count is eval's, group by group.
-    let o = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-errors.py"))
-        .args([
-            "--model",
-            p(&model),
-            "--data",
-            p(&out.join("four_class.csv")),
-        ])
-        .args(["--bin", env!("CARGO_BIN_EXE_gcm-inspect"), "--json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "elpv-errors.py: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let errors = |split: &str| {
+        let o = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-errors.py"))
+            .args([
+                "--model",
+                p(&model),
+                "--data",
+                p(&out.join("four_class.csv")),
+                "--split",
+                split,
+            ])
+            .args(["--bin", env!("CARGO_BIN_EXE_gcm-inspect"), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "elpv-errors.py --split {split}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        (b, stdout)
+    };
+    let (b, stdout) = errors("test");
     assert_eq!(b["images"], 8, "{stdout}");
     let groups = b["groups"].as_array().unwrap();
     let sum = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
@@ -325,4 +331,13 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
             "{stdout}\n{report}"
         );
     }
+
+    // On the model's own validation images (MODEL/validation.csv) it counts
+    // the errors behind the best epoch's validation accuracy.
+    let (v, stdout) = errors("val");
+    let n_val = card["metrics"]["val_images"].as_u64().unwrap();
+    let val_acc = card["metrics"]["val_accuracy"].as_f64().unwrap();
+    assert_eq!(v["images"].as_u64(), Some(n_val), "{stdout}");
+    let val_wrong = (n_val as f64 * (1.0 - val_acc)).round() as u64;
+    assert_eq!(v["errors"].as_u64(), Some(val_wrong), "{stdout}\n{card}");
 }
