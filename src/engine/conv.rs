@@ -27,7 +27,14 @@ fn round_up(x: usize, m: usize) -> usize {
 fn rows_per_task(rows: usize, other_tasks: usize, min_rows: usize) -> usize {
     let want = rayon::current_num_threads() * 4;
     let splits = want.div_ceil(other_tasks.max(1)).max(1);
-    rows.div_ceil(splits).max(min_rows).max(1)
+    rows.div_ceil(splits).max(min_rows)
+}
+
+/// Output rows a task needs so that a tile of `nv` vectors of `lanes`
+/// positions covers distinct positions in the narrowest part.
+fn min_task_rows(parts: &[Part], nv: usize, lanes: usize) -> usize {
+    let narrowest = parts.iter().map(|p| p.ow).min().unwrap_or(1).max(1);
+    nv.div_ceil(narrowest.div_ceil(lanes))
 }
 
 /// Geometry of a prepared input: `[cin][phases][rows][cols]` per image, with
@@ -248,21 +255,22 @@ impl ConvPlan {
         let wp = pack(cout, cin, k * k, ocb, |o, ci, t| {
             weight[(o * cin + ci) * k * k + t]
         });
+        let parts = vec![Part {
+            taps,
+            w: wp,
+            oh,
+            ow,
+            x_row: stride * cols,
+            out_off: 0,
+            out_row: ow,
+            out_col: 1,
+        }];
         ConvPlan {
             kernel,
             ocb,
-            min_task_rows: nv.div_ceil(ow.div_ceil(l)),
+            min_task_rows: min_task_rows(&parts, nv, l),
             prep,
-            parts: vec![Part {
-                taps,
-                w: wp,
-                oh,
-                ow,
-                x_row: stride * cols,
-                out_off: 0,
-                out_row: ow,
-                out_col: 1,
-            }],
+            parts,
             bias: bias.map(|b| b.to_vec()),
             relu,
             row_step: stride,
@@ -369,8 +377,7 @@ impl ConvPlan {
         ConvPlan {
             kernel,
             ocb,
-            // Every phase is at least `ow / stride` wide (rounded down).
-            min_task_rows: nv.div_ceil((ow / stride).max(1).div_ceil(l)),
+            min_task_rows: min_task_rows(&parts, nv, l),
             prep,
             parts,
             bias: bias.map(|b| b.to_vec()),
