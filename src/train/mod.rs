@@ -95,7 +95,7 @@ const LAST: &str = "last";
 const STATE_JSON: &str = "train_state.json";
 const STATE_TENSORS: &str = "train_state.safetensors";
 /// The validation images of a run, a `path,label` manifest in the output folder.
-pub const VAL_MANIFEST: &str = "validation.csv";
+const VAL_MANIFEST: &str = "validation.csv";
 
 pub fn train(job: TrainJob) -> Result<TrainSummary> {
     let ds = Dataset::open(&job.data)?;
