@@ -34,7 +34,7 @@ from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
 DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
-                class_balanced_loss=False)
+                class_balanced_loss=False, ema_decay=0.0)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -44,6 +44,10 @@ def load_config(path):
     if path:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
+    unknown = sorted(set(raw) - set(DEFAULTS) - {"augment", "model"})
+    unknown += sorted(f"augment.{k}" for k in set(raw.get("augment") or {}) - set(AUG_DEFAULTS))
+    if unknown:
+        sys.exit(f"{path}: unknown key(s) {', '.join(unknown)} (the twin would silently differ)")
     cfg.update({k: v for k, v in raw.items() if k not in ("augment", "model")})
     cfg["augment"] = dict(AUG_DEFAULTS, **(raw.get("augment") or {}))
     cfg["model"] = dict(raw.get("model") or {})
@@ -192,6 +196,12 @@ def main():
         counts = torch.bincount(ytr, minlength=len(classes)).float()
         weights = counts.sum() / (len(classes) * counts.clamp(min=1))
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    # ema_decay: validate and save an average of every float tensor of the
+    # state (weights and BatchNorm statistics), updated after each step with
+    # decay min(ema_decay, (1 + n) / (10 + n)), as src/train/ema.rs does.
+    ema, ema_updates = None, 0
+    if cfg["ema_decay"] > 0:
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.dtype.is_floating_point}
     os.makedirs(a.out, exist_ok=True)
     hist = open(os.path.join(a.out, "history.jsonl"), "w")
     best, secs = None, []
@@ -214,16 +224,30 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                d = min(cfg["ema_decay"], (1 + ema_updates) / (10 + ema_updates))
+                with torch.no_grad():
+                    for k, v in net.state_dict().items():
+                        if k in ema:
+                            ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                ema_updates += 1
             if not torch.isfinite(loss):
                 sys.exit(f"training diverged at epoch {epoch + 1}; lower lr (now {lr})")
             loss_sum += loss.item() * len(idx)
             correct += (scores.argmax(1) == yb).sum().item()
             seen += len(idx)
         train_secs = time.time() - t
+        own = None
+        if ema is not None:
+            own_acc, _ = evaluate(net, xva, yva, cfg["eval_batch_size"])
+            own = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict({**own, **ema})
         va_acc, va_loss = evaluate(net, xva, yva, cfg["eval_batch_size"])
         rec = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
                    val_loss=va_loss, val_accuracy=va_acc, seconds=time.time() - t,
                    train_seconds=train_secs, images_per_second=seen / train_secs)
+        if own is not None:
+            rec["val_accuracy_train_weights"] = own_acc
         secs.append(train_secs)
         print(json.dumps(rec), flush=True)
         hist.write(json.dumps(rec) + "\n")
@@ -235,6 +259,8 @@ def main():
             save_model(a.out, net, training=cfg, metrics=best,
                        data={"source": os.path.abspath(a.data), "classes": classes,
                              "train_images": len(xtr), "val_images": len(xva)})
+        if own is not None:
+            net.load_state_dict(own)
     summary = dict(best=best, parameters=params, median_epoch_train_seconds=float(np.median(secs)),
                    threads=a.threads, torch=torch.__version__, config=cfg)
     if a.test:

@@ -194,6 +194,10 @@ pub struct TrainConfig {
     /// Weight the loss by inverse class frequency (for unbalanced data).
     #[serde(default)]
     pub class_balanced_loss: bool,
+    /// Validate and save an exponential moving average of the weights with
+    /// this decay per step (`src/train/ema.rs`); 0 (the default) turns it off.
+    #[serde(default)]
+    pub ema_decay: f64,
     #[serde(default)]
     pub augment: Augment,
     #[serde(default)]
@@ -251,6 +255,9 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&v) {
                 return Err(format!("augment.{name}: {v} must be in [0, 1)"));
             }
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!("ema_decay: {} must be in [0, 1)", self.ema_decay));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
@@ -360,9 +367,15 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let e = TrainConfig::from_yaml("momentum: 1.5\n", Path::new("t.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("momentum"), "{e}");
+        for (yaml, field) in [
+            ("momentum: 1.5\n", "momentum"),
+            ("ema_decay: 1\n", "ema_decay"),
+        ] {
+            let e = TrainConfig::from_yaml(yaml, Path::new("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        assert_eq!(TrainConfig::default().ema_decay, 0.0);
     }
 }

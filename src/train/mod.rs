@@ -5,11 +5,13 @@
 //!   (ties go to the lower validation loss): the model to use;
 //! * `last/`: the last epoch's model plus `train_state.safetensors` (the
 //!   optimiser's state) and `train_state.json` (epochs done, the config, best so far),
-//!   which `--resume` continues from;
+//!   which `--resume` continues from; with `ema_decay`, the models are the
+//!   averaged weights and `last/train_weights.safetensors` the optimiser's own;
 //! * `history.jsonl`: one line of metrics per epoch.
 
 pub mod config;
 pub mod data;
+pub mod ema;
 pub mod optim;
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ use crate::model::{Gcm, ModelConfig};
 use crate::rng::Rng;
 use config::{ScalingChoice, TrainConfig};
 use data::ImageSet;
+use ema::Ema;
 use optim::Optimizer;
 
 /// How a run starts.
@@ -67,6 +70,9 @@ pub struct TrainState {
     pub model: ModelConfig,
     pub best: Option<CardMetrics>,
     pub data: serde_json::Value,
+    /// Updates folded into the weight average so far (`ema_decay`).
+    #[serde(default)]
+    pub ema_updates: u64,
 }
 
 /// One line of `history.jsonl`.
@@ -78,6 +84,10 @@ pub struct EpochRecord {
     pub train_accuracy: f64,
     pub val_loss: f64,
     pub val_accuracy: f64,
+    /// With `ema_decay`: the validation accuracy of the optimiser's own
+    /// weights (`val_accuracy` is the average's), to see what averaging gives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_accuracy_train_weights: Option<f64>,
     pub seconds: f64,
     pub images_per_second: f64,
 }
@@ -94,6 +104,8 @@ pub struct TrainSummary {
 const LAST: &str = "last";
 const STATE_JSON: &str = "train_state.json";
 const STATE_TENSORS: &str = "train_state.safetensors";
+/// With `ema_decay`: the optimiser's own weights (the models hold the average).
+const TRAIN_WEIGHTS: &str = "train_weights.safetensors";
 /// The validation images of a run, a `path,label` manifest in the output folder.
 const VAL_MANIFEST: &str = "validation.csv";
 
@@ -232,10 +244,20 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
 
     // Variables: fresh, from --init, or from last/.
     let varmap = init_varmap(&model_cfg, cfg.seed, &job.device)?;
+    let mut ema = None;
     let start_epoch = match (&resume_state, &init) {
         (Some(st), _) => {
-            let last = checkpoint::load(&job.out.join(LAST))?;
+            let last_dir = job.out.join(LAST);
+            let last = checkpoint::load(&last_dir)?;
             set_vars(&varmap, &last.tensors, &job.device)?;
+            if cfg.ema_decay > 0.0 {
+                // last/ holds the averaged weights; the optimiser's are beside them.
+                ema = Some(Ema::new(&varmap, cfg.ema_decay, st.ema_updates)?);
+                let p = last_dir.join(TRAIN_WEIGHTS);
+                let w = candle_core::safetensors::load(&p, &job.device)
+                    .map_err(|e| Error::model(&p, e.to_string()))?;
+                set_vars(&varmap, &w, &job.device).map_err(|e| Error::model(&p, e.to_string()))?;
+            }
             st.epochs_done
         }
         (None, Some(m)) => {
@@ -244,6 +266,9 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         }
         (None, None) => 0,
     };
+    if ema.is_none() && cfg.ema_decay > 0.0 {
+        ema = Some(Ema::new(&varmap, cfg.ema_decay, 0)?);
+    }
     let net = Gcm::new(
         &model_cfg,
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
@@ -323,6 +348,9 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             let loss = loss_fn(&out.scores, &y, class_weights.as_ref())?;
             let grads = loss.backward()?;
             opt.step(&grads, lr)?;
+            if let Some(e) = ema.as_mut() {
+                e.update()?;
+            }
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 return Err(Error::Runtime(format!(
@@ -345,6 +373,15 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             }
         }
         let train_secs = t.elapsed().as_secs_f64();
+        let val_train_weights = match ema {
+            Some(_) => Some(validate(&net, &val_set, &classes, &cfg, &job.device)?.accuracy),
+            None => None,
+        };
+        // Validate and save the averaged weights; the optimiser's come back after.
+        let swapped = match &ema {
+            Some(e) => Some(e.swap_in()?),
+            None => None,
+        };
         let val = validate(&net, &val_set, &classes, &cfg, &job.device)?;
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -356,12 +393,13 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             train_accuracy: correct as f64 / seen.max(1) as f64,
             val_loss: val.loss,
             val_accuracy: val.accuracy,
+            val_accuracy_train_weights: val_train_weights,
             seconds: t.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_secs,
         };
         epoch_secs.push(rec.seconds);
         eprintln!(
-            "epoch {:>3}/{}  lr {:<8.1e} loss {:.4}  acc {:>6.2}%  val loss {:.4}  val acc {:>6.2}%  {:.1}s ({:.0} img/s)",
+            "epoch {:>3}/{}  lr {:<8.1e} loss {:.4}  acc {:>6.2}%  val loss {:.4}  val acc {:>6.2}%{}  {:.1}s ({:.0} img/s)",
             rec.epoch,
             cfg.epochs,
             lr,
@@ -369,6 +407,9 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             100.0 * rec.train_accuracy,
             rec.val_loss,
             100.0 * rec.val_accuracy,
+            rec.val_accuracy_train_weights
+                .map(|a| format!(" (averaged; optimiser's {:.2}%)", 100.0 * a))
+                .unwrap_or_default(),
             rec.seconds,
             rec.images_per_second
         );
@@ -400,6 +441,13 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         }
         let last_dir = job.out.join(LAST);
         checkpoint::save(&last_dir, &tensors, card(&metrics))?;
+        // Written before the state, which is what --resume trusts.
+        if let Some(s) = &swapped {
+            let p = last_dir.join(TRAIN_WEIGHTS);
+            let tmp = last_dir.join(format!(".{TRAIN_WEIGHTS}.tmp"));
+            candle_core::safetensors::save(&s.train_weights(), &tmp)?;
+            std::fs::rename(&tmp, &p).at(&p)?;
+        }
         save_state(
             &last_dir,
             &opt,
@@ -409,8 +457,12 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 model: model_cfg.clone(),
                 best: best.clone(),
                 data: data_summary.clone(),
+                ema_updates: ema.as_ref().map_or(0, |e| e.updates()),
             },
         )?;
+        if let Some(s) = swapped {
+            s.restore()?;
+        }
         let mut h = std::fs::OpenOptions::new()
             .append(true)
             .create(true)

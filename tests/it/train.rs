@@ -182,6 +182,78 @@ fn adamw_resume_restores_the_moments() {
     assert!(err.contains("adamw.steps"), "{err}");
 }
 
+/// Largest absolute difference between two safetensors files with the same names.
+fn max_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
+    let load = |p: &std::path::Path| {
+        candle_core::safetensors::load(p, &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let (a, b) = (load(a), load(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for (name, ta) in &a {
+        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (x, y) in va.iter().zip(&vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn weight_average_is_what_is_saved_and_survives_resume() {
+    // With ema_decay the models hold the averaged weights and last/ keeps
+    // the optimiser's own beside them; one epoch then --resume must end
+    // where two straight epochs end, for both.
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    synth(&data, 24, 16, "ok,spot", 5);
+    let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nema_decay: 0.9\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
+    let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
+    train_with(&data, &straight, "2", yaml);
+    train_with(&data, &resumed, "1", yaml);
+    let resume = |epochs: &'static str| {
+        [
+            "train",
+            "--data",
+            p(&data),
+            "--out",
+            p(&resumed),
+            "--resume",
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ]
+    };
+    ok(&resume("2"));
+    let (avg, own) = ("last/model.safetensors", "last/train_weights.safetensors");
+    for f in [avg, own] {
+        let d = max_diff(&straight.join(f), &resumed.join(f));
+        assert!(
+            d < 1e-4,
+            "{f}: resumed run differs from the straight run by {d}"
+        );
+    }
+    // The average is not the optimiser's weights (8 steps at decay <= 0.9).
+    let d = max_diff(&straight.join(avg), &straight.join(own));
+    assert!(
+        d > 1e-3,
+        "averaged and optimiser weights differ by only {d}"
+    );
+    // Each epoch's history names both validation accuracies.
+    let history = std::fs::read_to_string(straight.join("history.jsonl")).unwrap();
+    for line in history.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let own_acc = v["val_accuracy_train_weights"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&own_acc), "{line}");
+    }
+    // Without the optimiser's weights the run cannot go on; the file is named.
+    std::fs::remove_file(resumed.join(own)).unwrap();
+    let err = fails(&resume("3"), 5);
+    assert!(err.contains("train_weights.safetensors"), "{err}");
+}
+
 #[test]
 fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
     let t = tempfile::tempdir().unwrap();
