@@ -34,7 +34,7 @@ from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
 DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
-                class_balanced_loss=False, ema_decay=0.0)
+                class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -220,7 +220,7 @@ def main():
                 continue
             xb, yb = augment(xtr[idx], cfg["augment"], gen), ytr[idx]
             scores = net(xb)
-            loss = F.cross_entropy(scores, yb, weight=weights)
+            loss = F.cross_entropy(scores, yb, weight=weights, label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -198,6 +198,11 @@ pub struct TrainConfig {
     /// this decay per step (`src/train/ema.rs`); 0 (the default) turns it off.
     #[serde(default)]
     pub ema_decay: f64,
+    /// Cross-entropy against `1 - label_smoothing` on the label plus
+    /// `label_smoothing / classes` on every class (PyTorch's definition);
+    /// 0 (the default) is the plain loss.
+    #[serde(default)]
+    pub label_smoothing: f64,
     #[serde(default)]
     pub augment: Augment,
     #[serde(default)]
@@ -258,6 +263,15 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(format!("ema_decay: {} must be in [0, 1)", self.ema_decay));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label_smoothing: {} must be in [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        if self.label_smoothing > 0.0 && self.class_balanced_loss {
+            return Err("label_smoothing and class_balanced_loss cannot be used together".into());
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
@@ -370,6 +384,11 @@ mod tests {
         for (yaml, field) in [
             ("momentum: 1.5\n", "momentum"),
             ("ema_decay: 1\n", "ema_decay"),
+            ("label_smoothing: -0.1\n", "label_smoothing"),
+            (
+                "label_smoothing: 0.1\nclass_balanced_loss: true\n",
+                "cannot be used together",
+            ),
         ] {
             let e = TrainConfig::from_yaml(yaml, Path::new("t.yaml"))
                 .unwrap_err()

@@ -345,7 +345,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 &job.device,
             )?;
             let out = net.forward_t(&x, true)?;
-            let loss = loss_fn(&out.scores, &y, class_weights.as_ref())?;
+            let loss = loss_fn(&out.scores, &y, class_weights.as_ref(), cfg.label_smoothing)?;
             let grads = loss.backward()?;
             opt.step(&grads, lr)?;
             if let Some(e) = ema.as_mut() {
@@ -566,9 +566,24 @@ fn validate(
     })
 }
 
-/// Softmax cross-entropy on the scores, optionally weighted per class.
-pub fn loss_fn(scores: &Tensor, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+/// Softmax cross-entropy on the scores, optionally weighted per class, or
+/// with label smoothing `eps` (PyTorch's `label_smoothing`: the target is
+/// `1 - eps` on the label plus `eps / K` on every class; the config refuses
+/// both together).
+pub fn loss_fn(
+    scores: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    smoothing: f64,
+) -> Result<Tensor> {
     match weights {
+        None if smoothing > 0.0 => {
+            let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
+            let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let uniform = logp.mean(D::Minus1)?;
+            let per_image = ((picked * (1.0 - smoothing))? + (uniform * smoothing)?)?;
+            Ok(per_image.mean_all()?.neg()?)
+        }
         None => Ok(candle_nn::loss::cross_entropy(scores, labels)?),
         Some(w) => {
             let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
@@ -663,4 +678,37 @@ fn progress_bar(
         .progress_chars("=> "),
     );
     Some(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_smoothing_is_pytorchs_definition() {
+        // Two images, three classes; the expected loss is computed here in
+        // f64 from the definition: -((1 - e) log p_y + e / K sum_k log p_k).
+        let logits = [[2.0f64, -1.0, 0.5], [0.1, 0.2, 3.0]];
+        let labels = [0u32, 1];
+        let dev = Device::Cpu;
+        // The second image is labelled 1 and scored confidently as 2.
+        let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
+        let scores = Tensor::from_vec(flat, (2, 3), &dev).unwrap();
+        let y = Tensor::new(&labels, &dev).unwrap();
+        for eps in [0.0, 0.1, 0.3] {
+            let mut want = 0.0;
+            for (row, &l) in logits.iter().zip(&labels) {
+                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+                let logp: Vec<f64> = row.iter().map(|v| v - lse).collect();
+                let uniform = logp.iter().sum::<f64>() / 3.0;
+                want -= (1.0 - eps) * logp[l as usize] + eps * uniform;
+            }
+            want /= 2.0;
+            let got = loss_fn(&scores, &y, None, eps)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            assert!((got - want).abs() < 1e-5, "eps {eps}: {got} vs {want}");
+        }
+    }
 }
