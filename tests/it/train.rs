@@ -124,64 +124,6 @@ fn resume_continues_where_the_run_stopped() {
     assert!(err.contains("nothing to do"), "{err}");
 }
 
-#[test]
-fn adamw_resume_restores_the_moments() {
-    // Two epochs straight, and one epoch then --resume to two, must end on
-    // the same weights: an optimiser state that was not saved or not
-    // restored (fresh moments, step count 0) moves them differently.
-    let t = tempfile::tempdir().unwrap();
-    let data = t.path().join("data");
-    synth(&data, 24, 16, "ok,spot", 5);
-    let yaml = "optimizer: adamw\nweight_decay: 0.01\nlr: 0.01\nbatch_size: 16\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
-    let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
-    train_with(&data, &straight, "2", yaml);
-    train_with(&data, &resumed, "1", yaml);
-    let resume = |epochs: &'static str| {
-        [
-            "train",
-            "--data",
-            p(&data),
-            "--out",
-            p(&resumed),
-            "--resume",
-            "--epochs",
-            epochs,
-            "--no-progress",
-        ]
-    };
-    ok(&resume("2"));
-    let card = json(&resumed.join("last/model.json"));
-    assert_eq!(card["training"]["optimizer"], "adamw");
-    let load = |dir: &std::path::Path| {
-        candle_core::safetensors::load(
-            dir.join("last/model.safetensors"),
-            &candle_core::Device::Cpu,
-        )
-        .unwrap()
-    };
-    let (a, b) = (load(&straight), load(&resumed));
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0f32;
-    for (name, ta) in &a {
-        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let vb = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for (x, y) in va.iter().zip(&vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    assert!(
-        worst < 1e-4,
-        "resumed run differs from the straight run by {worst}"
-    );
-    // Resuming an AdamW run whose state file lost its moments is refused.
-    let state = resumed.join("last/train_state.safetensors");
-    let mut st = candle_core::safetensors::load(&state, &candle_core::Device::Cpu).unwrap();
-    st.remove("adamw.steps");
-    candle_core::safetensors::save(&st, &state).unwrap();
-    let err = fails(&resume("3"), 5);
-    assert!(err.contains("adamw.steps"), "{err}");
-}
-
 /// Largest absolute difference between two safetensors files with the same names.
 fn max_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
     let load = |p: &std::path::Path| {
@@ -201,32 +143,78 @@ fn max_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
     worst
 }
 
+/// `train --resume` of the run in `out`, to `epochs` in all.
+fn resume_args<'a>(
+    data: &'a std::path::Path,
+    out: &'a std::path::Path,
+    epochs: &'a str,
+) -> [&'a str; 9] {
+    [
+        "train",
+        "--data",
+        p(data),
+        "--out",
+        p(out),
+        "--resume",
+        "--epochs",
+        epochs,
+        "--no-progress",
+    ]
+}
+
+/// Trains on a tiny set with `yaml` two epochs straight (`straight`) and
+/// one epoch then `--resume` to two (`resumed`).
+fn straight_and_resumed(
+    yaml: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    synth(&data, 24, 16, "ok,spot", 5);
+    let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
+    train_with(&data, &straight, "2", yaml);
+    train_with(&data, &resumed, "1", yaml);
+    ok(&resume_args(&data, &resumed, "2"));
+    (t, data, straight, resumed)
+}
+
+#[test]
+fn adamw_resume_restores_the_moments() {
+    // Two epochs straight, and one epoch then --resume to two, must end on
+    // the same weights: an optimiser state that was not saved or not
+    // restored (fresh moments, step count 0) moves them differently.
+    let (_t, data, straight, resumed) = straight_and_resumed(
+        "optimizer: adamw\nweight_decay: 0.01\nlr: 0.01\nbatch_size: 16\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n",
+    );
+    let card = json(&resumed.join("last/model.json"));
+    assert_eq!(card["training"]["optimizer"], "adamw");
+    let f = "last/model.safetensors";
+    let worst = max_diff(&straight.join(f), &resumed.join(f));
+    assert!(
+        worst < 1e-4,
+        "resumed run differs from the straight run by {worst}"
+    );
+    // Resuming an AdamW run whose state file lost its moments is refused.
+    let state = resumed.join("last/train_state.safetensors");
+    let mut st = candle_core::safetensors::load(&state, &candle_core::Device::Cpu).unwrap();
+    st.remove("adamw.steps");
+    candle_core::safetensors::save(&st, &state).unwrap();
+    let err = fails(&resume_args(&data, &resumed, "3"), 5);
+    assert!(err.contains("adamw.steps"), "{err}");
+}
+
 #[test]
 fn weight_average_is_what_is_saved_and_survives_resume() {
     // With ema_decay the models hold the averaged weights and last/ keeps
     // the optimiser's own beside them; one epoch then --resume must end
     // where two straight epochs end, for both.
-    let t = tempfile::tempdir().unwrap();
-    let data = t.path().join("data");
-    synth(&data, 24, 16, "ok,spot", 5);
-    let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nema_decay: 0.9\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
-    let (straight, resumed) = (t.path().join("straight"), t.path().join("resumed"));
-    train_with(&data, &straight, "2", yaml);
-    train_with(&data, &resumed, "1", yaml);
-    let resume = |epochs: &'static str| {
-        [
-            "train",
-            "--data",
-            p(&data),
-            "--out",
-            p(&resumed),
-            "--resume",
-            "--epochs",
-            epochs,
-            "--no-progress",
-        ]
-    };
-    ok(&resume("2"));
+    let (_t, data, straight, resumed) = straight_and_resumed(
+        "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nema_decay: 0.9\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n",
+    );
     let (avg, own) = ("last/model.safetensors", "last/train_weights.safetensors");
     for f in [avg, own] {
         let d = max_diff(&straight.join(f), &resumed.join(f));
@@ -250,7 +238,7 @@ fn weight_average_is_what_is_saved_and_survives_resume() {
     }
     // Without the optimiser's weights the run cannot go on; the file is named.
     std::fs::remove_file(resumed.join(own)).unwrap();
-    let err = fails(&resume("3"), 5);
+    let err = fails(&resume_args(&data, &resumed, "3"), 5);
     assert!(err.contains("train_weights.safetensors"), "{err}");
 }
 
