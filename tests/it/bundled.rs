@@ -75,7 +75,17 @@ fn run_on_its_embedded_default_needs_no_files_and_decides_correctly() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len() as u64, summary["decisions"].as_u64().unwrap());
-    assert!(lines.len() >= 30, "{summary}");
+    // The default source is paced (30 fps) and drops the oldest frame when
+    // the model is behind, as a camera would: how many of the 60 frames are
+    // decided depends on the machine's load (28 on a loaded 2-core machine,
+    // all 60 on an idle one). Every frame is accounted for either way.
+    let count = |k: &str| summary[k].as_u64().unwrap();
+    assert_eq!(
+        count("decisions") + count("frames_dropped") + count("frames_skipped"),
+        60,
+        "{summary}"
+    );
+    assert!(lines.len() >= 10, "{summary}");
     // The synthetic source names each frame's true class: synthetic-<n>-<class>.
     let right = lines
         .iter()
