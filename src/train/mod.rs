@@ -443,10 +443,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         checkpoint::save(&last_dir, &tensors, card(&metrics))?;
         // Written before the state, which is what --resume trusts.
         if let Some(s) = &swapped {
-            let p = last_dir.join(TRAIN_WEIGHTS);
-            let tmp = last_dir.join(format!(".{TRAIN_WEIGHTS}.tmp"));
-            candle_core::safetensors::save(&s.train_weights(), &tmp)?;
-            std::fs::rename(&tmp, &p).at(&p)?;
+            save_tensors(&last_dir, TRAIN_WEIGHTS, &s.train_weights())?;
         }
         save_state(
             &last_dir,
@@ -576,18 +573,18 @@ pub fn loss_fn(
     weights: Option<&Tensor>,
     smoothing: f64,
 ) -> Result<Tensor> {
+    if weights.is_none() && smoothing == 0.0 {
+        return Ok(candle_nn::loss::cross_entropy(scores, labels)?);
+    }
+    let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
     match weights {
-        None if smoothing > 0.0 => {
-            let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
-            let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+        None => {
             let uniform = logp.mean(D::Minus1)?;
             let per_image = ((picked * (1.0 - smoothing))? + (uniform * smoothing)?)?;
             Ok(per_image.mean_all()?.neg()?)
         }
-        None => Ok(candle_nn::loss::cross_entropy(scores, labels)?),
         Some(w) => {
-            let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
-            let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
             let wi = w.gather(labels, 0)?;
             Ok((picked.mul(&wi)?.sum_all()?.neg()? / wi.sum_all()?.to_scalar::<f32>()? as f64)?)
         }
@@ -629,16 +626,21 @@ fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, device: &Device)
     Ok(())
 }
 
+/// Writes `dir/name` through a temporary file, so a crash leaves the old one.
+fn save_tensors(dir: &Path, name: &str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let p = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, &p).at(&p)
+}
+
 fn save_state(dir: &Path, opt: &Optimizer, st: &TrainState) -> Result<()> {
-    let p = dir.join(STATE_TENSORS);
     let tensors: HashMap<String, Tensor> = opt
         .state()?
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let tmp = dir.join(format!(".{STATE_TENSORS}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &p).at(&p)?;
+    save_tensors(dir, STATE_TENSORS, &tensors)?;
     checkpoint::write_atomic(
         &dir.join(STATE_JSON),
         &serde_json::to_vec_pretty(st).expect("state serialises"),
