@@ -34,7 +34,7 @@ from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
 DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
-                class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0)
+                class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0, soft_target=None)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -68,6 +68,29 @@ def stratified_val(labels, frac, seed):
         val += idx[: int(round(frac * len(idx)))]
     val = set(val)
     return [i for i in range(len(labels)) if i not in val], sorted(val)
+
+
+def soft_targets(rows, classes, st, manifest):
+    """soft_target: [N, 2] targets from a manifest column, checked as src/train/mod.rs does."""
+    if len(classes) != 2:
+        sys.exit(f"soft_target: needs a two-class model; this one has classes {classes}")
+    if st["class"] not in classes:
+        sys.exit(f"soft_target.class: {st['class']!r} is not a class of the model {classes}")
+    c = classes.index(st["class"])
+    out = []
+    for r in rows:
+        cols = {k.lower(): v for k, v in r.items()}
+        if st["column"].lower() not in cols:
+            sys.exit(f"{manifest}: soft_target.column: no column {st['column']!r}")
+        p = float(cols[st["column"].lower()])
+        if not 0.0 <= p <= 1.0:
+            sys.exit(f"{manifest}: {r['path']}: {st['column']} {p} is not a probability in [0, 1]")
+        if p != 0.5 and classes[c if p > 0.5 else 1 - c] != r["label"]:
+            sys.exit(f"{manifest}: {r['path']}: {st['column']} {p} for {st['class']!r} contradicts the label")
+        t = [0.0, 0.0]
+        t[c], t[1 - c] = p, 1.0 - p
+        out.append(t)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def load_set(rows, size, classes):
@@ -170,6 +193,11 @@ def main():
     t0 = time.time()
     xtr, ytr = load_set(train_rows, size, classes)
     xva, yva = load_set(val_rows, size, classes)
+    ttr = None
+    if cfg["soft_target"]:
+        if cfg["class_balanced_loss"]:
+            sys.exit(f"{a.config}: soft_target and class_balanced_loss cannot be used together")
+        ttr = soft_targets(train_rows, classes, cfg["soft_target"], a.data)
     print(f"loaded {len(xtr)} train / {len(xva)} val images at {tuple(xtr.shape[2:])} in "
           f"{time.time() - t0:.1f}s", file=sys.stderr)
 
@@ -220,7 +248,10 @@ def main():
                 continue
             xb, yb = augment(xtr[idx], cfg["augment"], gen), ytr[idx]
             scores = net(xb)
-            loss = F.cross_entropy(scores, yb, weight=weights, label_smoothing=cfg["label_smoothing"])
+            # Soft targets (probabilities) where configured: PyTorch applies
+            # label smoothing to them as to one-hot labels.
+            target = yb if ttr is None else ttr[idx]
+            loss = F.cross_entropy(scores, target, weight=weights, label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -40,6 +40,8 @@ pub struct Sample {
     pub path: PathBuf,
     pub label: String,
     pub split: Option<Split>,
+    /// A manifest's other columns (header lower-cased) and this line's values.
+    pub columns: BTreeMap<String, String>,
 }
 
 /// A labelled image set.
@@ -144,6 +146,7 @@ fn read_folder(dir: &Path) -> Result<Dataset> {
             path,
             label: label.clone(),
             split: None,
+            columns: BTreeMap::new(),
         }));
         classes.push(label);
     }
@@ -206,6 +209,12 @@ fn read_manifest(path: &Path) -> Result<Dataset> {
         }
     };
     let si = idx("split");
+    let others: Vec<(usize, String)> = cols
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k != pi && k != li && Some(k) != si)
+        .map(|(k, c)| (k, c.to_ascii_lowercase()))
+        .collect();
     let mut samples = Vec::new();
     for (i, line) in lines {
         let f = csv_fields(line);
@@ -234,6 +243,10 @@ fn read_manifest(path: &Path) -> Result<Dataset> {
             path: base.join(p),
             label: label.to_string(),
             split,
+            columns: others
+                .iter()
+                .map(|(k, c)| (c.clone(), get(*k).to_string()))
+                .collect(),
         });
     }
     if samples.is_empty() {
@@ -332,6 +345,30 @@ mod tests {
         assert_eq!(d.classes, vec!["bad", "ok"]);
         assert_eq!(d.samples[0].path, dir.path().join("img/a.png"));
         assert_eq!(d.only(Split::Test).unwrap().samples.len(), 1);
+        assert!(d.samples[0].columns.is_empty());
+    }
+
+    #[test]
+    fn manifest_keeps_its_other_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m.csv");
+        std::fs::write(
+            &m,
+            "path,label,Probability,split,type\na.png,defect,0.67,train,mono\nb.png,ok,0.0,test\n",
+        )
+        .unwrap();
+        let d = Dataset::open(&m).unwrap();
+        let cols = |i: usize| -> Vec<(String, String)> {
+            d.samples[i]
+                .columns
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(cols(0), vec![kv("probability", "0.67"), kv("type", "mono")]);
+        // A short line gives empty values, as for the split.
+        assert_eq!(cols(1), vec![kv("probability", "0.0"), kv("type", "")]);
     }
 
     #[test]
@@ -342,11 +379,13 @@ mod tests {
                 path: dir.path().join("a, \"quoted\" b.png"),
                 label: "defect".into(),
                 split: Some(Split::Val),
+                columns: BTreeMap::new(),
             },
             Sample {
                 path: dir.path().join("sub/c.png"),
                 label: "ok,1".into(),
                 split: None,
+                columns: BTreeMap::new(),
             },
         ];
         let m = dir.path().join("out/v.csv");
@@ -369,6 +408,7 @@ mod tests {
                 path: dir.path().join(name),
                 label: label.into(),
                 split: None,
+                columns: BTreeMap::new(),
             }];
             let e = write_manifest(&m, &bad).unwrap_err().to_string();
             assert!(

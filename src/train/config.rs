@@ -90,6 +90,16 @@ impl Default for Augment {
     }
 }
 
+/// Where soft targets come from (`soft_target:`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftTarget {
+    /// The manifest column holding the probability of `class`, in [0, 1].
+    pub column: String,
+    /// The class the column's value is the probability of.
+    pub class: String,
+}
+
 /// The architecture to train; absent fields take Table 3's values, and the
 /// input size and channels default to the data's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -203,6 +213,11 @@ pub struct TrainConfig {
     /// 0 (the default) is the plain loss.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Soft targets for a two-class model from a manifest column (off by
+    /// default): each training image's target is the column's value for
+    /// `class` and the rest for the other class, instead of all on its label.
+    #[serde(default)]
+    pub soft_target: Option<SoftTarget>,
     #[serde(default)]
     pub augment: Augment,
     #[serde(default)]
@@ -272,6 +287,9 @@ impl TrainConfig {
         }
         if self.label_smoothing > 0.0 && self.class_balanced_loss {
             return Err("label_smoothing and class_balanced_loss cannot be used together".into());
+        }
+        if self.soft_target.is_some() && self.class_balanced_loss {
+            return Err("soft_target and class_balanced_loss cannot be used together".into());
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
@@ -389,6 +407,11 @@ mod tests {
                 "label_smoothing: 0.1\nclass_balanced_loss: true\n",
                 "cannot be used together",
             ),
+            (
+                "soft_target: {column: p, class: defect}\nclass_balanced_loss: true\n",
+                "soft_target and class_balanced_loss",
+            ),
+            ("soft_target: {column: p}\n", "class"),
         ] {
             let e = TrainConfig::from_yaml(yaml, Path::new("t.yaml"))
                 .unwrap_err()

@@ -17,6 +17,9 @@ pub struct ImageSet {
     pub images: Vec<Planar>,
     pub labels: Vec<usize>,
     pub paths: Vec<PathBuf>,
+    /// Soft targets, one distribution over the classes per image; empty
+    /// when training on the labels alone.
+    pub targets: Vec<Vec<f32>>,
 }
 
 impl ImageSet {
@@ -185,6 +188,16 @@ pub fn batch(
     let labels: Vec<u32> = idx.iter().map(|&i| set.labels[i] as u32).collect();
     let y = Tensor::from_vec(labels, idx.len(), device)?;
     Ok((x, y))
+}
+
+/// The soft targets `[B, K]` of the images `idx`; `None` when the set has none.
+pub fn targets(set: &ImageSet, idx: &[usize], device: &Device) -> Result<Option<Tensor>> {
+    if set.targets.is_empty() {
+        return Ok(None);
+    }
+    let k = set.targets[idx[0]].len();
+    let v: Vec<f32> = idx.iter().flat_map(|&i| set.targets[i].clone()).collect();
+    Ok(Some(Tensor::from_vec(v, (idx.len(), k), device)?))
 }
 
 #[cfg(test)]

@@ -195,8 +195,14 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         job.data.display()
     );
     let t0 = Instant::now();
-    let train_set =
+    // Checked before the (slow) decoding.
+    let soft = match &cfg.soft_target {
+        Some(st) => soft_targets(&job.data, &train_s, &classes, st)?,
+        None => Vec::new(),
+    };
+    let mut train_set =
         data::load_images(&train_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
+    train_set.targets = soft;
     let val_set = data::load_images(&val_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
     tracing::info!(
         train = train_set.len(),
@@ -344,8 +350,15 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 Some((&cfg.augment, &mut rng)),
                 &job.device,
             )?;
+            let soft = data::targets(&train_set, chunk, &job.device)?;
             let out = net.forward_t(&x, true)?;
-            let loss = loss_fn(&out.scores, &y, class_weights.as_ref(), cfg.label_smoothing)?;
+            let loss = loss_fn(
+                &out.scores,
+                &y,
+                soft.as_ref(),
+                class_weights.as_ref(),
+                cfg.label_smoothing,
+            )?;
             let grads = loss.backward()?;
             opt.step(&grads, lr)?;
             if let Some(e) = ema.as_mut() {
@@ -563,21 +576,27 @@ fn validate(
     })
 }
 
-/// Softmax cross-entropy on the scores, optionally weighted per class, or
-/// with label smoothing `eps` (PyTorch's `label_smoothing`: the target is
-/// `1 - eps` on the label plus `eps / K` on every class; the config refuses
-/// both together).
+/// Softmax cross-entropy on the scores against the labels, or against soft
+/// `targets` `[B, K]` (each row a distribution over the classes) where given,
+/// optionally weighted per class, or with label smoothing `eps` (PyTorch's
+/// `label_smoothing`: the target is `1 - eps` on the label, or on the soft
+/// target, plus `eps / K` on every class; the config refuses weights with
+/// either).
 pub fn loss_fn(
     scores: &Tensor,
     labels: &Tensor,
+    targets: Option<&Tensor>,
     weights: Option<&Tensor>,
     smoothing: f64,
 ) -> Result<Tensor> {
-    if weights.is_none() && smoothing == 0.0 {
+    if targets.is_none() && weights.is_none() && smoothing == 0.0 {
         return Ok(candle_nn::loss::cross_entropy(scores, labels)?);
     }
     let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
-    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let picked = match targets {
+        Some(t) => logp.mul(t)?.sum(D::Minus1)?,
+        None => logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?,
+    };
     match weights {
         None => {
             let uniform = logp.mean(D::Minus1)?;
@@ -589,6 +608,74 @@ pub fn loss_fn(
             Ok((picked.mul(&wi)?.sum_all()?.neg()? / wi.sum_all()?.to_scalar::<f32>()? as f64)?)
         }
     }
+}
+
+/// Each sample's soft target (`soft_target:`), in sample order: the
+/// manifest column's value for the named class, the rest for the other one.
+/// A value that is not a probability, or that contradicts the label (more
+/// than 1/2 on the other class), is an error naming the image.
+fn soft_targets(
+    manifest: &Path,
+    samples: &[dataset::Sample],
+    classes: &[String],
+    st: &config::SoftTarget,
+) -> Result<Vec<Vec<f32>>> {
+    if classes.len() != 2 {
+        return Err(Error::Usage(format!(
+            "soft_target: needs a two-class model; this one has {} classes {classes:?}",
+            classes.len()
+        )));
+    }
+    let c = classes.iter().position(|x| x == &st.class).ok_or_else(|| {
+        Error::Usage(format!(
+            "soft_target.class: {:?} is not a class of the model {classes:?}",
+            st.class
+        ))
+    })?;
+    let column = st.column.to_ascii_lowercase();
+    samples
+        .iter()
+        .map(|s| {
+            let v = s.columns.get(&column).ok_or_else(|| {
+                Error::data(
+                    manifest,
+                    format!(
+                        "soft_target.column: no column {:?} for {} (columns: {:?})",
+                        st.column,
+                        s.path.display(),
+                        s.columns.keys().collect::<Vec<_>>()
+                    ),
+                )
+            })?;
+            let bad = |why: &str| {
+                Error::data(
+                    manifest,
+                    format!("{}: {} {v:?} {why}", s.path.display(), st.column),
+                )
+            };
+            let p: f32 = v
+                .parse()
+                .ok()
+                .filter(|p| (0.0..=1.0).contains(p))
+                .ok_or_else(|| bad("is not a probability in [0, 1]"))?;
+            let majority = match p {
+                p if p > 0.5 => Some(c),
+                p if p < 0.5 => Some(1 - c),
+                _ => None,
+            };
+            // An unknown label is load_images' error, naming it as such.
+            if classes.contains(&s.label) && majority.is_some_and(|m| classes[m] != s.label) {
+                return Err(bad(&format!(
+                    "for {:?} contradicts the label {:?}",
+                    st.class, s.label
+                )));
+            }
+            let mut t = vec![0.0; 2];
+            t[c] = p;
+            t[1 - c] = 1.0 - p;
+            Ok(t)
+        })
+        .collect()
 }
 
 fn class_weights(
@@ -687,30 +774,127 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_smoothing_is_pytorchs_definition() {
+    fn label_smoothing_and_soft_targets_follow_the_definition() {
         // Two images, three classes; the expected loss is computed here in
-        // f64 from the definition: -((1 - e) log p_y + e / K sum_k log p_k).
+        // f64 from the definition: -((1 - e) sum_k t_k log p_k + e / K sum_k
+        // log p_k), with t the one-hot label or the given soft target.
         let logits = [[2.0f64, -1.0, 0.5], [0.1, 0.2, 3.0]];
         let labels = [0u32, 1];
+        let soft = [[0.7f64, 0.3, 0.0], [0.0, 0.6, 0.4]];
         let dev = Device::Cpu;
         // The second image is labelled 1 and scored confidently as 2.
         let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
         let scores = Tensor::from_vec(flat, (2, 3), &dev).unwrap();
         let y = Tensor::new(&labels, &dev).unwrap();
-        for eps in [0.0, 0.1, 0.3] {
-            let mut want = 0.0;
-            for (row, &l) in logits.iter().zip(&labels) {
-                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
-                let logp: Vec<f64> = row.iter().map(|v| v - lse).collect();
-                let uniform = logp.iter().sum::<f64>() / 3.0;
-                want -= (1.0 - eps) * logp[l as usize] + eps * uniform;
+        let flat: Vec<f32> = soft.iter().flatten().map(|&v| v as f32).collect();
+        let t = Tensor::from_vec(flat, (2, 3), &dev).unwrap();
+        for use_soft in [false, true] {
+            for eps in [0.0, 0.1, 0.3] {
+                let mut want = 0.0;
+                for (i, row) in logits.iter().enumerate() {
+                    let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+                    let logp: Vec<f64> = row.iter().map(|v| v - lse).collect();
+                    let uniform = logp.iter().sum::<f64>() / 3.0;
+                    let target: f64 = if use_soft {
+                        soft[i].iter().zip(&logp).map(|(t, l)| t * l).sum()
+                    } else {
+                        logp[labels[i] as usize]
+                    };
+                    want -= (1.0 - eps) * target + eps * uniform;
+                }
+                want /= 2.0;
+                let got = loss_fn(&scores, &y, use_soft.then_some(&t), None, eps)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "soft {use_soft} eps {eps}: {got} vs {want}"
+                );
             }
-            want /= 2.0;
-            let got = loss_fn(&scores, &y, None, eps)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64;
-            assert!((got - want).abs() < 1e-5, "eps {eps}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn soft_targets_come_from_the_column_and_must_agree_with_the_label() {
+        let sample = |label: &str, p: &str| dataset::Sample {
+            path: PathBuf::from(format!("{label}-{p}.png")),
+            label: label.into(),
+            split: None,
+            columns: [("probability".to_string(), p.to_string())].into(),
+        };
+        let classes = vec!["defect".to_string(), "ok".to_string()];
+        let st = |column: &str, class: &str| config::SoftTarget {
+            column: column.into(),
+            class: class.into(),
+        };
+        let m = Path::new("m.csv");
+        let samples = [
+            sample("defect", "1.0"),
+            sample("defect", "0.6667"),
+            sample("ok", "0.3333"),
+            sample("ok", "0"),
+        ];
+        let got = soft_targets(m, &samples, &classes, &st("Probability", "defect")).unwrap();
+        let want = [[1.0, 0.0], [0.6667, 0.3333], [0.3333, 0.6667], [0.0, 1.0]];
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-6),
+                "{g:?} vs {w:?}"
+            );
+        }
+        // The column may name either class: here it is the probability of ok.
+        let got = soft_targets(
+            m,
+            &[sample("defect", "0.25")],
+            &classes,
+            &st("probability", "ok"),
+        )
+        .unwrap();
+        assert_eq!(got, vec![vec![0.75, 0.25]]);
+        // Errors name what is wrong.
+        for (samples, st, classes, says) in [
+            (
+                vec![sample("ok", "0.9")],
+                st("probability", "defect"),
+                &classes,
+                "contradicts the label",
+            ),
+            (
+                vec![sample("ok", "1.5")],
+                st("probability", "defect"),
+                &classes,
+                "not a probability",
+            ),
+            (
+                vec![sample("ok", "n/a")],
+                st("probability", "defect"),
+                &classes,
+                "ok-n/a.png",
+            ),
+            (
+                vec![sample("ok", "0")],
+                st("prob", "defect"),
+                &classes,
+                "no column \"prob\"",
+            ),
+            (
+                vec![sample("ok", "0")],
+                st("probability", "crack"),
+                &classes,
+                "\"crack\" is not a class",
+            ),
+            (
+                vec![sample("ok", "0")],
+                st("probability", "defect"),
+                &vec!["a".to_string(), "b".to_string(), "ok".to_string()],
+                "two-class",
+            ),
+        ] {
+            let e = soft_targets(m, &samples, classes, &st)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
         }
     }
 }

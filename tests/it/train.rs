@@ -243,6 +243,70 @@ fn weight_average_is_what_is_saved_and_survives_resume() {
 }
 
 #[test]
+fn soft_targets_come_from_the_manifest_column() {
+    // One epoch on the same images and seed: soft targets of exactly 0 and 1
+    // are the labels and must train as the labels do; 0.25 / 0.75 must not.
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    synth(&data, 24, 16, "ok,spot", 6);
+    let manifest = |name: &str, p_spot: [&str; 2]| {
+        let mut csv = String::from("path,label,P_Spot\n");
+        for f in files(&data).iter().filter(|f| f.ends_with(".png")) {
+            let label = f.split('/').next().unwrap();
+            let v = p_spot[usize::from(label == "spot")];
+            csv += &format!("data/{f},{label},{v}\n");
+        }
+        let m = t.path().join(name);
+        std::fs::write(&m, csv).unwrap();
+        m
+    };
+    let (hard, exact, soft) = (
+        manifest("hard.csv", ["0", "1"]),
+        manifest("exact.csv", ["0", "1.0"]),
+        manifest("soft.csv", ["0.25", "0.75"]),
+    );
+    let yaml = format!("{TINY_TRAIN_YAML}soft_target:\n  column: p_spot\n  class: spot\n");
+    let out = |n: &str| t.path().join(n);
+    train_tiny(&hard, &out("hard"), "1");
+    train_with(&exact, &out("exact"), "1", &yaml);
+    train_with(&soft, &out("soft"), "1", &yaml);
+    let f = "last/model.safetensors";
+    let same = max_diff(&out("hard").join(f), &out("exact").join(f));
+    assert!(
+        same < 1e-5,
+        "0/1 soft targets differ from the labels by {same}"
+    );
+    let moved = max_diff(&out("hard").join(f), &out("soft").join(f));
+    assert!(
+        moved > 1e-4,
+        "0.25/0.75 soft targets trained like the labels ({moved})"
+    );
+    let card = json(&out("soft").join("model.json"));
+    assert_eq!(card["training"]["soft_target"]["column"], "p_spot");
+    // A value that contradicts the label is refused, naming the image.
+    let bad = manifest("bad.csv", ["0.9", "1"]);
+    let cfg = out("bad.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let err = fails(
+        &[
+            "train",
+            "--data",
+            p(&bad),
+            "--out",
+            p(&out("bad")),
+            "--config",
+            p(&cfg),
+            "--no-progress",
+        ],
+        gcm_inspect::error::exit::DATA,
+    );
+    assert!(
+        err.contains("bad.csv") && err.contains(".png") && err.contains("contradicts"),
+        "{err}"
+    );
+}
+
+#[test]
 fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
     let t = tempfile::tempdir().unwrap();
     let (data, base, tuned) = (
