@@ -398,6 +398,19 @@ mod tests {
     }
 
     #[test]
+    fn shipped_training_configs_are_valid() {
+        // A key the code no longer knows, or a value it refuses, in a config
+        // the README and docs/elpv.md tell users to run is a bug here.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["demo-train.yaml", "elpv-binary.yaml", "elpv-4class.yaml"] {
+            let p = dir.join(name);
+            if let Err(e) = TrainConfig::load(&p) {
+                panic!("{}: {e}", p.display());
+            }
+        }
+    }
+
+    #[test]
     fn bad_value_is_named() {
         for (yaml, field) in [
             ("momentum: 1.5\n", "momentum"),
