@@ -196,7 +196,10 @@ pub fn targets(set: &ImageSet, idx: &[usize], device: &Device) -> Result<Option<
         return Ok(None);
     }
     let k = set.targets[idx[0]].len();
-    let v: Vec<f32> = idx.iter().flat_map(|&i| set.targets[i].clone()).collect();
+    let v: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| set.targets[i].iter().copied())
+        .collect();
     Ok(Some(Tensor::from_vec(v, (idx.len(), k), device)?))
 }
 

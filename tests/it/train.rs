@@ -15,18 +15,25 @@ fn train_tiny(data: &std::path::Path, out: &std::path::Path, epochs: &str) -> St
 fn train_with(data: &std::path::Path, out: &std::path::Path, epochs: &str, yaml: &str) -> String {
     let cfg = out.with_extension("yaml");
     std::fs::write(&cfg, yaml).unwrap();
-    ok(&[
+    ok(&[&train_args(data, out, &cfg)[..], &["--epochs", epochs]].concat())
+}
+
+/// `train --data DATA --out OUT --config CFG --no-progress`.
+fn train_args<'a>(
+    data: &'a std::path::Path,
+    out: &'a std::path::Path,
+    cfg: &'a std::path::Path,
+) -> [&'a str; 8] {
+    [
         "train",
         "--data",
         p(data),
         "--out",
         p(out),
         "--config",
-        p(&cfg),
-        "--epochs",
-        epochs,
+        p(cfg),
         "--no-progress",
-    ])
+    ]
 }
 
 #[test]
@@ -288,16 +295,7 @@ fn soft_targets_come_from_the_manifest_column() {
     let cfg = out("bad.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
     let err = fails(
-        &[
-            "train",
-            "--data",
-            p(&bad),
-            "--out",
-            p(&out("bad")),
-            "--config",
-            p(&cfg),
-            "--no-progress",
-        ],
+        &train_args(&bad, &out("bad"), &cfg),
         gcm_inspect::error::exit::DATA,
     );
     assert!(
