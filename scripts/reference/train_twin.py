@@ -82,9 +82,13 @@ def soft_targets(rows, classes, st, manifest):
         cols = {k.lower(): v for k, v in r.items()}
         if st["column"].lower() not in cols:
             sys.exit(f"{manifest}: soft_target.column: no column {st['column']!r}")
-        p = float(cols[st["column"].lower()])
+        v = cols[st["column"].lower()]
+        try:
+            p = float(v)
+        except (TypeError, ValueError):
+            p = float("nan")
         if not 0.0 <= p <= 1.0:
-            sys.exit(f"{manifest}: {r['path']}: {st['column']} {p} is not a probability in [0, 1]")
+            sys.exit(f"{manifest}: {r['path']}: {st['column']} {v!r} is not a probability in [0, 1]")
         if p != 0.5 and classes[c if p > 0.5 else 1 - c] != r["label"]:
             sys.exit(f"{manifest}: {r['path']}: {st['column']} {p} for {st['class']!r} contradicts the label")
         t = [0.0, 0.0]
@@ -191,13 +195,14 @@ def main():
         train_rows, val_rows = [train_rows[i] for i in tr], [train_rows[i] for i in va]
     size = m.get("input_rows")
     t0 = time.time()
-    xtr, ytr = load_set(train_rows, size, classes)
-    xva, yva = load_set(val_rows, size, classes)
+    # Soft targets are checked before the (slow) decoding, as gcm-inspect does.
     ttr = None
     if cfg["soft_target"]:
         if cfg["class_balanced_loss"]:
             sys.exit(f"{a.config}: soft_target and class_balanced_loss cannot be used together")
         ttr = soft_targets(train_rows, classes, cfg["soft_target"], a.data)
+    xtr, ytr = load_set(train_rows, size, classes)
+    xva, yva = load_set(val_rows, size, classes)
     print(f"loaded {len(xtr)} train / {len(xva)} val images at {tuple(xtr.shape[2:])} in "
           f"{time.time() - t0:.1f}s", file=sys.stderr)
 
