@@ -143,6 +143,10 @@ fn with_prep<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// (prepared input and output of an image stay in the core's cache).
 const IMAGES_PER_THREAD: usize = 2;
 
+/// Images summed into one partial weight gradient before the partials are
+/// added in order (fixed, so the sum does not depend on the thread count).
+const WGRAD_GROUP: usize = 2;
+
 /// Packs `weight(o, ci, t)` as `[cout / ocb][cin][taps][ocb]`, zero beyond `cout`.
 fn pack(
     cout: usize,
@@ -581,19 +585,21 @@ pub fn conv2d_weight_grad(
     let kernel = wgrad_kernel(isa, nt);
     let n = out.len();
     let in_img = cin * h * w;
-    let sum = |mut a: Vec<f32>, b: Vec<f32>| {
-        for (x, y) in a.iter_mut().zip(&b) {
-            *x += y;
-        }
-        a
-    };
-    let partial = if per_image {
-        (0..batch)
+    // Each group of WGRAD_GROUP consecutive images is summed into a partial
+    // of its own (images in order), and the partials are added to `out` in
+    // group order: the same additions in the same order whatever the
+    // thread count or the split between tasks, so training gives the same
+    // weights on 1 or 16 threads.
+    let groups = batch.div_ceil(WGRAD_GROUP);
+    let images = |g: usize| g * WGRAD_GROUP..((g + 1) * WGRAD_GROUP).min(batch);
+    if per_image {
+        // One task per group: each image is prepared once for all channels.
+        let partials: Vec<Vec<f32>> = (0..groups)
             .into_par_iter()
-            .fold(
-                || vec![0f32; n],
-                |mut acc, b| {
-                    with_prep(prep.img_len(), |buf| {
+            .map(|g| {
+                let mut acc = vec![0f32; n];
+                with_prep(prep.img_len(), |buf| {
+                    for b in images(g) {
                         prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
                         let job = WgradJob {
                             x: buf,
@@ -605,26 +611,50 @@ pub fn conv2d_weight_grad(
                             // holds image `b` prepared for every tap.
                             unsafe { kernel(&job, b, ci, &mut acc) };
                         }
-                    });
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; n], sum)
+                    }
+                });
+                acc
+            })
+            .collect();
+        for p in &partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
     } else {
-        (0..batch * cin)
+        // One task per (group, input channel), each into a `[cout][taps]`
+        // partial: the kernel sees a one-channel job whose input starts at
+        // channel `ci`. The same per-element order as above.
+        let m = cout * nt;
+        let partials: Vec<Vec<f32>> = (0..groups * cin)
             .into_par_iter()
-            .fold(
-                || vec![0f32; n],
-                |mut acc, bc| {
-                    // SAFETY: `kernel` matches the detected ISA; `job` was sized
-                    // above (g padded to whole vectors, x prepared for every tap).
-                    unsafe { kernel(&job, bc / cin, bc % cin, &mut acc) };
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; n], sum)
-    };
-    out.copy_from_slice(&partial);
+            .map(|gc| {
+                let (g, ci) = (gc / cin, gc % cin);
+                let job = WgradJob {
+                    x: &xp[ci * job.x_ch..],
+                    cin: 1,
+                    ..job.clone()
+                };
+                let mut acc = vec![0f32; m];
+                for b in images(g) {
+                    // SAFETY: `kernel` matches the detected ISA; `job.x` starts
+                    // at channel `ci` of the prepared input, so image `b`'s
+                    // channel 0 is `ci` and every tap of it is in bounds.
+                    unsafe { kernel(&job, b, 0, &mut acc) };
+                }
+                acc
+            })
+            .collect();
+        for (gc, p) in partials.iter().enumerate() {
+            let ci = gc % cin;
+            for o in 0..cout {
+                let dst = &mut out[(o * cin + ci) * nt..(o * cin + ci + 1) * nt];
+                for (d, v) in dst.iter_mut().zip(&p[o * nt..(o + 1) * nt]) {
+                    *d += v;
+                }
+            }
+        }
+    }
     out
 }
 
@@ -812,6 +842,43 @@ mod tests {
             }
         }
         out.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// Training gives the same weights on any thread count: the weight
+    /// gradient, the one reduction across images, has the same bits whether
+    /// a batch runs one image per task or (for few images per thread) one
+    /// input channel per task, on 1 to 5 threads, run after run.
+    #[test]
+    fn weight_grad_has_the_same_bits_on_any_thread_count() {
+        let mut rng = Rng::new(34);
+        let isa = Isa::detect();
+        for &(b, ci, co, hw, k, s, p) in &[
+            (5, 3, 17, 19, 3, 1, 1),
+            (9, 16, 5, 12, 3, 2, 1),
+            (32, 4, 8, 8, 5, 1, 2),
+            (1, 2, 3, 7, 3, 1, 1),
+        ] {
+            let (oh, ow) = ((hw + 2 * p - k) / s + 1, (hw + 2 * p - k) / s + 1);
+            let x = rand(&mut rng, b * ci * hw * hw);
+            let g = rand(&mut rng, b * co * oh * ow);
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        conv2d_weight_grad(isa, &g, &x, (b, ci, hw, hw), (co, oh, ow), k, s, p)
+                    })
+            };
+            let want: Vec<u32> = run(1).iter().map(|v| v.to_bits()).collect();
+            for threads in [1, 2, 3, 5, 2, 3] {
+                let got: Vec<u32> = run(threads).iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    got == want,
+                    "b{b} {ci}->{co} {hw}x{hw} k{k} s{s}: {threads} threads differ from 1"
+                );
+            }
+        }
     }
 
     #[test]
