@@ -594,29 +594,25 @@ pub fn conv2d_weight_grad(
     let images = |g: usize| g * WGRAD_GROUP..((g + 1) * WGRAD_GROUP).min(batch);
     if per_image {
         // One task per group: each image is prepared once for all channels.
-        let partials: Vec<Vec<f32>> = (0..groups)
-            .into_par_iter()
-            .map(|g| {
-                let mut acc = vec![0f32; n];
-                with_prep(prep.img_len(), |buf| {
-                    for b in images(g) {
-                        prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
-                        let job = WgradJob {
-                            x: buf,
-                            x_img: 0,
-                            ..job.clone()
-                        };
-                        for ci in 0..cin {
-                            // SAFETY: `kernel` matches the detected ISA; `buf`
-                            // holds image `b` prepared for every tap.
-                            unsafe { kernel(&job, b, ci, &mut acc) };
-                        }
+        let mut partials = vec![0f32; groups * n];
+        partials.par_chunks_mut(n).enumerate().for_each(|(g, acc)| {
+            with_prep(prep.img_len(), |buf| {
+                for b in images(g) {
+                    prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
+                    let job = WgradJob {
+                        x: buf,
+                        x_img: 0,
+                        ..job.clone()
+                    };
+                    for ci in 0..cin {
+                        // SAFETY: `kernel` matches the detected ISA; `buf`
+                        // holds image `b` prepared for every tap.
+                        unsafe { kernel(&job, b, ci, acc) };
                     }
-                });
-                acc
-            })
-            .collect();
-        for p in &partials {
+                }
+            });
+        });
+        for p in partials.chunks(n) {
             for (o, v) in out.iter_mut().zip(p) {
                 *o += v;
             }
@@ -626,26 +622,25 @@ pub fn conv2d_weight_grad(
         // partial: the kernel sees a one-channel job whose input starts at
         // channel `ci`. The same per-element order as above.
         let m = cout * nt;
-        let partials: Vec<Vec<f32>> = (0..groups * cin)
-            .into_par_iter()
-            .map(|gc| {
+        let mut partials = vec![0f32; groups * cin * m];
+        partials
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(gc, acc)| {
                 let (g, ci) = (gc / cin, gc % cin);
                 let job = WgradJob {
                     x: &xp[ci * job.x_ch..],
                     cin: 1,
                     ..job.clone()
                 };
-                let mut acc = vec![0f32; m];
                 for b in images(g) {
                     // SAFETY: `kernel` matches the detected ISA; `job.x` starts
                     // at channel `ci` of the prepared input, so image `b`'s
                     // channel 0 is `ci` and every tap of it is in bounds.
-                    unsafe { kernel(&job, b, 0, &mut acc) };
+                    unsafe { kernel(&job, b, 0, acc) };
                 }
-                acc
-            })
-            .collect();
-        for (gc, p) in partials.iter().enumerate() {
+            });
+        for (gc, p) in partials.chunks(m).enumerate() {
             let ci = gc % cin;
             for o in 0..cout {
                 let dst = &mut out[(o * cin + ci) * nt..(o * cin + ci + 1) * nt];
