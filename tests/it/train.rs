@@ -115,6 +115,7 @@ fn resume_continues_where_the_run_stopped() {
         })
         .collect();
     assert_eq!(epochs, vec![1, 2, 3]);
+    history_script_agrees_with_the_run(&out);
     // Nothing left to do is an error, not a silent success.
     let err = fails(
         &[
@@ -129,6 +130,55 @@ fn resume_continues_where_the_run_stopped() {
         2,
     );
     assert!(err.contains("nothing to do"), "{err}");
+}
+
+/// `scripts/train-history.py` on a finished (here: resumed) run: its best
+/// epoch is the one `train` kept in `model.json`, its means are the history's,
+/// and a range the run does not cover is an error naming the history file.
+fn history_script_agrees_with_the_run(out: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/train-history.py");
+    let run = |extra: &[&str]| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--range", "1-3", "--range", "2-3", "--json"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "train-history.py: {stderr}");
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &rows[0];
+    let card = json(&out.join("model.json"));
+    assert_eq!(row["epochs"], 3, "{row}");
+    assert_eq!(row["best_epoch"], card["metrics"]["epoch"], "{row}");
+    let best = card["metrics"]["val_accuracy"].as_f64().unwrap();
+    assert!(
+        (row["best_val"].as_f64().unwrap() - 100.0 * best).abs() < 1e-9,
+        "{row}"
+    );
+    let val: Vec<f64> = std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["val_accuracy"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    for (range, from) in [("1-3", 0), ("2-3", 1)] {
+        let want = 100.0 * val[from..].iter().sum::<f64>() / (3 - from) as f64;
+        let got = row["means"][range].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{range}: {got} vs {want}");
+    }
+    let o = run(&["--range", "2-5"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("history.jsonl") && stderr.contains("needs epochs 2 to 5"),
+        "{stderr}"
+    );
 }
 
 /// The same data, config and seed train the same weights on any thread
