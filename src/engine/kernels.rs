@@ -323,7 +323,12 @@ entries!(conv_portable, wgrad_portable, Portable, []);
 /// The register tile for a convolution with `cout` output channels:
 /// `(OCB, NV, kernel)`: `OCB` output channels by `NV` vectors of output
 /// positions. Tiles were chosen to fill the register file
-/// (32 registers for AVX-512 and NEON, 16 for AVX2) with accumulators.
+/// (32 registers for AVX-512 and NEON, 16 for AVX2) with accumulators,
+/// leaving room for the `NV` input vectors and a broadcast weight. AVX2 is
+/// tight: 4x3 (12 accumulators + 3 inputs + 1 weight = all 16) compiled to
+/// register shuffles in the inner loop and 2x6 (19) spilled to the stack;
+/// 6x2 (15) and 2x4 (13) run the ELPV model's batch-1 inference ~1.8x and
+/// batch 32 ~1.4x faster (BENCHMARKS.md, ELPV).
 pub(crate) fn conv_tile(isa: Isa, cout: usize) -> (usize, usize, ConvFn) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -334,8 +339,8 @@ pub(crate) fn conv_tile(isa: Isa, cout: usize) -> (usize, usize, ConvFn) {
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match cout {
-            0..=2 => (2, 6, conv_avx2::<2, 6>),
-            _ => (4, 3, conv_avx2::<4, 3>),
+            0..=2 => (2, 4, conv_avx2::<2, 4>),
+            _ => (6, 2, conv_avx2::<6, 2>),
         },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => match cout {
