@@ -7,6 +7,9 @@
 `--split val` takes the model's own validation images (MODEL/validation.csv,
 written by `gcm-inspect train`; the manifest gives their type and
 probability), so errors can be broken down without touching the test split.
+`--split fit` takes the images the model trained on: the manifest's train
+rows less its validation images (how well it fits its own data). For
+MODEL/last/ (the last epoch) the run's MODEL/validation.csv is used.
 Runs `gcm-inspect explain --json --resize` on the split's images (the same
 decisions `gcm-inspect eval --resize` counts) and groups the errors by the
 manifest's `probability` and `type` columns (scripts/fetch-elpv.sh writes
@@ -27,7 +30,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="manifest path,label,split,type,probability")
-    ap.add_argument("--split", default="test", help="a manifest split, or val: MODEL/validation.csv")
+    ap.add_argument("--split", default="test",
+                    help="a manifest split; val: MODEL/validation.csv; fit: train rows less those")
     ap.add_argument("--bin", default="target/release/gcm-inspect")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -35,8 +39,13 @@ def main():
     base = os.path.dirname(os.path.abspath(a.data))
     with open(a.data, newline="") as f:
         manifest = list(csv.DictReader(f))
-    if a.split == "val":
+    if a.split in ("val", "fit"):
         val_list = os.path.join(a.model, "validation.csv")
+        parent = os.path.dirname(os.path.abspath(a.model))
+        if (not os.path.exists(val_list) and os.path.basename(os.path.abspath(a.model)) == "last"
+                and os.path.exists(os.path.join(parent, "validation.csv"))):
+            # MODEL/last/ (the last epoch) holds out the same images as MODEL.
+            val_list = os.path.join(parent, "validation.csv")
         if not os.path.exists(val_list):
             sys.exit(f"elpv-errors: {val_list} does not exist (written by gcm-inspect train)")
         by_path = {os.path.abspath(os.path.join(base, r["path"])): r for r in manifest}
@@ -46,7 +55,12 @@ def main():
         if unknown:
             sys.exit(f"elpv-errors: {len(unknown)} images of {val_list} are not in {a.data}, "
                      f"e.g. {unknown[0]}")
-        rows = [dict(by_path[p], path=p) for p in wanted]
+        if a.split == "val":
+            rows = [dict(by_path[p], path=p) for p in wanted]
+        else:
+            held_out = set(wanted)
+            rows = [dict(r, path=p) for p, r in by_path.items()
+                    if r["split"] == "train" and p not in held_out]
     else:
         rows = [r for r in manifest if r["split"] == a.split]
     if not rows:

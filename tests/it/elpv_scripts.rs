@@ -278,12 +278,12 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
 
     // scripts/elpv-errors.py breaks the same decisions down by probability
     // and cell type: its error count is eval's, group by group.
-    let errors = |split: &str| {
+    let errors = |model: &Path, split: &str| {
         let o = Command::new("python3")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-errors.py"))
             .args([
                 "--model",
-                p(&model),
+                p(model),
                 "--data",
                 p(&out.join("four_class.csv")),
                 "--split",
@@ -301,7 +301,7 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
         let b: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         (b, stdout)
     };
-    let (b, stdout) = errors("test");
+    let (b, stdout) = errors(&model, "test");
     assert_eq!(b["images"], 8, "{stdout}");
     let groups = b["groups"].as_array().unwrap();
     let sum = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
@@ -334,10 +334,18 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
 
     // On the model's own validation images (MODEL/validation.csv) it counts
     // the errors behind the best epoch's validation accuracy.
-    let (v, stdout) = errors("val");
+    let (v, stdout) = errors(&model, "val");
     let n_val = card["metrics"]["val_images"].as_u64().unwrap();
     let val_acc = card["metrics"]["val_accuracy"].as_f64().unwrap();
     assert_eq!(v["images"].as_u64(), Some(n_val), "{stdout}");
     let val_wrong = (n_val as f64 * (1.0 - val_acc)).round() as u64;
     assert_eq!(v["errors"].as_u64(), Some(val_wrong), "{stdout}\n{card}");
+
+    // On the images it trained on: the 24 train rows less the validation ones.
+    // The last epoch's folder (MODEL/last/) holds out the same images.
+    for m in [model.clone(), model.join("last")] {
+        let (f, stdout) = errors(&m, "fit");
+        assert_eq!(f["images"].as_u64(), Some(24 - n_val), "{stdout}");
+        assert!(f["errors"].as_u64().unwrap() <= 24 - n_val, "{stdout}");
+    }
 }
