@@ -7,6 +7,15 @@ fn json(path: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The lines of `OUT/history.jsonl`, one per epoch.
+fn history(out: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn train_tiny(data: &std::path::Path, out: &std::path::Path, epochs: &str) -> String {
     train_with(data, out, epochs, TINY_TRAIN_YAML)
 }
@@ -105,14 +114,9 @@ fn resume_continues_where_the_run_stopped() {
     ]);
     let st = json(&out.join("last/train_state.json"));
     assert_eq!(st["epochs_done"], 3);
-    let epochs: Vec<u64> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
+    let epochs: Vec<u64> = history(&out)
+        .iter()
+        .map(|r| r["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(epochs, vec![1, 2, 3]);
     history_script_agrees_with_the_run(&out);
@@ -158,14 +162,9 @@ fn history_script_agrees_with_the_run(out: &std::path::Path) {
         (row["best_val"].as_f64().unwrap() - 100.0 * best).abs() < 1e-9,
         "{row}"
     );
-    let val: Vec<f64> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["val_accuracy"]
-                .as_f64()
-                .unwrap()
-        })
+    let val: Vec<f64> = history(out)
+        .iter()
+        .map(|r| r["val_accuracy"].as_f64().unwrap())
         .collect();
     for (range, from) in [("1-3", 0), ("2-3", 1)] {
         let want = 100.0 * val[from..].iter().sum::<f64>() / (3 - from) as f64;
