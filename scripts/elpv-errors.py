@@ -8,8 +8,8 @@
 written by `gcm-inspect train`; the manifest gives their type and
 probability), so errors can be broken down without touching the test split.
 `--split fit` takes the images the model trained on: the manifest's train
-rows less its validation images (how well it fits its own data). For
-MODEL/last/ (the last epoch) the run's MODEL/validation.csv is used.
+rows less its validation images (how well it fits its own data; MODEL may
+be a run's last/ folder, which holds the same validation.csv).
 Runs `gcm-inspect explain --json --resize` on the split's images (the same
 decisions `gcm-inspect eval --resize` counts) and groups the errors by the
 manifest's `probability` and `type` columns (scripts/fetch-elpv.sh writes
@@ -41,11 +41,6 @@ def main():
         manifest = list(csv.DictReader(f))
     if a.split in ("val", "fit"):
         val_list = os.path.join(a.model, "validation.csv")
-        parent = os.path.dirname(os.path.abspath(a.model))
-        if (not os.path.exists(val_list) and os.path.basename(os.path.abspath(a.model)) == "last"
-                and os.path.exists(os.path.join(parent, "validation.csv"))):
-            # MODEL/last/ (the last epoch) holds out the same images as MODEL.
-            val_list = os.path.join(parent, "validation.csv")
         if not os.path.exists(val_list):
             sys.exit(f"elpv-errors: {val_list} does not exist (written by gcm-inspect train)")
         by_path = {os.path.abspath(os.path.join(base, r["path"])): r for r in manifest}

@@ -308,11 +308,14 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         "resized": cfg.resize,
     });
     let class_weights = class_weights(&cfg, &train_set, classes.len(), &job.device)?;
-    std::fs::create_dir_all(&job.out).at(&job.out)?;
     // The validation images by name, so that the model can be evaluated or
     // its errors broken down on exactly them (`eval --data MODEL/validation.csv`).
+    // `last/` is a model folder as well, whose card names the same list.
     // The split is seeded: a resumed run writes the same list.
-    dataset::write_manifest(&job.out.join(VAL_MANIFEST), &val_s)?;
+    for dir in [job.out.clone(), job.out.join(LAST)] {
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        dataset::write_manifest(&dir.join(VAL_MANIFEST), &val_s)?;
+    }
     let history_path = job.out.join("history.jsonl");
     if start_epoch == 0 {
         std::fs::write(&history_path, b"").at(&history_path)?;

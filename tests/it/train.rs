@@ -82,6 +82,13 @@ fn train_writes_model_card_checkpoints_and_history() {
     let val = std::fs::read_to_string(out.join("validation.csv")).unwrap();
     let n_val = card["metrics"]["val_images"].as_u64().unwrap();
     assert_eq!(val.lines().count() as u64, n_val + 1, "{val}");
+    // last/ is a model folder too: the list its card names is there.
+    let last_card = json(&out.join("last/model.json"));
+    assert_eq!(last_card["data"]["val_manifest"], "validation.csv");
+    assert_eq!(
+        std::fs::read_to_string(out.join("last/validation.csv")).unwrap(),
+        val
+    );
     let ev: Value = serde_json::from_str(&ok(&[
         "eval",
         "--model",
