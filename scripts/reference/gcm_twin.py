@@ -124,6 +124,12 @@ class GcmTwin(nn.Module):
                 gain = 1.0 if m is self.head else 2.0
                 nn.init.normal_(m.weight, 0.0, (gain / fan_in) ** 0.5)
         nn.init.zeros_(self.head.bias)
+        # Training's dropout on the decoder's output, before the head
+        # (`head_dropout`; train_twin.py sets it; off in eval mode).
+        self.head_dropout = 0.0
+
+    def before_head(self, d):
+        return F.dropout(d, self.head_dropout, self.training) if self.head_dropout > 0 else d
 
     def cwm(self, scaled):
         h = scaled
@@ -132,14 +138,14 @@ class GcmTwin(nn.Module):
         if self.cfg["shared_decoder"]:
             for l in self.decoder:
                 h = l(h)
-            cwm = self.head(h)
+            cwm = self.head(self.before_head(h))
         else:
             maps = []
             for j, dec in enumerate(self.decoders):
                 d = h
                 for l in dec:
                     d = l(d)
-                maps.append(F.conv2d(d, self.head.weight[j:j + 1], self.head.bias[j:j + 1],
+                maps.append(F.conv2d(self.before_head(d), self.head.weight[j:j + 1], self.head.bias[j:j + 1],
                                      padding=self.cfg["head_kernel"] // 2))
             cwm = torch.cat(maps, 1)
         return F.relu(cwm) if self.cfg["clipped"] else cwm

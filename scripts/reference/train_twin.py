@@ -10,7 +10,8 @@ the same images as gcm-inspect's split, which uses its own RNG), SGD with
 momentum or AdamW (`optimizer`), weight decay on convolution weights only
 (L2 for SGD, decoupled for AdamW, as in PyTorch), the step schedule at
 `lr_milestones_fraction`, optional inverse-frequency class weights, flips /
-90-degree rotations / zero pad-and-crop, the best epoch by validation accuracy
+90-degree rotations / zero pad-and-crop, dropout before the head
+(`head_dropout`, PyTorch's own random masks), the best epoch by validation accuracy
 (ties: lower loss). Images are resized with PIL's antialiased bilinear filter.
 
 Writes OUT/model.safetensors + OUT/model.json (loadable by gcm-inspect) and
@@ -34,7 +35,8 @@ from gcm_twin import GcmTwin, load_grey, read_manifest, save_model  # noqa: E402
 DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
-                class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0, soft_target=None)
+                class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0, head_dropout=0.0,
+                soft_target=None)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -216,6 +218,7 @@ def main():
                      classes=classes, scaling=scaling_cfg)
     torch.manual_seed(cfg["seed"])
     net = GcmTwin(model_cfg)
+    net.head_dropout = cfg["head_dropout"]
     decay = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() == 4]
     other = [p for n, p in net.named_parameters() if not (n.endswith("weight") and p.dim() == 4)]
     groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},

@@ -255,35 +255,47 @@ impl Gcm {
 
     /// Class weight maps `[B, N, R, C]` for scaled input.
     pub fn cwm(&self, scaled: &Tensor, train: bool) -> Result<Tensor> {
+        self.cwm_with(scaled, train, None)
+    }
+
+    /// [`Gcm::cwm`], with `before_head` (when given) applied to the
+    /// decoder's output just before the head (to each decoder's output when
+    /// every class has its own): training's dropout.
+    fn cwm_with(
+        &self,
+        scaled: &Tensor,
+        train: bool,
+        mut before_head: Option<&mut BeforeHead>,
+    ) -> Result<Tensor> {
         let mut h = scaled.clone();
         for l in &self.encoder {
             h = l.forward_t(&h, train)?;
         }
         let k = self.cfg.head_kernel;
-        let cwm = if self.decoders.len() == 1 {
-            let mut d = h;
-            for l in &self.decoders[0] {
+        let mut decode = |dec: &[ConvBnRelu], h: &Tensor| -> Result<Tensor> {
+            let mut d = h.clone();
+            for l in dec {
                 d = l.forward_t(&d, train)?;
             }
+            match before_head.as_mut() {
+                Some(f) => f(&d),
+                None => Ok(d),
+            }
+        };
+        let cwm = if self.decoders.len() == 1 {
+            let d = decode(&self.decoders[0], &h)?;
             head(&d, &self.head_w, &self.head_b, k)?
         } else {
-            let maps = self
-                .decoders
-                .iter()
-                .enumerate()
-                .map(|(j, dec)| {
-                    let mut d = h.clone();
-                    for l in dec {
-                        d = l.forward_t(&d, train)?;
-                    }
-                    head(
-                        &d,
-                        &self.head_w.narrow(0, j, 1)?,
-                        &self.head_b.narrow(0, j, 1)?,
-                        k,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let mut maps = Vec::with_capacity(self.decoders.len());
+            for (j, dec) in self.decoders.iter().enumerate() {
+                let d = decode(dec, &h)?;
+                maps.push(head(
+                    &d,
+                    &self.head_w.narrow(0, j, 1)?,
+                    &self.head_b.narrow(0, j, 1)?,
+                    k,
+                )?);
+            }
             Tensor::cat(&maps, 1)?
         };
         if self.cfg.clipped {
@@ -295,8 +307,24 @@ impl Gcm {
 
     /// Scaling, CWM and scores for raw input in [0, 1].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<GcmOutput> {
+        self.forward_with(x, train, None)
+    }
+
+    /// The training forward pass with `before_head` applied to the
+    /// decoder's output (see [`Gcm::cwm_with`]); batch statistics in the
+    /// normalisation layers, as `forward_t(x, true)`.
+    pub fn forward_train(&self, x: &Tensor, before_head: &mut BeforeHead) -> Result<GcmOutput> {
+        self.forward_with(x, true, Some(before_head))
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        before_head: Option<&mut BeforeHead>,
+    ) -> Result<GcmOutput> {
         let scaled = self.scale_input(x)?;
-        let cwm = self.cwm(&scaled, train)?;
+        let cwm = self.cwm_with(&scaled, train, before_head)?;
         let scores = gcm_score(&cwm, &scaled)?;
         Ok(GcmOutput {
             scaled,
@@ -319,6 +347,9 @@ impl Gcm {
             .collect()
     }
 }
+
+/// What training applies to the decoder's output before the head (dropout).
+pub type BeforeHead<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
 
 /// The per-class head: a `k x k` convolution to one map per class, with bias.
 pub fn head(x: &Tensor, w: &Tensor, b: &Tensor, k: usize) -> Result<Tensor> {
@@ -389,6 +420,52 @@ mod tests {
         let names: Vec<String> = tensor_specs(&cfg).into_iter().map(|t| t.0).collect();
         assert!(names.contains(&"decoders.2.3.conv.weight".to_string()));
         assert!(!names.iter().any(|n| n.starts_with("decoder.")));
+    }
+
+    #[test]
+    fn forward_train_applies_the_function_before_the_head() {
+        for shared in [true, false] {
+            let mut cfg = ModelConfig::table3(8, 8, 1, classes(3));
+            cfg.encoder_widths = vec![4, 6, 8];
+            cfg.shared_decoder = shared;
+            let (net, varmap) = Gcm::init(&cfg, 2, &Device::Cpu).unwrap();
+            let bias = Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap();
+            varmap.data().lock().unwrap()["head.bias"]
+                .set(&bias)
+                .unwrap();
+            let x = Tensor::rand(0f32, 1.0, (2, 1, 8, 8), &Device::Cpu).unwrap();
+            let plain = net.forward_t(&x, true).unwrap();
+            // The identity gives forward_t(x, true), called once per decoder.
+            let mut calls = 0;
+            let same = net
+                .forward_train(&x, &mut |d: &Tensor| {
+                    calls += 1;
+                    assert_eq!(d.dims(), &[2, 4, 8, 8]);
+                    Ok(d.clone())
+                })
+                .unwrap();
+            assert_eq!(calls, if shared { 1 } else { 3 });
+            let diff = (&same.scores - &plain.scores)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0);
+            // Zeroed decoder output: every weight map is its head bias.
+            let zero = net
+                .forward_train(&x, &mut |d: &Tensor| d.zeros_like())
+                .unwrap();
+            let maps = zero.cwm.flatten_from(2).unwrap().to_vec3::<f32>().unwrap();
+            let bias = [0.5f32, -1.0, 2.0];
+            for img in &maps {
+                for (j, m) in img.iter().enumerate() {
+                    assert!(m.iter().all(|&v| v == bias[j]), "class {j}");
+                }
+            }
+        }
     }
 
     #[test]

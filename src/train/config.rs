@@ -213,6 +213,12 @@ pub struct TrainConfig {
     /// 0 (the default) is the plain loss.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Dropout on the decoder's output, just before the head, in training
+    /// only: each value is zeroed with this probability and the rest scaled
+    /// by `1 / (1 - head_dropout)` (as the classifier dropout of FCN-style
+    /// segmentation heads). 0 (the default) turns it off.
+    #[serde(default)]
+    pub head_dropout: f64,
     /// Soft targets for a two-class model from a manifest column (off by
     /// default): each training image's target is the column's value for
     /// `class` and the rest for the other class, instead of all on its label.
@@ -283,6 +289,12 @@ impl TrainConfig {
             return Err(format!(
                 "label_smoothing: {} must be in [0, 1)",
                 self.label_smoothing
+            ));
+        }
+        if !(0.0..1.0).contains(&self.head_dropout) {
+            return Err(format!(
+                "head_dropout: {} must be in [0, 1)",
+                self.head_dropout
             ));
         }
         if self.label_smoothing > 0.0 && self.class_balanced_loss {
@@ -416,6 +428,8 @@ mod tests {
             ("momentum: 1.5\n", "momentum"),
             ("ema_decay: 1\n", "ema_decay"),
             ("label_smoothing: -0.1\n", "label_smoothing"),
+            ("head_dropout: 1\n", "head_dropout"),
+            ("head_dropout: -0.1\n", "head_dropout"),
             (
                 "label_smoothing: 0.1\nclass_balanced_loss: true\n",
                 "cannot be used together",

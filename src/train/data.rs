@@ -162,6 +162,16 @@ pub fn augment_into(img: &Planar, aug: &Augment, rng: &mut Rng, out: &mut Vec<f3
     }
 }
 
+/// An inverted-dropout mask of `dims`' size: each value is 0 with
+/// probability `p`, else `1 / (1 - p)`, so the expectation is 1.
+pub fn dropout_mask(dims: &[usize], p: f64, rng: &mut Rng) -> Vec<f32> {
+    let n: usize = dims.iter().product();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    (0..n)
+        .map(|_| if rng.f64() < p { 0.0 } else { keep })
+        .collect()
+}
+
 /// A batch `[B, D, R, C]` and its labels `[B]` (u32); augmented when `aug` is given.
 pub fn batch(
     set: &ImageSet,
@@ -310,5 +320,19 @@ mod tests {
         };
         assert!(spread(&gains) > 0.5, "gains {}", spread(&gains));
         assert!(spread(&offsets) > 0.16, "offsets {}", spread(&offsets));
+    }
+
+    #[test]
+    fn dropout_mask_zeroes_a_share_p_and_keeps_the_mean() {
+        let mut rng = Rng::new(3);
+        let m = dropout_mask(&[4, 16, 32, 32], 0.25, &mut rng);
+        assert_eq!(m.len(), 4 * 16 * 32 * 32);
+        let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.01, "{zeros}");
+        assert!(m.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75));
+        let mean = m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64;
+        assert!((mean - 1.0).abs() < 0.02, "{mean}");
+        // The same stream draws the same mask.
+        assert_eq!(m, dropout_mask(&[4, 16, 32, 32], 0.25, &mut Rng::new(3)));
     }
 }

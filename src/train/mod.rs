@@ -339,6 +339,8 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         let mut rng = Rng::derive(cfg.seed, 1_000_000 + epoch as u64);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         rng.shuffle(&mut order);
+        // Its own stream, so that configs without dropout keep theirs.
+        let mut drop_rng = Rng::derive(cfg.seed, 2_000_000 + epoch as u64);
         let steps = order.len().div_ceil(cfg.batch_size);
         let bar = progress_bar(bar_enabled, steps as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
@@ -354,7 +356,14 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 &job.device,
             )?;
             let soft = data::targets(&train_set, chunk, &job.device)?;
-            let out = net.forward_t(&x, true)?;
+            let out = if cfg.head_dropout > 0.0 {
+                net.forward_train(&x, &mut |d: &Tensor| {
+                    let mask = data::dropout_mask(d.dims(), cfg.head_dropout, &mut drop_rng);
+                    d.mul(&Tensor::from_vec(mask, d.dims(), d.device())?)
+                })?
+            } else {
+                net.forward_t(&x, true)?
+            };
             let loss = loss_fn(
                 &out.scores,
                 &y,
