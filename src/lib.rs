@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod evidence;
 pub mod gpu;
+pub mod heap;
 pub mod model;
 pub mod pipeline;
 pub mod rng;
