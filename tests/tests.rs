@@ -33,3 +33,6 @@ mod elpv_scripts;
 
 #[path = "it/bundled.rs"]
 mod bundled;
+
+#[path = "it/bench_scripts.rs"]
+mod bench_scripts;

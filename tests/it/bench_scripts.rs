@@ -1,0 +1,107 @@
+//! `scripts/bench-ab.sh`: two binaries' `bench` figures, interleaved, and
+//! the medians and ratio it reports from them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bench_ab(args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new("bash")
+        .arg(root.join("scripts/bench-ab.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[test]
+fn bench_ab_reports_the_medians_of_its_rounds() {
+    let bin = env!("CARGO_BIN_EXE_gcm-inspect");
+    let o = bench_ab(&[
+        bin,
+        bin,
+        "3",
+        "--model",
+        "builtin:demo",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let per_round = |tag: &str| -> Vec<f64> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(tag))
+            .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"));
+        let v: Vec<f64> = line
+            .rsplit("images/s ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(v.len(), 3, "{line}");
+        assert!(v.iter().all(|&x| x > 0.0), "{line}");
+        v
+    };
+    let (mut a, mut b) = (per_round("A "), per_round("B "));
+    let (ma, mb) = (median(&mut a), median(&mut b));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("median images/s"))
+        .unwrap_or_else(|| panic!("no median line in:\n{out}"));
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|s| !s.is_empty() && *s != ".")
+        .map(|s| s.parse().unwrap())
+        .collect();
+    // "median images/s: A <a>, B <b>, B / A <r>x"
+    assert_eq!(nums.len(), 3, "{line}");
+    // Each figure is printed to 0.1: the medians of the printed rounds are
+    // within 0.1 of the printed medians.
+    assert!((nums[0] - ma).abs() <= 0.11, "{line}: median of A is {ma}");
+    assert!((nums[1] - mb).abs() <= 0.11, "{line}: median of B is {mb}");
+    assert!((nums[2] - nums[1] / nums[0]).abs() <= 0.02, "{line}");
+}
+
+#[test]
+fn bench_ab_refuses_bad_arguments_by_name() {
+    let bin = env!("CARGO_BIN_EXE_gcm-inspect");
+    for (args, needle) in [
+        (vec![bin, bin, "0", "--model", "builtin:demo"], "ROUNDS"),
+        (
+            vec![bin, "/nonexistent/gcm", "1", "--model", "builtin:demo"],
+            "/nonexistent/gcm",
+        ),
+        (
+            vec![bin, bin, "1", "--model", "/nonexistent/model"],
+            "/nonexistent/model",
+        ),
+    ] {
+        let o = bench_ab(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
