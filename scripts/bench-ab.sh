@@ -18,14 +18,10 @@ for bin in "$A" "$B"; do [ -x "$bin" ] || die "$bin is not an executable"; done
 PERF="${PERF:-0}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-one() { # bin tag round
-    local json="$WORK/$2.$3.json" stat="$WORK/$2.$3.perf"
-    if [ "$PERF" = 1 ]; then
-        perf stat -x, -o "$stat" -e page-faults,task-clock "$1" bench --json "${@:4}" >"$json" ||
-            die "$1 bench ${*:4} failed"
-    else
-        "$1" bench --json "${@:4}" >"$json" || die "$1 bench ${*:4} failed"
-    fi
+one() { # bin tag round BENCH_ARGS...
+    local wrap=()
+    [ "$PERF" = 1 ] && wrap=(perf stat -x, -o "$WORK/$2.$3.perf" -e page-faults,task-clock)
+    "${wrap[@]}" "$1" bench --json "${@:4}" >"$WORK/$2.$3.json" || die "$1 bench ${*:4} failed"
 }
 for r in $(seq 1 "$ROUNDS"); do
     echo "bench-ab: round $r/$ROUNDS" >&2
