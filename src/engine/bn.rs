@@ -13,6 +13,39 @@ use super::ops::{f32_slice, with_f32};
 
 const LANES: usize = 16;
 
+/// A new vector of `n` floats, chunk `i` (of `chunk` floats) written in
+/// parallel from `f(i)`, without zero-filling it first (the fill would be
+/// overwritten; on a batch of feature maps it costs a pass over memory).
+/// Panics, before the vector is returned, if an iterator does not give
+/// exactly its chunk's length.
+fn par_new<I: Iterator<Item = f32>>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize) -> I + Sync,
+) -> Vec<f32> {
+    let mut v = Vec::<f32>::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let mut it = f(i);
+            let mut written = 0;
+            for (d, val) in dst.iter_mut().zip(&mut it) {
+                d.write(val);
+                written += 1;
+            }
+            assert!(
+                written == dst.len() && it.next().is_none(),
+                "par_new: chunk {i} has {} floats, its iterator gave another count",
+                dst.len()
+            );
+        });
+    // SAFETY: every chunk of the first `n` elements was written in full
+    // above (an iterator of another length panics before this line).
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `(sum(f(a)), sum(g(a)))` over the elements of `a` (and the zipped `b`, `c`),
 /// in `LANES` independent partial sums so the compiler vectorises it (one
 /// running f32 sum cannot be reordered).
@@ -92,24 +125,20 @@ impl CustomOp3 for BnTrain {
         let beta = f32_slice(s3, l3, self.name())?;
         let (_, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(bc, (yp, xp))| {
-                let ch = bc % c;
-                let a = gamma[ch] * self.inv_std[ch];
-                let s = beta[ch] - self.mean[ch] * a;
-                if self.relu {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = (v * a + s).max(0.0);
-                    }
+        let relu = self.relu;
+        let y = par_new(x.len(), hw, |bc| {
+            let ch = bc % c;
+            let a = gamma[ch] * self.inv_std[ch];
+            let s = beta[ch] - self.mean[ch] * a;
+            x[bc * hw..(bc + 1) * hw].iter().map(move |&v| {
+                let o = v * a + s;
+                if relu {
+                    o.max(0.0)
                 } else {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = v * a + s;
-                    }
+                    o
                 }
-            });
+            })
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -149,18 +178,17 @@ impl CustomOp3 for BnTrain {
                             (s as f32, (sx * self.inv_std[ch] as f64) as f32)
                         })
                         .unzip();
-                    let mut dx = vec![0f32; x.len()];
-                    dx.par_chunks_mut(hw).enumerate().for_each(|(bc, d)| {
+                    let dx = par_new(x.len(), hw, |bc| {
                         let ch = bc % c;
                         let (m, is) = (self.mean[ch], self.inv_std[ch]);
                         let k = gam[ch] * is / n;
                         let r = bc * hw..(bc + 1) * hw;
                         let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
                         let (a, bsum) = (sg[ch], sgx[ch] * is);
-                        for (((dv, &xv), &yv), &gv) in d.iter_mut().zip(xs).zip(ys).zip(gs) {
+                        xs.iter().zip(ys).zip(gs).map(move |((&xv, &yv), &gv)| {
                             let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
-                            *dv = k * (n * gm - a - (xv - m) * bsum);
-                        }
+                            k * (n * gm - a - (xv - m) * bsum)
+                        })
                     });
                     Ok((dx, sgx, sg))
                 })
@@ -202,4 +230,29 @@ pub fn batch_norm_train(
         },
     )?;
     Ok((y, mean, var))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_new_writes_every_chunk_in_order() {
+        let v = par_new(12, 4, |i| (0..4).map(move |j| (10 * i + j) as f32));
+        let want: Vec<f32> = (0..3)
+            .flat_map(|i| (0..4).map(move |j| (10 * i + j) as f32))
+            .collect();
+        assert_eq!(v, want);
+        assert!(par_new(0, 4, |_| std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn par_new_refuses_an_iterator_of_another_length() {
+        for len in [3, 5] {
+            let r = std::panic::catch_unwind(|| par_new(8, 4, |_| (0..len).map(|j| j as f32)));
+            let msg = r.expect_err("a wrong-length chunk must panic");
+            let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains("its iterator gave another count"), "{msg}");
+        }
+    }
 }

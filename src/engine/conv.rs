@@ -410,13 +410,38 @@ impl ConvPlan {
     /// threads. Allocates nothing once each thread's prepared-input buffer
     /// has grown to this plan's size.
     pub fn run(&self, x: &[f32], batch: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), batch * self.cin * self.h * self.w, "input size");
         assert_eq!(out.len(), batch * self.out_len(), "output size");
+        // SAFETY: `out` is valid for `out.len()` writes.
+        unsafe { self.run_raw(x, batch, OutPtr(out.as_mut_ptr()), out.len()) }
+    }
+
+    /// [`ConvPlan::run`] into a new vector, without zero-filling it first:
+    /// the kernels store every output element (every output channel, row
+    /// and column of every part, and the parts of a transposed convolution
+    /// tile its output), so the fill would be overwritten.
+    pub fn run_new(&self, x: &[f32], batch: usize) -> Vec<f32> {
+        let n = batch * self.out_len();
+        let mut out = Vec::<f32>::with_capacity(n);
+        // SAFETY: the vector's buffer is valid for `n` writes; `run_raw`
+        // writes each of the `n` elements (see above; the parity tests run
+        // every plan into a NaN-filled buffer and find no NaN left), so all
+        // are initialised when the length is set.
+        unsafe {
+            self.run_raw(x, batch, OutPtr(out.as_mut_ptr()), n);
+            out.set_len(n);
+        }
+        out
+    }
+
+    /// # Safety
+    /// `outp` must be valid for writes of `out_len` floats, and
+    /// `out_len == batch * self.out_len()`.
+    unsafe fn run_raw(&self, x: &[f32], batch: usize, outp: OutPtr, out_len: usize) {
+        assert_eq!(x.len(), batch * self.cin * self.h * self.w, "input size");
+        assert_eq!(out_len, batch * self.out_len(), "output size");
         if batch == 0 {
             return;
         }
-        let out_len = out.len();
-        let outp = OutPtr(out.as_mut_ptr());
         let nob = self.cout.div_ceil(self.ocb);
         let kernel = self.kernel;
         let in_img = self.cin * self.h * self.w;
@@ -673,9 +698,10 @@ mod tests {
         }
     }
 
-    /// Runs `plan` on the batch `x` of `b` images and compares with `want`;
-    /// also runs it one image at a time on this thread, which must give
-    /// exactly the batched result.
+    /// Runs `plan` on the batch `x` of `b` images into a NaN-filled buffer
+    /// (a NaN left means an element not written) and compares with `want`;
+    /// also runs it one image at a time on this thread and into a new
+    /// vector, which must give exactly the batched result.
     fn check_plan(
         plan: &ConvPlan,
         x: &[f32],
@@ -687,6 +713,15 @@ mod tests {
         assert_eq!((plan.oh, plan.ow), (oh, ow));
         let mut out = vec![f32::NAN; b * plan.out_len()];
         plan.run(x, b, &mut out);
+        let fresh = plan.run_new(x, b);
+        assert_eq!(fresh.len(), out.len());
+        assert!(
+            fresh
+                .iter()
+                .zip(&out)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: run_new differs from run"
+        );
         let mut scratch = vec![f32::NAN; plan.scratch_len()];
         let mut one = vec![f32::NAN; plan.out_len()];
         let n_in = x.len() / b;

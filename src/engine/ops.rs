@@ -44,8 +44,7 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 }
 
 fn run_plan(plan: &ConvPlan, x: &[f32], batch: usize) -> (CpuStorage, Shape) {
-    let mut out = vec![0f32; batch * plan.out_len()];
-    plan.run(x, batch, &mut out);
+    let out = plan.run_new(x, batch);
     (
         CpuStorage::F32(out),
         Shape::from((batch, plan.cout, plan.oh, plan.ow)),
