@@ -410,8 +410,8 @@ impl ConvPlan {
     /// threads. Allocates nothing once each thread's prepared-input buffer
     /// has grown to this plan's size.
     pub fn run(&self, x: &[f32], batch: usize, out: &mut [f32]) {
-        assert_eq!(out.len(), batch * self.out_len(), "output size");
-        // SAFETY: `out` is valid for `out.len()` writes.
+        // SAFETY: `out` is valid for `out.len()` writes (`run_raw` checks
+        // that this is the output's size).
         unsafe { self.run_raw(x, batch, OutPtr(out.as_mut_ptr()), out.len()) }
     }
 
@@ -433,9 +433,11 @@ impl ConvPlan {
         out
     }
 
+    /// Panics, before writing, unless `x` and `out_len` are the sizes of
+    /// `batch` inputs and outputs.
+    ///
     /// # Safety
-    /// `outp` must be valid for writes of `out_len` floats, and
-    /// `out_len == batch * self.out_len()`.
+    /// `outp` must be valid for writes of `out_len` floats.
     unsafe fn run_raw(&self, x: &[f32], batch: usize, outp: OutPtr, out_len: usize) {
         assert_eq!(x.len(), batch * self.cin * self.h * self.w, "input size");
         assert_eq!(out_len, batch * self.out_len(), "output size");
