@@ -349,3 +349,270 @@ fn elpv_manifests_train_and_evaluate_on_their_test_split() {
         assert!(f["errors"].as_u64().unwrap() <= 24 - n_val, "{stdout}");
     }
 }
+
+fn average(args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-average.py"))
+        .args(args)
+        .args(["--bin", env!("CARGO_BIN_EXE_gcm-inspect")])
+        .output()
+        .unwrap()
+}
+
+/// Class scores per image, in the order asked, from `gcm-inspect explain --json`.
+fn explain_scores(model: &Path, images: &[String]) -> Vec<Vec<f64>> {
+    let mut args = vec!["explain", "--model", p(model), "--resize", "--json"];
+    args.extend(images.iter().map(String::as_str));
+    let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn elpv_average_decides_on_the_mean_score_and_refuses_models_that_saw_the_images() {
+    let t = tempfile::tempdir().unwrap();
+    let src = stand_in(&t.path().join("src"));
+    let out = t.path().join("elpv");
+    fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    let cfg = t.path().join("tiny.yaml");
+    std::fs::write(
+        &cfg,
+        "batch_size: 8\nlr: 0.05\nval_fraction: 0.25\nresize: true\nmodel:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3]\n  encoder_depths: [1, 1]\n  scaling: inverted\n",
+    )
+    .unwrap();
+    let data = out.join("four_class.csv");
+    let train = |data: &Path, seed: &str, dir: &Path| {
+        ok(&[
+            "train",
+            "--data",
+            p(data),
+            "--out",
+            p(dir),
+            "--config",
+            p(&cfg),
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+            "--no-progress",
+        ]);
+    };
+    let a = t.path().join("a");
+    train(&data, "0", &a);
+    // A second model held out the same images: the manifest names them as `val`.
+    let val_list = a.join("validation.csv");
+    let held: BTreeSet<String> = std::fs::read_to_string(&val_list)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines = text.lines();
+    let mut with_val = format!("{}\n", lines.next().unwrap());
+    for l in lines {
+        let mut f: Vec<String> = l.split(',').map(str::to_string).collect();
+        let abs = out.join(&f[0]).to_string_lossy().into_owned();
+        if held.contains(&abs) {
+            f[2] = "val".into();
+        }
+        f[0] = abs;
+        with_val.push_str(&f.join(","));
+        with_val.push('\n');
+    }
+    let data_v = t.path().join("with_val.csv");
+    std::fs::write(&data_v, with_val).unwrap();
+    let b = t.path().join("b");
+    train(&data_v, "1", &b);
+
+    let o = average(&[
+        "--data",
+        p(&data),
+        "--images",
+        p(&val_list),
+        p(&a),
+        p(&b),
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+
+    // The same decisions, recomputed here from explain's scores.
+    let rows: Vec<(String, String)> = std::fs::read_to_string(&val_list)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (path, label) = l.split_once(',').unwrap();
+            (path.to_string(), label.to_string())
+        })
+        .collect();
+    let images: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let classes: Vec<String> = r["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let (sa, sb) = (explain_scores(&a, &images), explain_scores(&b, &images));
+    let decide = |s: &[f64]| {
+        let k = (0..s.len())
+            .max_by(|&i, &j| s[i].partial_cmp(&s[j]).unwrap())
+            .unwrap();
+        classes[k].clone()
+    };
+    let n = rows.len();
+    let right = |d: &dyn Fn(usize) -> String| (0..n).filter(|&i| d(i) == rows[i].1).count();
+    let acc_a = right(&|i| decide(&sa[i])) as f64 / n as f64;
+    let acc_b = right(&|i| decide(&sb[i])) as f64 / n as f64;
+    let mean = |i: usize| -> Vec<f64> {
+        sa[i]
+            .iter()
+            .zip(&sb[i])
+            .map(|(x, y)| (x + y) / 2.0)
+            .collect()
+    };
+    let acc_ab = right(&|i| decide(&mean(i))) as f64 / n as f64;
+    assert_eq!(r["images"], n, "{stdout}");
+    let close = |v: &serde_json::Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9;
+    assert!(close(&r["models"][0]["accuracy"], acc_a), "{stdout}");
+    assert!(close(&r["models"][1]["accuracy"], acc_b), "{stdout}");
+    assert!(
+        close(&r["subsets"][0]["mean"], (acc_a + acc_b) / 2.0),
+        "{stdout}"
+    );
+    assert_eq!(r["subsets"][1]["subsets"], 1, "{stdout}");
+    assert!(close(&r["subsets"][1]["mean"], acc_ab), "{stdout}");
+    // The first model alone is what `train` measured on these images.
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("model.json")).unwrap()).unwrap();
+    assert!(
+        close(
+            &r["models"][0]["accuracy"],
+            card["metrics"]["val_accuracy"].as_f64().unwrap()
+        ),
+        "{stdout}\n{card}"
+    );
+    let both_wrong = (0..n)
+        .filter(|&i| decide(&sa[i]) != rows[i].1 && decide(&sb[i]) != rows[i].1)
+        .count();
+    let both_right = (0..n)
+        .filter(|&i| decide(&sa[i]) == rows[i].1 && decide(&sb[i]) == rows[i].1)
+        .count();
+    assert_eq!(r["wrong_in_every_model"], both_wrong, "{stdout}");
+    assert_eq!(r["right_in_every_model"], both_right, "{stdout}");
+    let grouped: u64 = r["wrong_in_every_model_by_group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["images"].as_u64().unwrap())
+        .sum();
+    assert_eq!(grouped as usize, both_wrong, "{stdout}");
+
+    // Saved scores (explain's JSON) where the mean decides otherwise than
+    // either model, or the larger of their scores: A is right on even images
+    // and wrong on odd ones, B the reverse, and the mean is right on all.
+    let wrong_class = |l: &str| {
+        let k = classes.iter().position(|c| c == l).unwrap();
+        classes[(k + 1) % classes.len()].clone()
+    };
+    let crafted = |name: &str, pick: &dyn Fn(usize) -> (f64, f64)| {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (path, label))| {
+                let (on_label, on_wrong) = pick(i);
+                let w = wrong_class(label);
+                let scores: Vec<f64> = classes
+                    .iter()
+                    .map(|c| {
+                        if c == label {
+                            on_label
+                        } else if *c == w {
+                            on_wrong
+                        } else {
+                            -10.0
+                        }
+                    })
+                    .collect();
+                serde_json::json!({"image": path, "classes": classes, "scores": scores})
+            })
+            .collect();
+        let f = t.path().join(name);
+        std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
+        f
+    };
+    let fa = crafted("a.json", &|i| {
+        if i % 2 == 0 {
+            (2.0, 0.0)
+        } else {
+            (2.0, 2.5)
+        }
+    });
+    let fb = crafted("b.json", &|i| {
+        if i % 2 == 0 {
+            (0.0, 1.0)
+        } else {
+            (2.0, -2.0)
+        }
+    });
+    let o = average(&[
+        "--data",
+        p(&data),
+        "--images",
+        p(&val_list),
+        p(&fa),
+        p(&fb),
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let evens = n.div_ceil(2) as f64 / n as f64;
+    assert!(close(&c["models"][0]["accuracy"], evens), "{stdout}");
+    assert!(close(&c["models"][1]["accuracy"], 1.0 - evens), "{stdout}");
+    assert!(close(&c["subsets"][1]["mean"], 1.0), "{stdout}");
+    assert_eq!(c["wrong_in_every_model"], 0, "{stdout}");
+    assert_eq!(c["right_in_every_model"], 0, "{stdout}");
+    assert!(close(&c["some_model_right"], 1.0), "{stdout}");
+
+    // Models are refused, by name, on images other than those they held out
+    // (here one image fewer: a model may have trained on the images asked).
+    let list = std::fs::read_to_string(&val_list).unwrap();
+    let fewer = t.path().join("fewer.csv");
+    std::fs::write(
+        &fewer,
+        list.lines().take(n).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let o = average(&["--data", p(&data), "--images", p(&fewer), p(&a)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} held out other images", p(&a))),
+        "{err}"
+    );
+    let o = average(&[
+        "--data",
+        p(&data),
+        "--images",
+        p(&val_list),
+        p(&t.path().join("none")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && err.contains("is not a model directory"),
+        "{err}"
+    );
+}
