@@ -222,18 +222,29 @@ fn fetch_elpv_refuses_bad_sources_with_clear_errors() {
     assert!(e.contains("unknown argument: --bogus"), "{e}");
 }
 
+/// The stand-in's manifests written by fetch-elpv.sh under `dir/elpv`, and a
+/// tiny training config `dir/tiny.yaml`: batch 8, lr 0.05, a quarter held
+/// out, resized, then `rest` (augmentation and model keys).
+fn fetched_stand_in(dir: &Path, rest: &str) -> (PathBuf, PathBuf) {
+    let src = stand_in(&dir.join("src"));
+    let out = dir.join("elpv");
+    fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    let cfg = dir.join("tiny.yaml");
+    std::fs::write(
+        &cfg,
+        format!("batch_size: 8\nlr: 0.05\nval_fraction: 0.25\nresize: true\n{rest}"),
+    )
+    .unwrap();
+    (out, cfg)
+}
+
 #[test]
 fn elpv_manifests_train_and_evaluate_on_their_test_split() {
     let t = tempfile::tempdir().unwrap();
-    let src = stand_in(&t.path().join("src"));
-    let out = t.path().join("elpv");
-    fetch_ok(&["--from", p(&src), "--out", p(&out)]);
-    let cfg = t.path().join("tiny.yaml");
-    std::fs::write(
-        &cfg,
-        "batch_size: 8\nlr: 0.05\nval_fraction: 0.25\nresize: true\naugment:\n  pad_crop_px: 0\n  vflip: true\n  rot90: true\nmodel:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3, 4]\n  scaling: inverted\n",
-    )
-    .unwrap();
+    let (out, cfg) = fetched_stand_in(
+        t.path(),
+        "augment:\n  pad_crop_px: 0\n  vflip: true\n  rot90: true\nmodel:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3, 4]\n  scaling: inverted\n",
+    );
     let model = t.path().join("model");
     ok(&[
         "train",
@@ -381,15 +392,10 @@ fn explain_scores(model: &Path, images: &[String]) -> Vec<Vec<f64>> {
 #[test]
 fn elpv_average_decides_on_the_mean_score_and_refuses_models_that_saw_the_images() {
     let t = tempfile::tempdir().unwrap();
-    let src = stand_in(&t.path().join("src"));
-    let out = t.path().join("elpv");
-    fetch_ok(&["--from", p(&src), "--out", p(&out)]);
-    let cfg = t.path().join("tiny.yaml");
-    std::fs::write(
-        &cfg,
-        "batch_size: 8\nlr: 0.05\nval_fraction: 0.25\nresize: true\nmodel:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3]\n  encoder_depths: [1, 1]\n  scaling: inverted\n",
-    )
-    .unwrap();
+    let (out, cfg) = fetched_stand_in(
+        t.path(),
+        "model:\n  input_rows: 8\n  input_cols: 8\n  encoder_widths: [2, 3]\n  encoder_depths: [1, 1]\n  scaling: inverted\n",
+    );
     let data = out.join("four_class.csv");
     let train = |data: &Path, seed: &str, dir: &Path| {
         ok(&[
@@ -435,18 +441,23 @@ fn elpv_average_decides_on_the_mean_score_and_refuses_models_that_saw_the_images
     let b = t.path().join("b");
     train(&data_v, "1", &b);
 
-    let o = average(&[
-        "--data",
-        p(&data),
-        "--images",
-        p(&val_list),
-        p(&a),
-        p(&b),
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The script on two models (or saved scores), as JSON.
+    let averaged = |x: &Path, y: &Path| {
+        let o = average(&[
+            "--data",
+            p(&data),
+            "--images",
+            p(&val_list),
+            p(x),
+            p(y),
+            "--json",
+        ]);
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        (v, stdout)
+    };
+    let (r, stdout) = averaged(&a, &b);
 
     // The same decisions, recomputed here from explain's scores.
     let rows: Vec<(String, String)> = std::fs::read_to_string(&val_list)
@@ -567,18 +578,7 @@ fn elpv_average_decides_on_the_mean_score_and_refuses_models_that_saw_the_images
             (2.0, -2.0)
         }
     });
-    let o = average(&[
-        "--data",
-        p(&data),
-        "--images",
-        p(&val_list),
-        p(&fa),
-        p(&fb),
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let c: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (c, stdout) = averaged(&fa, &fb);
     let evens = n.div_ceil(2) as f64 / n as f64;
     assert!(close(&c["models"][0]["accuracy"], evens), "{stdout}");
     assert!(close(&c["models"][1]["accuracy"], 1.0 - evens), "{stdout}");
