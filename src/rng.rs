@@ -79,6 +79,41 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Gamma(shape, 1) (Marsaglia and Tsang, 2000; shape < 1 by the
+    /// `Gamma(shape + 1) * U^(1 / shape)` boost).
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        assert!(shape > 0.0 && shape.is_finite(), "gamma shape {shape}");
+        if shape < 1.0 {
+            let u = 1.0 - self.f64(); // (0, 1]
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = 1.0 + c * x;
+            if v <= 0.0 {
+                continue;
+            }
+            let v = v * v * v;
+            let u = self.f64();
+            if u < 1.0 - 0.0331 * x.powi(4) || u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
+                return d * v;
+            }
+        }
+    }
+
+    /// Beta(a, b), as `X / (X + Y)` of two Gamma draws.
+    pub fn beta(&mut self, a: f64, b: f64) -> f64 {
+        loop {
+            let x = self.gamma(a);
+            let y = self.gamma(b);
+            if x + y > 0.0 {
+                return x / (x + y);
+            }
+        }
+    }
+
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i + 1);
@@ -123,5 +158,50 @@ mod tests {
         let m = xs.iter().sum::<f64>() / n as f64;
         let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64;
         assert!(m.abs() < 0.03 && (v - 1.0).abs() < 0.05, "{m} {v}");
+    }
+
+    fn moments(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let m = xs.iter().sum::<f64>() / n;
+        (m, xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n)
+    }
+
+    #[test]
+    fn gamma_has_the_shapes_mean_and_variance() {
+        // Gamma(k, 1): mean k, variance k; k < 1 goes through the boost.
+        let mut r = Rng::new(5);
+        for k in [0.2, 1.0, 3.5] {
+            let xs: Vec<f64> = (0..40000).map(|_| r.gamma(k)).collect();
+            assert!(xs.iter().all(|&x| x >= 0.0 && x.is_finite()), "{k}");
+            let (m, v) = moments(&xs);
+            assert!((m - k).abs() < 0.03 * k.max(1.0), "k {k}: mean {m}");
+            assert!((v - k).abs() < 0.1 * k.max(1.0), "k {k}: variance {v}");
+        }
+    }
+
+    #[test]
+    fn beta_has_its_mean_and_variance() {
+        // Beta(a, b): mean a / (a + b), variance ab / ((a + b)^2 (a + b + 1)).
+        let mut r = Rng::new(6);
+        for (a, b) in [(0.2, 0.2), (2.0, 5.0), (1.0, 1.0)] {
+            let xs: Vec<f64> = (0..40000).map(|_| r.beta(a, b)).collect();
+            assert!(xs.iter().all(|&x| (0.0..=1.0).contains(&x)), "{a} {b}");
+            let (m, v) = moments(&xs);
+            let (em, ev) = (a / (a + b), a * b / ((a + b).powi(2) * (a + b + 1.0)));
+            assert!(
+                (m - em).abs() < 0.01,
+                "Beta({a}, {b}): mean {m}, expected {em}"
+            );
+            assert!(
+                (v - ev).abs() < 0.01,
+                "Beta({a}, {b}): variance {v}, expected {ev}"
+            );
+        }
+        // Beta(0.2, 0.2) puts most of its mass near 0 and 1: a blend is mostly one image.
+        let near = (0..10000)
+            .map(|_| r.beta(0.2, 0.2))
+            .filter(|x| !(0.1..0.9).contains(x))
+            .count();
+        assert!(near > 6000, "{near} of 10000 draws within 0.1 of 0 or 1");
     }
 }

@@ -11,7 +11,8 @@ momentum or AdamW (`optimizer`), weight decay on convolution weights only
 (L2 for SGD, decoupled for AdamW, as in PyTorch), the step schedule at
 `lr_milestones_fraction`, optional inverse-frequency class weights, flips /
 90-degree rotations / zero pad-and-crop, dropout before the head
-(`head_dropout`, PyTorch's own random masks), the best epoch by validation accuracy
+(`head_dropout`, PyTorch's own random masks), mixup (`mixup`: one Beta(alpha, alpha)
+blend per batch with a shuffled copy of itself, from NumPy's generator), the best epoch by validation accuracy
 (ties: lower loss). Images are resized with PIL's antialiased bilinear filter.
 
 Writes OUT/model.safetensors + OUT/model.json (loadable by gcm-inspect) and
@@ -36,7 +37,7 @@ DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
                 class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0, head_dropout=0.0,
-                soft_target=None)
+                soft_target=None, mixup=0.0)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -232,6 +233,11 @@ def main():
         counts = torch.bincount(ytr, minlength=len(classes)).float()
         weights = counts.sum() / (len(classes) * counts.clamp(min=1))
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    if cfg["mixup"] < 0:
+        sys.exit(f"{a.config}: mixup: {cfg['mixup']} must be >= 0")
+    if cfg["mixup"] > 0 and cfg["class_balanced_loss"]:
+        sys.exit(f"{a.config}: mixup and class_balanced_loss cannot be used together")
+    mix_rng = np.random.default_rng(cfg["seed"] + 2)
     # ema_decay: validate and save an average of every float tensor of the
     # state (weights and BatchNorm statistics), updated after each step with
     # decay min(ema_decay, (1 + n) / (10 + n)), as src/train/ema.rs does.
@@ -255,10 +261,21 @@ def main():
             if len(idx) < 2:
                 continue
             xb, yb = augment(xtr[idx], cfg["augment"], gen), ytr[idx]
-            scores = net(xb)
             # Soft targets (probabilities) where configured: PyTorch applies
             # label smoothing to them as to one-hot labels.
             target = yb if ttr is None else ttr[idx]
+            truth = yb
+            if cfg["mixup"] > 0:
+                # Blend the batch with a shuffled copy of itself, and the targets alike
+                # (src/train/data.rs `mixup`); the blend's larger class counts as the truth.
+                if ttr is None:
+                    target = F.one_hot(yb, len(classes)).float()
+                lam = float(mix_rng.beta(cfg["mixup"], cfg["mixup"]))
+                perm = torch.from_numpy(mix_rng.permutation(len(idx)))
+                xb = lam * xb + (1 - lam) * xb[perm]
+                target = lam * target + (1 - lam) * target[perm]
+                truth = target.argmax(1)
+            scores = net(xb)
             loss = F.cross_entropy(scores, target, weight=weights, label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -273,7 +290,7 @@ def main():
             if not torch.isfinite(loss):
                 sys.exit(f"training diverged at epoch {epoch + 1}; lower lr (now {lr})")
             loss_sum += loss.item() * len(idx)
-            correct += (scores.argmax(1) == yb).sum().item()
+            correct += (scores.argmax(1) == truth).sum().item()
             seen += len(idx)
         train_secs = time.time() - t
         own = None

@@ -224,6 +224,15 @@ pub struct TrainConfig {
     /// `class` and the rest for the other class, instead of all on its label.
     #[serde(default)]
     pub soft_target: Option<SoftTarget>,
+    /// Mixup (Zhang et al., 2018) with this Beta(alpha, alpha) parameter; 0
+    /// (the default) turns it off. Each training batch is blended with a
+    /// shuffled copy of itself, `lam * x + (1 - lam) * x[perm]`, and trained
+    /// on the same blend of the two images' targets (their soft targets, or
+    /// one-hot labels); `lam` is drawn once per batch. The blend is applied
+    /// after augmentation to the images in [0, 1]; the input scaling is
+    /// affine, so blending before it or after it is the same.
+    #[serde(default)]
+    pub mixup: f64,
     #[serde(default)]
     pub augment: Augment,
     #[serde(default)]
@@ -302,6 +311,12 @@ impl TrainConfig {
         }
         if self.soft_target.is_some() && self.class_balanced_loss {
             return Err("soft_target and class_balanced_loss cannot be used together".into());
+        }
+        if !(self.mixup >= 0.0 && self.mixup.is_finite()) {
+            return Err(format!("mixup: {} must be >= 0", self.mixup));
+        }
+        if self.mixup > 0.0 && self.class_balanced_loss {
+            return Err("mixup and class_balanced_loss cannot be used together".into());
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
@@ -430,6 +445,12 @@ mod tests {
             ("label_smoothing: -0.1\n", "label_smoothing"),
             ("head_dropout: 1\n", "head_dropout"),
             ("head_dropout: -0.1\n", "head_dropout"),
+            ("mixup: -0.2\n", "mixup"),
+            ("mixup: .nan\n", "mixup"),
+            (
+                "mixup: 0.2\nclass_balanced_loss: true\n",
+                "mixup and class_balanced_loss",
+            ),
             (
                 "label_smoothing: 0.1\nclass_balanced_loss: true\n",
                 "cannot be used together",

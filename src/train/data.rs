@@ -213,6 +213,30 @@ pub fn targets(set: &ImageSet, idx: &[usize], device: &Device) -> Result<Option<
     Ok(Some(Tensor::from_vec(v, (idx.len(), k), device)?))
 }
 
+/// One-hot targets `[B, classes]` for labels `[B]` (u32).
+pub fn one_hot(labels: &Tensor, classes: usize) -> Result<Tensor> {
+    let l = labels.to_vec1::<u32>()?;
+    let mut v = vec![0f32; l.len() * classes];
+    for (i, &c) in l.iter().enumerate() {
+        v[i * classes + c as usize] = 1.0;
+    }
+    Ok(Tensor::from_vec(v, (l.len(), classes), labels.device())?)
+}
+
+/// Mixup (`mixup:`): draws `lam ~ Beta(alpha, alpha)` and a permutation of
+/// the batch from `rng`, and returns `lam * x + (1 - lam) * x[perm]` with
+/// the same blend of the targets `[B, K]`.
+pub fn mixup(x: &Tensor, targets: &Tensor, alpha: f64, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
+    let lam = rng.beta(alpha, alpha);
+    let mut perm: Vec<u32> = (0..x.dim(0)? as u32).collect();
+    rng.shuffle(&mut perm);
+    let p = Tensor::from_vec(perm, x.dim(0)?, x.device())?;
+    let blend = |t: &Tensor| -> Result<Tensor> {
+        Ok(((t * lam)? + (t.index_select(&p, 0)? * (1.0 - lam))?)?)
+    };
+    Ok((blend(x)?, blend(targets)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +358,67 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.02, "{mean}");
         // The same stream draws the same mask.
         assert_eq!(m, dropout_mask(&[4, 16, 32, 32], 0.25, &mut Rng::new(3)));
+    }
+
+    #[test]
+    fn mixup_blends_images_and_targets_with_one_pair_per_image() {
+        // Four images with constant values 0, 10, 20, 30 and targets naming
+        // them: each blended image must be lam * own + (1 - lam) * partner,
+        // its target the same blend of the two one-hot rows, the partners a
+        // permutation, and the same stream must draw the same blend.
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(
+            (0..4)
+                .flat_map(|i| [i as f32 * 10.0; 6])
+                .collect::<Vec<_>>(),
+            (4, 1, 2, 3),
+            &dev,
+        )
+        .unwrap();
+        let y = Tensor::from_vec(vec![0u32, 1, 2, 3], 4, &dev).unwrap();
+        let t = one_hot(&y, 4).unwrap();
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap()[2],
+            vec![0.0, 0.0, 1.0, 0.0],
+            "one-hot row"
+        );
+        let mut seen_blend = false;
+        for seed in 0..20 {
+            let (xm, tm) = mixup(&x, &t, 0.4, &mut Rng::new(seed)).unwrap();
+            let xs = xm.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+            let ts = tm.to_vec2::<f32>().unwrap();
+            let mut partners = Vec::new();
+            for i in 0..4 {
+                let row = &ts[i];
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{row:?}");
+                let lam = row[i];
+                // The partner holds the rest (or is the image itself).
+                let j = if lam > 1.0 - 1e-6 {
+                    i
+                } else {
+                    (0..4).find(|&j| j != i && row[j] > 0.0).unwrap()
+                };
+                let held = if j == i { row[i] } else { row[i] + row[j] };
+                assert!((held - 1.0).abs() < 1e-6, "{row:?}");
+                let want = lam * i as f32 * 10.0 + (1.0 - lam) * j as f32 * 10.0;
+                assert!(
+                    xs[i].iter().all(|&v| (v - want).abs() < 1e-4),
+                    "{:?} vs {want}",
+                    xs[i]
+                );
+                partners.push(j);
+                seen_blend |= lam > 0.05 && lam < 0.95;
+            }
+            let mut sorted = partners.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                vec![0, 1, 2, 3],
+                "partners {partners:?} are not a permutation"
+            );
+            let (xm2, _) = mixup(&x, &t, 0.4, &mut Rng::new(seed)).unwrap();
+            assert_eq!(xs, xm2.flatten_from(1).unwrap().to_vec2::<f32>().unwrap());
+        }
+        assert!(seen_blend, "20 draws of Beta(0.4, 0.4) never blended");
     }
 }

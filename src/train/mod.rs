@@ -341,6 +341,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         rng.shuffle(&mut order);
         // Its own stream, so that configs without dropout keep theirs.
         let mut drop_rng = Rng::derive(cfg.seed, 2_000_000 + epoch as u64);
+        let mut mix_rng = Rng::derive(cfg.seed, 3_000_000 + epoch as u64);
         let steps = order.len().div_ceil(cfg.batch_size);
         let bar = progress_bar(bar_enabled, steps as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
@@ -356,6 +357,19 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 &job.device,
             )?;
             let soft = data::targets(&train_set, chunk, &job.device)?;
+            // Mixup trains on blended images and targets; the training
+            // accuracy then counts the blend's larger class as the truth.
+            let (x, soft, y) = if cfg.mixup > 0.0 {
+                let t = match soft {
+                    Some(t) => t,
+                    None => data::one_hot(&y, classes.len())?,
+                };
+                let (x, t) = data::mixup(&x, &t, cfg.mixup, &mut mix_rng)?;
+                let y = t.argmax(D::Minus1)?;
+                (x, Some(t), y)
+            } else {
+                (x, soft, y)
+            };
             let out = if cfg.head_dropout > 0.0 {
                 net.forward_train(&x, &mut |d: &Tensor| {
                     let mask = data::dropout_mask(d.dims(), cfg.head_dropout, &mut drop_rng);

@@ -374,6 +374,23 @@ fn head_dropout_trains_repeatably_and_survives_resume() {
 }
 
 #[test]
+fn mixup_trains_repeatably_and_survives_resume() {
+    // The blends come from the config's seed and the epoch: two epochs
+    // straight and one then --resume draw the same blends and end on the
+    // same weights; the run differs from the same config without mixup.
+    let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nmixup: 0.4\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
+    let (t, data, straight, resumed) = straight_and_resumed(yaml);
+    let f = "last/model.safetensors";
+    let d = max_diff(&straight.join(f), &resumed.join(f));
+    assert!(d < 1e-4, "resumed run differs from the straight run by {d}");
+    assert_eq!(json(&straight.join("model.json"))["training"]["mixup"], 0.4);
+    let plain = t.path().join("plain");
+    train_with(&data, &plain, "2", &yaml.replace("mixup: 0.4", "mixup: 0"));
+    let d = max_diff(&straight.join(f), &plain.join(f));
+    assert!(d > 1e-3, "mixup 0.4 and 0 trained weights only {d} apart");
+}
+
+#[test]
 fn soft_targets_come_from_the_manifest_column() {
     // One epoch on the same images and seed: soft targets of exactly 0 and 1
     // are the labels and must train as the labels do; 0.25 / 0.75 must not.
