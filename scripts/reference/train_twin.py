@@ -233,8 +233,8 @@ def main():
         counts = torch.bincount(ytr, minlength=len(classes)).float()
         weights = counts.sum() / (len(classes) * counts.clamp(min=1))
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    if cfg["mixup"] < 0:
-        sys.exit(f"{a.config}: mixup: {cfg['mixup']} must be >= 0")
+    if not (cfg["mixup"] == 0 or cfg["mixup"] >= 0.01):
+        sys.exit(f"{a.config}: mixup: {cfg['mixup']} must be 0 (off) or at least 0.01")
     if cfg["mixup"] > 0 and cfg["class_balanced_loss"]:
         sys.exit(f"{a.config}: mixup and class_balanced_loss cannot be used together")
     mix_rng = np.random.default_rng(cfg["seed"] + 2)

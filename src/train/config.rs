@@ -224,8 +224,8 @@ pub struct TrainConfig {
     /// `class` and the rest for the other class, instead of all on its label.
     #[serde(default)]
     pub soft_target: Option<SoftTarget>,
-    /// Mixup (Zhang et al., 2018) with this Beta(alpha, alpha) parameter; 0
-    /// (the default) turns it off. Each training batch is blended with a
+    /// Mixup (Zhang et al., 2018) with this Beta(alpha, alpha) parameter, at
+    /// least 0.01; 0 (the default) turns it off. Each training batch is blended with a
     /// shuffled copy of itself, `lam * x + (1 - lam) * x[perm]`, and trained
     /// on the same blend of the two images' targets (their soft targets, or
     /// one-hot labels); `lam` is drawn once per batch. The blend is applied
@@ -312,8 +312,13 @@ impl TrainConfig {
         if self.soft_target.is_some() && self.class_balanced_loss {
             return Err("soft_target and class_balanced_loss cannot be used together".into());
         }
-        if !(self.mixup >= 0.0 && self.mixup.is_finite()) {
-            return Err(format!("mixup: {} must be >= 0", self.mixup));
+        // Below 0.01 nearly every blend is all one image (a plain
+        // permutation of the batch), and Beta draws underflow to 0 / 0.
+        if !(self.mixup == 0.0 || (self.mixup >= 0.01 && self.mixup.is_finite())) {
+            return Err(format!(
+                "mixup: {} must be 0 (off) or at least 0.01",
+                self.mixup
+            ));
         }
         if self.mixup > 0.0 && self.class_balanced_loss {
             return Err("mixup and class_balanced_loss cannot be used together".into());
@@ -447,6 +452,10 @@ mod tests {
             ("head_dropout: -0.1\n", "head_dropout"),
             ("mixup: -0.2\n", "mixup"),
             ("mixup: .nan\n", "mixup"),
+            (
+                "mixup: 1e-9\n",
+                "mixup: 0.000000001 must be 0 (off) or at least 0.01",
+            ),
             (
                 "mixup: 0.2\nclass_balanced_loss: true\n",
                 "mixup and class_balanced_loss",
