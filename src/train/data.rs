@@ -213,16 +213,6 @@ pub fn targets(set: &ImageSet, idx: &[usize], device: &Device) -> Result<Option<
     Ok(Some(Tensor::from_vec(v, (idx.len(), k), device)?))
 }
 
-/// One-hot targets `[B, classes]` for labels `[B]` (u32).
-pub fn one_hot(labels: &Tensor, classes: usize) -> Result<Tensor> {
-    let l = labels.to_vec1::<u32>()?;
-    let mut v = vec![0f32; l.len() * classes];
-    for (i, &c) in l.iter().enumerate() {
-        v[i * classes + c as usize] = 1.0;
-    }
-    Ok(Tensor::from_vec(v, (l.len(), classes), labels.device())?)
-}
-
 /// Mixup (`mixup:`): draws `lam ~ Beta(alpha, alpha)` and a permutation of
 /// the batch from `rng`, and returns `lam * x + (1 - lam) * x[perm]` with
 /// the same blend of the targets `[B, K]`.
@@ -376,12 +366,7 @@ mod tests {
         )
         .unwrap();
         let y = Tensor::from_vec(vec![0u32, 1, 2, 3], 4, &dev).unwrap();
-        let t = one_hot(&y, 4).unwrap();
-        assert_eq!(
-            t.to_vec2::<f32>().unwrap()[2],
-            vec![0.0, 0.0, 1.0, 0.0],
-            "one-hot row"
-        );
+        let t = candle_nn::encoding::one_hot(y, 4, 1f32, 0f32).unwrap();
         let mut seen_blend = false;
         for seed in 0..20 {
             let (xm, tm) = mixup(&x, &t, 0.4, &mut Rng::new(seed)).unwrap();

@@ -362,7 +362,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             let (x, soft, y) = if cfg.mixup > 0.0 {
                 let t = match soft {
                     Some(t) => t,
-                    None => data::one_hot(&y, classes.len())?,
+                    None => candle_nn::encoding::one_hot(y.clone(), classes.len(), 1f32, 0f32)?,
                 };
                 let (x, t) = data::mixup(&x, &t, cfg.mixup, &mut mix_rng)?;
                 let y = t.argmax(D::Minus1)?;
