@@ -348,46 +348,44 @@ fn weight_average_is_what_is_saved_and_survives_resume() {
     assert!(err.contains("train_weights.safetensors"), "{err}");
 }
 
-#[test]
-fn head_dropout_trains_repeatably_and_survives_resume() {
-    // The dropout masks come from the config's seed and the epoch: two
-    // epochs straight and one then --resume draw the same masks and end on
-    // the same weights; the run differs from the same config without it.
-    let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nhead_dropout: 0.3\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
+/// A config knob drawn from its own seeded stream per epoch (`on`, a line
+/// of `yaml`): two epochs straight and one then --resume draw the same and
+/// end on the same weights; the model card records `key: value`; and the
+/// run differs from the same config with `off` instead.
+fn trains_repeatably_and_survives_resume(yaml: &str, on: &str, off: &str, key: &str, value: f64) {
+    assert!(yaml.contains(on), "{on} is not in the config");
     let (t, data, straight, resumed) = straight_and_resumed(yaml);
     let f = "last/model.safetensors";
     let d = max_diff(&straight.join(f), &resumed.join(f));
-    assert!(d < 1e-4, "resumed run differs from the straight run by {d}");
-    assert_eq!(
-        json(&straight.join("model.json"))["training"]["head_dropout"],
-        0.3
+    assert!(
+        d < 1e-4,
+        "{on}: resumed run differs from the straight run by {d}"
     );
+    assert_eq!(json(&straight.join("model.json"))["training"][key], value);
     let plain = t.path().join("plain");
-    train_with(
-        &data,
-        &plain,
-        "2",
-        &yaml.replace("head_dropout: 0.3", "head_dropout: 0"),
-    );
+    train_with(&data, &plain, "2", &yaml.replace(on, off));
     let d = max_diff(&straight.join(f), &plain.join(f));
-    assert!(d > 1e-3, "dropout 0.3 and 0 trained weights only {d} apart");
+    assert!(d > 1e-3, "{on} and {off} trained weights only {d} apart");
+}
+
+#[test]
+fn head_dropout_trains_repeatably_and_survives_resume() {
+    // The dropout masks come from the config's seed and the epoch.
+    let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nhead_dropout: 0.3\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
+    trains_repeatably_and_survives_resume(
+        yaml,
+        "head_dropout: 0.3",
+        "head_dropout: 0",
+        "head_dropout",
+        0.3,
+    );
 }
 
 #[test]
 fn mixup_trains_repeatably_and_survives_resume() {
-    // The blends come from the config's seed and the epoch: two epochs
-    // straight and one then --resume draw the same blends and end on the
-    // same weights; the run differs from the same config without mixup.
+    // The blends come from the config's seed and the epoch.
     let yaml = "optimizer: adamw\nlr: 0.01\nbatch_size: 8\nmixup: 0.4\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n";
-    let (t, data, straight, resumed) = straight_and_resumed(yaml);
-    let f = "last/model.safetensors";
-    let d = max_diff(&straight.join(f), &resumed.join(f));
-    assert!(d < 1e-4, "resumed run differs from the straight run by {d}");
-    assert_eq!(json(&straight.join("model.json"))["training"]["mixup"], 0.4);
-    let plain = t.path().join("plain");
-    train_with(&data, &plain, "2", &yaml.replace("mixup: 0.4", "mixup: 0"));
-    let d = max_diff(&straight.join(f), &plain.join(f));
-    assert!(d > 1e-3, "mixup 0.4 and 0 trained weights only {d} apart");
+    trains_repeatably_and_survives_resume(yaml, "mixup: 0.4", "mixup: 0", "mixup", 0.4);
 }
 
 #[test]
