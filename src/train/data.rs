@@ -218,9 +218,10 @@ pub fn targets(set: &ImageSet, idx: &[usize], device: &Device) -> Result<Option<
 /// the same blend of the targets `[B, K]`.
 pub fn mixup(x: &Tensor, targets: &Tensor, alpha: f64, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
     let lam = rng.beta(alpha, alpha);
-    let mut perm: Vec<u32> = (0..x.dim(0)? as u32).collect();
+    let n = x.dim(0)?;
+    let mut perm: Vec<u32> = (0..n as u32).collect();
     rng.shuffle(&mut perm);
-    let p = Tensor::from_vec(perm, x.dim(0)?, x.device())?;
+    let p = Tensor::from_vec(perm, n, x.device())?;
     let blend = |t: &Tensor| -> Result<Tensor> {
         Ok(((t * lam)? + (t.index_select(&p, 0)? * (1.0 - lam))?)?)
     };
