@@ -100,6 +100,18 @@ pub struct SoftTarget {
     pub class: String,
 }
 
+/// An auxiliary training loss on each class's largest contributions
+/// (`topk_loss:`); the model, its scores and its decisions are unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopkLoss {
+    /// The share of pixels, in (0, 1], whose contributions are averaged
+    /// (at least one pixel).
+    pub fraction: f64,
+    /// The auxiliary loss's weight, added to the main loss; > 0.
+    pub weight: f64,
+}
+
 /// The architecture to train; absent fields take Table 3's values, and the
 /// input size and channels default to the data's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -233,6 +245,14 @@ pub struct TrainConfig {
     /// affine, so blending before it or after it is the same.
     #[serde(default)]
     pub mixup: f64,
+    /// Training only, off by default: adds `weight` x the same cross-entropy
+    /// on top-k scores, each class's mean contribution (the CCM averaged over
+    /// the input channels) over its `fraction` largest pixels. The class
+    /// score is the CCM's mean over every pixel, so a crack on 1% of the
+    /// cell gets 1% of the gradient; the top-k score's gradient reaches only
+    /// the pixels that contribute most. The reported training loss is the sum.
+    #[serde(default)]
+    pub topk_loss: Option<TopkLoss>,
     #[serde(default)]
     pub augment: Augment,
     #[serde(default)]
@@ -322,6 +342,17 @@ impl TrainConfig {
         }
         if self.mixup > 0.0 && self.class_balanced_loss {
             return Err("mixup and class_balanced_loss cannot be used together".into());
+        }
+        if let Some(t) = &self.topk_loss {
+            if !(t.fraction > 0.0 && t.fraction <= 1.0) {
+                return Err(format!(
+                    "topk_loss.fraction: {} must be in (0, 1]",
+                    t.fraction
+                ));
+            }
+            if !(t.weight > 0.0 && t.weight.is_finite()) {
+                return Err(format!("topk_loss.weight: {} must be positive", t.weight));
+            }
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!(
@@ -451,6 +482,19 @@ mod tests {
             ("head_dropout: 1\n", "head_dropout"),
             ("head_dropout: -0.1\n", "head_dropout"),
             ("mixup: -0.2\n", "mixup"),
+            (
+                "topk_loss: {fraction: 0, weight: 1}\n",
+                "topk_loss.fraction: 0 must be in (0, 1]",
+            ),
+            (
+                "topk_loss: {fraction: 1.5, weight: 1}\n",
+                "topk_loss.fraction",
+            ),
+            (
+                "topk_loss: {fraction: 0.02, weight: -1}\n",
+                "topk_loss.weight: -1 must be positive",
+            ),
+            ("topk_loss: {fraction: 0.02}\n", "weight"),
             ("mixup: .nan\n", "mixup"),
             (
                 "mixup: 1e-9\n",

@@ -385,6 +385,20 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 class_weights.as_ref(),
                 cfg.label_smoothing,
             )?;
+            let loss = match &cfg.topk_loss {
+                Some(t) => {
+                    let top = topk_scores(&out.cwm, &out.scaled, t.fraction)?;
+                    let aux = loss_fn(
+                        &top,
+                        &y,
+                        soft.as_ref(),
+                        class_weights.as_ref(),
+                        cfg.label_smoothing,
+                    )?;
+                    (loss + (aux * t.weight)?)?
+                }
+                None => loss,
+            };
             let grads = loss.backward()?;
             opt.step(&grads, lr)?;
             if let Some(e) = ema.as_mut() {
@@ -636,6 +650,28 @@ pub fn loss_fn(
     }
 }
 
+/// Top-k scores `[B, N]` for `topk_loss:`: each class's contribution map
+/// (the CCM averaged over the input channels, `[B, N, R, C]`) averaged over
+/// its `max(1, round(fraction * R * C))` largest pixels. With `fraction` 1
+/// it is the class score; the pixels are picked without gradient, and the
+/// gradient flows to the picked ones only.
+pub fn topk_scores(cwm: &Tensor, scaled: &Tensor, fraction: f64) -> Result<Tensor> {
+    let (b, n, r, c) = cwm.dims4()?;
+    let per_pixel = cwm
+        .unsqueeze(2)?
+        .broadcast_mul(&scaled.unsqueeze(1)?)?
+        .mean(2)?
+        .reshape((b, n, r * c))?;
+    let k = ((fraction * (r * c) as f64).round() as usize).clamp(1, r * c);
+    let picked = per_pixel
+        .detach()
+        .contiguous()?
+        .arg_sort_last_dim(false)?
+        .narrow(2, 0, k)?
+        .contiguous()?;
+    Ok(per_pixel.gather(&picked, 2)?.mean(2)?)
+}
+
 /// Each sample's soft target (`soft_target:`), in sample order: the
 /// manifest column's value for the named class, the rest for the other one.
 /// A value that is not a probability, or that contradicts the label (more
@@ -798,6 +834,67 @@ fn progress_bar(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topk_scores_average_the_largest_contributions_and_only_they_get_gradient() {
+        // Two images, two classes, two input channels, 3 x 4 pixels; the
+        // expected values are computed here in f64 from the definition.
+        let (b, n, d, r, c) = (2usize, 2usize, 2usize, 3usize, 4usize);
+        let cwm_v: Vec<f32> = (0..b * n * r * c)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let img_v: Vec<f32> = (0..b * d * r * c)
+            .map(|i| (i * 13 % 17) as f32 / 16.0)
+            .collect();
+        let dev = Device::Cpu;
+        let cwm = candle_core::Var::from_vec(cwm_v.clone(), (b, n, r, c), &dev).unwrap();
+        let img = Tensor::from_vec(img_v.clone(), (b, d, r, c), &dev).unwrap();
+        let contrib = |bi: usize, j: usize, p: usize| -> f64 {
+            let w = cwm_v[(bi * n + j) * r * c + p] as f64;
+            (0..d)
+                .map(|ch| w * img_v[(bi * d + ch) * r * c + p] as f64)
+                .sum::<f64>()
+                / d as f64
+        };
+        // fraction 1 is the class score itself.
+        let all = topk_scores(cwm.as_tensor(), &img, 1.0).unwrap();
+        let score = crate::model::score::gcm_score(cwm.as_tensor(), &img).unwrap();
+        let diff = (all - score).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        // 0.25 of 12 pixels is 3; 0.01 rounds to 0 and takes one pixel.
+        for (fraction, k) in [(0.25, 3usize), (0.01, 1), (0.6, 7)] {
+            let top = topk_scores(cwm.as_tensor(), &img, fraction).unwrap();
+            let got = top.to_vec2::<f32>().unwrap();
+            let grads = top.sum_all().unwrap().backward().unwrap();
+            let g = grads.get(cwm.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            for bi in 0..b {
+                for j in 0..n {
+                    let mut order: Vec<usize> = (0..r * c).collect();
+                    order.sort_by(|&p, &q| contrib(bi, j, q).total_cmp(&contrib(bi, j, p)));
+                    let want =
+                        order[..k].iter().map(|&p| contrib(bi, j, p)).sum::<f64>() / k as f64;
+                    assert!(
+                        (got[bi][j] as f64 - want).abs() < 1e-5,
+                        "fraction {fraction}, image {bi}, class {j}: {} vs {want}",
+                        got[bi][j]
+                    );
+                    for (rank, &p) in order.iter().enumerate() {
+                        let mean_x = (0..d)
+                            .map(|ch| img_v[(bi * d + ch) * r * c + p] as f64)
+                            .sum::<f64>()
+                            / d as f64;
+                        let want_g = if rank < k { mean_x / k as f64 } else { 0.0 };
+                        let got_g = g[(bi * n + j) * r * c + p] as f64;
+                        assert!(
+                            (got_g - want_g).abs() < 1e-6,
+                            "fraction {fraction}, image {bi}, class {j}, pixel {p}: grad {got_g} vs {want_g}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn label_smoothing_and_soft_targets_follow_the_definition() {
