@@ -37,7 +37,7 @@ DEFAULTS = dict(epochs=180, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.
                 lr_milestones_fraction=[100 / 180, 150 / 180], lr_decay_factor=0.1,
                 val_fraction=0.1, seed=0, eval_batch_size=256, resize=False,
                 class_balanced_loss=False, ema_decay=0.0, label_smoothing=0.0, head_dropout=0.0,
-                soft_target=None, mixup=0.0)
+                soft_target=None, mixup=0.0, topk_loss=None)
 AUG_DEFAULTS = dict(hflip=True, vflip=False, rot90=False, pad_crop_px=4, exposure=0.0, brightness=0.0)
 
 
@@ -237,6 +237,10 @@ def main():
         sys.exit(f"{a.config}: mixup: {cfg['mixup']} must be 0 (off) or at least 0.01")
     if cfg["mixup"] > 0 and cfg["class_balanced_loss"]:
         sys.exit(f"{a.config}: mixup and class_balanced_loss cannot be used together")
+    tk = cfg["topk_loss"]
+    if tk is not None and not (isinstance(tk, dict) and set(tk) == {"fraction", "weight"}
+                               and 0 < tk["fraction"] <= 1 and tk["weight"] > 0):
+        sys.exit(f"{a.config}: topk_loss: {tk!r} needs fraction in (0, 1] and weight > 0")
     mix_rng = np.random.default_rng(cfg["seed"] + 2)
     # ema_decay: validate and save an average of every float tensor of the
     # state (weights and BatchNorm statistics), updated after each step with
@@ -275,8 +279,18 @@ def main():
                 xb = lam * xb + (1 - lam) * xb[perm]
                 target = lam * target + (1 - lam) * target[perm]
                 truth = target.argmax(1)
-            scores = net(xb)
+            scores, cwm, scaled = net.forward_all(xb)
             loss = F.cross_entropy(scores, target, weight=weights, label_smoothing=cfg["label_smoothing"])
+            if cfg["topk_loss"]:
+                # Each class's contributions averaged over the input channels, then
+                # over its `fraction` largest pixels (src/train/mod.rs `topk_scores`).
+                tk = cfg["topk_loss"]
+                per_pixel = (cwm * scaled.mean(1, keepdim=True)).flatten(2)
+                # Rounded half away from zero, as Rust's f64::round.
+                k = min(max(1, int(tk["fraction"] * per_pixel.shape[2] + 0.5)), per_pixel.shape[2])
+                top = per_pixel.topk(k, dim=2).values.mean(2)
+                loss = loss + tk["weight"] * F.cross_entropy(
+                    top, target, weight=weights, label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

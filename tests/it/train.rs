@@ -389,6 +389,26 @@ fn mixup_trains_repeatably_and_survives_resume() {
 }
 
 #[test]
+fn topk_loss_trains_repeatably_and_is_recorded() {
+    // The auxiliary loss changes training only: a run with it resumes to
+    // the straight run's weights, the card records it, and it trains other
+    // weights than the same config without it.
+    let on = "topk_loss: {fraction: 0.1, weight: 1.0}\n";
+    let yaml = format!("optimizer: adamw\nlr: 0.01\nbatch_size: 8\n{on}augment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [2, 3, 4]\n");
+    let (t, data, straight, resumed) = straight_and_resumed(&yaml);
+    let f = "last/model.safetensors";
+    let d = max_diff(&straight.join(f), &resumed.join(f));
+    assert!(d < 1e-4, "resumed run differs from the straight run by {d}");
+    let card = json(&straight.join("model.json"));
+    assert_eq!(card["training"]["topk_loss"]["fraction"], 0.1);
+    assert_eq!(card["training"]["topk_loss"]["weight"], 1.0);
+    let plain = t.path().join("plain");
+    train_with(&data, &plain, "2", &yaml.replace(on, ""));
+    let d = max_diff(&straight.join(f), &plain.join(f));
+    assert!(d > 1e-3, "with and without topk_loss only {d} apart");
+}
+
+#[test]
 fn soft_targets_come_from_the_manifest_column() {
     // One epoch on the same images and seed: soft targets of exactly 0 and 1
     // are the labels and must train as the labels do; 0.25 / 0.75 must not.
