@@ -36,3 +36,6 @@ mod bundled;
 
 #[path = "it/bench_scripts.rs"]
 mod bench_scripts;
+
+#[path = "it/paint.rs"]
+mod paint;

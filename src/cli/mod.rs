@@ -8,6 +8,7 @@ pub mod bench;
 pub mod check_config;
 pub mod eval;
 pub mod explain;
+pub mod paint;
 pub mod run;
 pub mod synth;
 pub mod train;
@@ -45,6 +46,8 @@ pub enum Command {
     Train(train::Args),
     /// Measure how fast this machine runs a model: images/s and latency percentiles.
     Bench(bench::Args),
+    /// Paint thin cracks on a manifest's clean training cells: a pretraining set for `train --init`.
+    PaintCracks(paint::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Explain(a) => explain::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::PaintCracks(a) => paint::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod image_io;
+pub mod paint;
 pub mod synth;
 
 pub use dataset::{Dataset, Sample, Split};

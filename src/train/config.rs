@@ -465,7 +465,13 @@ mod tests {
         // A key the code no longer knows, or a value it refuses, in a config
         // the README and docs/elpv.md tell users to run is a bug here.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        for name in ["demo-train.yaml", "elpv-binary.yaml", "elpv-4class.yaml"] {
+        for name in [
+            "demo-train.yaml",
+            "elpv-binary.yaml",
+            "elpv-4class.yaml",
+            "elpv-pretrain.yaml",
+            "elpv-binary-pretrained.yaml",
+        ] {
             let p = dir.join(name);
             if let Err(e) = TrainConfig::load(&p) {
                 panic!("{}: {e}", p.display());

@@ -1,0 +1,263 @@
+//! `gcm-inspect paint-cracks`: a pretraining set of clean cells, each also
+//! with painted thin cracks, and the real task's manifest with its
+//! validation images set aside first, so that pretraining never sees them
+//! (docs/elpv.md, sixteenth round).
+
+use std::path::{Path, PathBuf};
+
+use crate::data::dataset::stratified_split;
+use crate::data::{image_io, paint, Dataset, Split};
+use crate::error::{Error, IoContext, Result};
+use crate::rng::Rng;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The real task's manifest (path,label,split[,other columns]): its
+    /// `train` rows are split into training and validation; clean cells of
+    /// the former are painted. `val` rows, where it has some, are kept as
+    /// the validation instead.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: OUT/images/ (painted cells), OUT/pretrain.csv (each
+    /// clean cell as it is and painted), OUT/task.csv (the real task's rows
+    /// with the validation marked `val`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The label of clean cells; painted cells get --defect-label.
+    #[arg(long, default_value = "ok")]
+    pub clean_label: String,
+    #[arg(long, default_value = "defect")]
+    pub defect_label: String,
+    /// A column that must read 0 for a cell to count as clean (ELPV: the
+    /// defect probability: a 33% cell is labelled ok but is not clean);
+    /// pretrain.csv gets it too (0 and 1), for `soft_target`. Empty: none.
+    #[arg(long, default_value = "probability")]
+    pub clean_column: String,
+    /// Share of each label's training rows set aside as the real task's
+    /// validation (when the manifest has no `val` rows).
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Share of the clean cells (both copies) held out for the
+    /// pretraining's own validation.
+    #[arg(long, default_value_t = 0.15)]
+    pub pretrain_val_fraction: f64,
+    /// Seed: the same seed and manifest give the same files.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn abs_str(p: &Path) -> Result<String> {
+    let abs = std::path::absolute(p).at(p)?;
+    abs.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::data(p, "the path is not UTF-8: it cannot go into a manifest"))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    for (name, v) in [
+        ("--val-fraction", a.val_fraction),
+        ("--pretrain-val-fraction", a.pretrain_val_fraction),
+    ] {
+        if !(0.0..1.0).contains(&v) {
+            return Err(Error::Usage(format!("{name}: {v} must be in [0, 1)")));
+        }
+    }
+    let ds = Dataset::open(&a.data)?;
+    if !ds.has_splits() {
+        return Err(Error::data(
+            &a.data,
+            "needs a split column (train/val/test): the test rows must stay out of pretraining",
+        ));
+    }
+    if !a.clean_column.is_empty() {
+        let col = a.clean_column.to_ascii_lowercase();
+        if !ds.samples[0].columns.contains_key(&col) {
+            return Err(Error::data(
+                &a.data,
+                format!(
+                    "no column {:?} (--clean-column; columns: {:?}); give --clean-column '' to use the label alone",
+                    a.clean_column,
+                    ds.samples[0].columns.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    // The real task's validation: the manifest's own, or a stratified share
+    // of its training rows.
+    let mut splits: Vec<Option<Split>> = ds.samples.iter().map(|s| s.split).collect();
+    let carved = !splits.contains(&Some(Split::Val));
+    if carved {
+        let train: Vec<usize> = (0..ds.samples.len())
+            .filter(|&i| splits[i] == Some(Split::Train))
+            .collect();
+        let labels: Vec<usize> = train
+            .iter()
+            .map(|&i| {
+                ds.classes
+                    .iter()
+                    .position(|c| *c == ds.samples[i].label)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let (_, val) = stratified_split(&labels, a.val_fraction, a.seed);
+        for v in val {
+            splits[train[v]] = Some(Split::Val);
+        }
+    }
+    let mut clean = Vec::new();
+    for (i, s) in ds.samples.iter().enumerate() {
+        if splits[i] != Some(Split::Train) || s.label != a.clean_label {
+            continue;
+        }
+        if !a.clean_column.is_empty() {
+            let v = &s.columns[&a.clean_column.to_ascii_lowercase()];
+            let p: f64 = v.parse().map_err(|_| {
+                Error::data(
+                    &a.data,
+                    format!(
+                        "{}: {} {v:?} is not a number",
+                        s.path.display(),
+                        a.clean_column
+                    ),
+                )
+            })?;
+            if p != 0.0 {
+                continue;
+            }
+        }
+        clean.push(i);
+    }
+    if clean.is_empty() {
+        return Err(Error::data(
+            &a.data,
+            format!(
+                "no clean training cells (label {:?}{}) to paint",
+                a.clean_label,
+                if a.clean_column.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} 0", a.clean_column)
+                }
+            ),
+        ));
+    }
+    Rng::derive(a.seed, 1).shuffle(&mut clean);
+    let n_val = (a.pretrain_val_fraction * clean.len() as f64).round() as usize;
+
+    let img_dir = a.out.join("images");
+    std::fs::create_dir_all(&img_dir).at(&img_dir)?;
+    let prob_col = (!a.clean_column.is_empty()).then_some(a.clean_column.as_str());
+    let mut pre = String::from("path,label,split");
+    if let Some(c) = prob_col {
+        pre.push_str(&format!(",{}", csv_field(c)));
+    }
+    pre.push('\n');
+    let mut rng = Rng::derive(a.seed, 2);
+    let mut per_strength = [0usize; paint::STRENGTHS.len()];
+    for (k, &i) in clean.iter().enumerate() {
+        let s = &ds.samples[i];
+        let grey = match image_io::decode(&s.path)? {
+            image::DynamicImage::ImageLuma8(g) => g,
+            other => {
+                return Err(Error::data(
+                    &s.path,
+                    format!(
+                    "is {:?}, not 8-bit greyscale: cracks are painted on greyscale EL images only",
+                    other.color()
+                ),
+                ))
+            }
+        };
+        let (cracks, strength) = paint::draw_cracks(&mut rng, grey.width(), grey.height());
+        per_strength[strength] += 1;
+        let stem = s
+            .path
+            .file_stem()
+            .map(|x| x.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out_path = img_dir.join(format!("{k:05}_{stem}_crack.png"));
+        paint::paint(&grey, &cracks)
+            .save(&out_path)
+            .map_err(|e| Error::data(&out_path, format!("cannot write: {e}")))?;
+        let split = if k < n_val { "val" } else { "train" };
+        for (path, label, p) in [
+            (abs_str(&s.path)?, &a.clean_label, "0"),
+            (abs_str(&out_path)?, &a.defect_label, "1"),
+        ] {
+            pre.push_str(&format!(
+                "{},{},{split}",
+                csv_field(&path),
+                csv_field(label)
+            ));
+            if prob_col.is_some() {
+                pre.push_str(&format!(",{p}"));
+            }
+            pre.push('\n');
+        }
+    }
+    let pre_path = a.out.join("pretrain.csv");
+    std::fs::write(&pre_path, pre).at(&pre_path)?;
+
+    // The real task, every row, with its validation marked.
+    let cols: Vec<String> = ds.samples[0].columns.keys().cloned().collect();
+    let mut task = String::from("path,label,split");
+    for c in &cols {
+        task.push_str(&format!(",{}", csv_field(c)));
+    }
+    task.push('\n');
+    for (s, split) in ds.samples.iter().zip(&splits) {
+        let split = match split {
+            Some(Split::Train) => "train",
+            Some(Split::Val) => "val",
+            Some(Split::Test) => "test",
+            None => "",
+        };
+        task.push_str(&format!(
+            "{},{},{split}",
+            csv_field(&abs_str(&s.path)?),
+            csv_field(&s.label)
+        ));
+        for c in &cols {
+            task.push_str(&format!(
+                ",{}",
+                csv_field(s.columns.get(c).map(String::as_str).unwrap_or(""))
+            ));
+        }
+        task.push('\n');
+    }
+    let task_path = a.out.join("task.csv");
+    std::fs::write(&task_path, task).at(&task_path)?;
+
+    let n_task_val = splits.iter().filter(|s| **s == Some(Split::Val)).count();
+    let strengths: Vec<String> = paint::STRENGTHS
+        .iter()
+        .zip(per_strength)
+        .map(|(s, n)| format!("{} {n}", s.0))
+        .collect();
+    println!(
+        "painted {} clean cells ({}); {} of them held out for the pretraining's validation: {}",
+        clean.len(),
+        strengths.join(", "),
+        n_val,
+        pre_path.display()
+    );
+    println!(
+        "real task: {} validation images {} (never painted): {}",
+        n_task_val,
+        if carved {
+            "set aside"
+        } else {
+            "as the manifest gives them"
+        },
+        task_path.display()
+    );
+    Ok(())
+}
