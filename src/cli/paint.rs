@@ -98,13 +98,20 @@ pub fn run(a: Args) -> Result<()> {
         let train: Vec<usize> = (0..ds.samples.len())
             .filter(|&i| splits[i] == Some(Split::Train))
             .collect();
+        // Labels indexed among the training rows' own, as `train` does, so
+        // that the same seed sets the same images aside as `train` would.
+        let mut names: Vec<&str> = train
+            .iter()
+            .map(|&i| ds.samples[i].label.as_str())
+            .collect();
+        names.sort();
+        names.dedup();
         let labels: Vec<usize> = train
             .iter()
             .map(|&i| {
-                ds.classes
-                    .iter()
-                    .position(|c| *c == ds.samples[i].label)
-                    .unwrap_or(0)
+                names
+                    .binary_search(&ds.samples[i].label.as_str())
+                    .expect("present")
             })
             .collect();
         let (_, val) = stratified_split(&labels, a.val_fraction, a.seed);

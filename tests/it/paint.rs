@@ -151,6 +151,50 @@ fn paint_cracks_paints_clean_training_cells_only_and_sets_the_validation_aside()
 }
 
 #[test]
+fn paint_cracks_sets_aside_the_images_train_would_hold_out_with_the_same_seed() {
+    let t = tempfile::tempdir().unwrap();
+    let m = stand_in(&t.path().join("elpv"));
+    let out = t.path().join("painted");
+    ok(&[
+        "paint-cracks",
+        "--data",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    let cfg = t.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "epochs: 1\nseed: 3\nval_fraction: 0.15\nresize: true\nmodel:\n  input_rows: 16\n  input_cols: 16\n  encoder_widths: [2, 3, 4]\n",
+    )
+    .unwrap();
+    let model = t.path().join("m");
+    ok(&[
+        "train",
+        "--data",
+        m.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    let held: BTreeSet<String> = rows(&model.join("validation.csv"))
+        .into_iter()
+        .map(|r| r["path"].clone())
+        .collect();
+    let set_aside: BTreeSet<String> = rows(&out.join("task.csv"))
+        .into_iter()
+        .filter(|r| r["split"] == "val")
+        .map(|r| r["path"].clone())
+        .collect();
+    assert_eq!(held.len(), 6);
+    assert_eq!(held, set_aside);
+}
+
+#[test]
 fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
     let t = tempfile::tempdir().unwrap();
     let m = stand_in(&t.path().join("elpv"));
