@@ -3,9 +3,9 @@
 //! validation images set aside first, so that pretraining never sees them
 //! (docs/elpv.md, sixteenth round).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::data::dataset::stratified_split;
+use crate::data::dataset::{csv_field, manifest_path, stratified_split};
 use crate::data::{image_io, paint, Dataset, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
@@ -44,21 +44,6 @@ pub struct Args {
     /// Seed: the same seed and manifest give the same files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-fn abs_str(p: &Path) -> Result<String> {
-    let abs = std::path::absolute(p).at(p)?;
-    abs.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| Error::data(p, "the path is not UTF-8: it cannot go into a manifest"))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -196,8 +181,8 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|e| Error::data(&out_path, format!("cannot write: {e}")))?;
         let split = if k < n_val { "val" } else { "train" };
         for (path, label, p) in [
-            (abs_str(&s.path)?, &a.clean_label, "0"),
-            (abs_str(&out_path)?, &a.defect_label, "1"),
+            (manifest_path(&s.path)?, &a.clean_label, "0"),
+            (manifest_path(&out_path)?, &a.defect_label, "1"),
         ] {
             pre.push_str(&format!(
                 "{},{},{split}",
@@ -229,7 +214,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         task.push_str(&format!(
             "{},{},{split}",
-            csv_field(&abs_str(&s.path)?),
+            csv_field(&manifest_path(&s.path)?),
             csv_field(&s.label)
         ));
         for c in &cols {

@@ -268,24 +268,10 @@ fn read_manifest(path: &Path) -> Result<Dataset> {
 /// not give back (a line break, spaces at either end: fields are trimmed), or
 /// a path that is not UTF-8, is an error naming it.
 pub fn write_manifest(path: &Path, samples: &[Sample]) -> Result<()> {
-    fn field(s: &str) -> String {
-        if s.contains([',', '"']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    }
     let mut text = String::from("path,label\n");
     for smp in samples {
-        let abs = std::path::absolute(&smp.path).at(&smp.path)?;
-        let p = abs.to_str().ok_or_else(|| {
-            Error::data(
-                &smp.path,
-                "the path is not UTF-8: it cannot go into a manifest",
-            )
-        })?;
-        let unreadable = |f: &str| f.contains(['\n', '\r']) || f.trim() != f;
-        if unreadable(p) || unreadable(&smp.label) {
+        let p = manifest_path(&smp.path)?;
+        if unreadable(&smp.label) {
             return Err(Error::data(
                 &smp.path,
                 format!(
@@ -294,9 +280,41 @@ pub fn write_manifest(path: &Path, samples: &[Sample]) -> Result<()> {
                 ),
             ));
         }
-        text.push_str(&format!("{},{}\n", field(p), field(&smp.label)));
+        text.push_str(&format!("{},{}\n", csv_field(&p), csv_field(&smp.label)));
     }
     std::fs::write(path, text).at(path)
+}
+
+/// A field the manifest reader would not give back: a line break, or
+/// spaces at either end (fields are trimmed).
+fn unreadable(f: &str) -> bool {
+    f.contains(['\n', '\r']) || f.trim() != f
+}
+
+/// A CSV field, quoted where it holds a comma or a quote.
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `path` made absolute, as a manifest field (before [`csv_field`]); a path
+/// that is not UTF-8 or that the reader would not give back is an error
+/// naming it.
+pub(crate) fn manifest_path(path: &Path) -> Result<String> {
+    let abs = std::path::absolute(path).at(path)?;
+    let p = abs
+        .to_str()
+        .ok_or_else(|| Error::data(path, "the path is not UTF-8: it cannot go into a manifest"))?;
+    if unreadable(p) {
+        return Err(Error::data(
+            path,
+            "a line break or edge spaces in the path cannot go into a manifest",
+        ));
+    }
+    Ok(p.to_string())
 }
 
 /// Indices of a split stratified by label: for each label, a seeded shuffle,
