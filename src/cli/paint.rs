@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::data::dataset::{csv_field, manifest_path, stratified_split};
+use crate::data::dataset::{csv_field, manifest_path, stratified_split_by_name};
 use crate::data::{image_io, paint, Dataset, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
@@ -62,9 +62,10 @@ pub fn run(a: Args) -> Result<()> {
             "needs a split column (train/val/test): the test rows must stay out of pretraining",
         ));
     }
-    if !a.clean_column.is_empty() {
-        let col = a.clean_column.to_ascii_lowercase();
-        if !ds.samples[0].columns.contains_key(&col) {
+    // The clean column as the reader keys it (lower case), if one is used.
+    let clean_col = (!a.clean_column.is_empty()).then(|| a.clean_column.to_ascii_lowercase());
+    if let Some(col) = &clean_col {
+        if !ds.samples[0].columns.contains_key(col) {
             return Err(Error::data(
                 &a.data,
                 format!(
@@ -83,23 +84,13 @@ pub fn run(a: Args) -> Result<()> {
         let train: Vec<usize> = (0..ds.samples.len())
             .filter(|&i| splits[i] == Some(Split::Train))
             .collect();
-        // Labels indexed among the training rows' own, as `train` does, so
-        // that the same seed sets the same images aside as `train` would.
-        let mut names: Vec<&str> = train
+        // Split as `train` splits its training rows, so that the same seed
+        // sets the same images aside.
+        let labels: Vec<&str> = train
             .iter()
             .map(|&i| ds.samples[i].label.as_str())
             .collect();
-        names.sort();
-        names.dedup();
-        let labels: Vec<usize> = train
-            .iter()
-            .map(|&i| {
-                names
-                    .binary_search(&ds.samples[i].label.as_str())
-                    .expect("present")
-            })
-            .collect();
-        let (_, val) = stratified_split(&labels, a.val_fraction, a.seed);
+        let (_, val) = stratified_split_by_name(&labels, a.val_fraction, a.seed);
         for v in val {
             splits[train[v]] = Some(Split::Val);
         }
@@ -109,8 +100,8 @@ pub fn run(a: Args) -> Result<()> {
         if splits[i] != Some(Split::Train) || s.label != a.clean_label {
             continue;
         }
-        if !a.clean_column.is_empty() {
-            let v = &s.columns[&a.clean_column.to_ascii_lowercase()];
+        if let Some(col) = &clean_col {
+            let v = &s.columns[col];
             let p: f64 = v.parse().map_err(|_| {
                 Error::data(
                     &a.data,

@@ -317,6 +317,25 @@ pub(crate) fn manifest_path(path: &Path) -> Result<String> {
     Ok(p.to_string())
 }
 
+/// [`stratified_split`] over label names: each label is indexed among the
+/// labels present in `labels` (sorted), so that every caller with the same
+/// rows and seed gets the same split (`train`'s validation hold-out, and
+/// `paint-cracks`, which sets the same images aside).
+pub fn stratified_split_by_name(
+    labels: &[&str],
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut names: Vec<&str> = labels.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let idx: Vec<usize> = labels
+        .iter()
+        .map(|l| names.binary_search(l).expect("present"))
+        .collect();
+    stratified_split(&idx, fraction, seed)
+}
+
 /// Indices of a split stratified by label: for each label, a seeded shuffle,
 /// then `round(fraction * n)` images (at least one where the label has two or
 /// more) go to the second part.

@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::data::dataset::{self, stratified_split, Dataset, Split};
+use crate::data::dataset::{self, stratified_split_by_name, Dataset, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model::checkpoint::{self, CardMetrics, ModelCard};
@@ -572,15 +572,8 @@ fn split(ds: &Dataset, cfg: &TrainConfig) -> Result<SplitSamples> {
     if !given_val.is_empty() {
         return Ok((pool, given_val, serde_json::json!({"kind": "manifest"})));
     }
-    let labels: Vec<usize> = {
-        let mut names: Vec<&str> = pool.iter().map(|s| s.label.as_str()).collect();
-        names.sort();
-        names.dedup();
-        pool.iter()
-            .map(|s| names.binary_search(&s.label.as_str()).expect("present"))
-            .collect()
-    };
-    let (tr, va) = stratified_split(&labels, cfg.val_fraction, cfg.seed);
+    let labels: Vec<&str> = pool.iter().map(|s| s.label.as_str()).collect();
+    let (tr, va) = stratified_split_by_name(&labels, cfg.val_fraction, cfg.seed);
     if va.is_empty() {
         return Err(Error::data(
             &ds.source,
@@ -657,9 +650,7 @@ pub fn loss_fn(
 /// gradient flows to the picked ones only.
 pub fn topk_scores(cwm: &Tensor, scaled: &Tensor, fraction: f64) -> Result<Tensor> {
     let (b, n, r, c) = cwm.dims4()?;
-    let per_pixel = cwm
-        .unsqueeze(2)?
-        .broadcast_mul(&scaled.unsqueeze(1)?)?
+    let per_pixel = crate::model::score::ccm(cwm, scaled)?
         .mean(2)?
         .reshape((b, n, r * c))?;
     let k = ((fraction * (r * c) as f64).round() as usize).clamp(1, r * c);
