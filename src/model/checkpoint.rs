@@ -76,9 +76,21 @@ pub struct ModelCard {
     /// Validation metrics of these weights.
     #[serde(default)]
     pub metrics: Option<CardMetrics>,
+    /// The model training started from (`train --init`): its folder and
+    /// weights' sha256. Absent for a model trained from a seeded start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSource>,
     /// The gcm-inspect version that wrote the card.
     #[serde(default)]
     pub written_by: String,
+}
+
+/// Where fine-tuning started: the initial model's folder and weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSource {
+    pub model: PathBuf,
+    pub weights_sha256: String,
 }
 
 impl ModelCard {
@@ -291,6 +303,7 @@ pub fn new_card(model: ModelConfig) -> ModelCard {
         training: None,
         data: None,
         metrics: None,
+        init: None,
         written_by: String::new(),
     }
 }

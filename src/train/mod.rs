@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::dataset::{self, stratified_split_by_name, Dataset, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
-use crate::model::checkpoint::{self, CardMetrics, ModelCard};
+use crate::model::checkpoint::{self, CardMetrics, InitSource, ModelCard};
 use crate::model::gcm::{init_varmap, varmap_tensors};
 use crate::model::{Gcm, ModelConfig};
 use crate::rng::Rng;
@@ -73,6 +73,10 @@ pub struct TrainState {
     /// Updates folded into the weight average so far (`ema_decay`).
     #[serde(default)]
     pub ema_updates: u64,
+    /// The model the run started from (`--init`), kept for the cards a
+    /// resumed run writes.
+    #[serde(default)]
+    pub init: Option<InitSource>,
 }
 
 /// One line of `history.jsonl`.
@@ -298,6 +302,16 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         )));
     }
 
+    // What the cards say the run started from: --init's model, or what the
+    // interrupted run's state recorded.
+    let init_source = match (&resume_state, &init) {
+        (Some(st), _) => st.init.clone(),
+        (None, Some(m)) => Some(InitSource {
+            model: std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone()),
+            weights_sha256: m.card.weights_sha256.clone(),
+        }),
+        (None, None) => None,
+    };
     let data_summary = serde_json::json!({
         "source": ds.source,
         "classes": classes,
@@ -485,6 +499,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
             training: Some(serde_json::to_value(&cfg).expect("config serialises")),
             data: Some(data_summary.clone()),
             metrics: Some(m.clone()),
+            init: init_source.clone(),
             ..checkpoint::new_card(model_cfg.clone())
         };
         let tensors = varmap_tensors(&varmap);
@@ -508,6 +523,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
                 best: best.clone(),
                 data: data_summary.clone(),
                 ema_updates: ema.as_ref().map_or(0, |e| e.updates()),
+                init: init_source.clone(),
             },
         )?;
         if let Some(s) = swapped {

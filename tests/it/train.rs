@@ -121,6 +121,9 @@ fn resume_continues_where_the_run_stopped() {
     ]);
     let st = json(&out.join("last/train_state.json"));
     assert_eq!(st["epochs_done"], 3);
+    // Trained from a seeded start: the card names no initial model.
+    let card = json(&out.join("model.json"));
+    assert!(card.get("init").is_none(), "{card}");
     let epochs: Vec<u64> = history(&out)
         .iter()
         .map(|r| r["epoch"].as_u64().unwrap())
@@ -492,6 +495,30 @@ fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
         card["model"]["classes"],
         serde_json::json!(["ok", "spot", "crack"])
     );
+    // The card says which model it started from, and a resumed run's cards
+    // still do.
+    let base_card = json(&base.join("model.json"));
+    let said_init = serde_json::json!({
+        "model": std::fs::canonicalize(&base).unwrap(),
+        "weights_sha256": base_card["weights_sha256"],
+    });
+    assert_eq!(card["init"], said_init);
+    ok(&[
+        "train",
+        "--data",
+        p(&data),
+        "--out",
+        p(&tuned),
+        "--resume",
+        "--epochs",
+        "2",
+        "--no-progress",
+    ]);
+    for f in ["model.json", "last/model.json"] {
+        let c = json(&tuned.join(f));
+        assert_eq!(c["init"], said_init, "{f}");
+    }
+    assert_eq!(json(&tuned.join("last/train_state.json"))["epochs_done"], 2);
     // A label the model does not know is refused.
     let other = t.path().join("other");
     synth(&other, 8, 16, "ok,inactive", 3);
