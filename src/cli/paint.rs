@@ -20,7 +20,9 @@ pub struct Args {
     pub data: PathBuf,
     /// Output folder: OUT/images/ (painted cells), OUT/pretrain.csv (each
     /// clean cell as it is and painted), OUT/task.csv (the real task's rows
-    /// with the validation marked `val`).
+    /// with the validation marked `val`), OUT/joint.csv (task.csv's rows and
+    /// every pretraining image as a training row: the second step's data,
+    /// so that the painted cracks stay in training).
     #[arg(long)]
     pub out: PathBuf,
     /// The label of clean cells; painted cells get --defect-label.
@@ -145,6 +147,8 @@ pub fn run(a: Args) -> Result<()> {
     pre.push('\n');
     let mut rng = Rng::derive(a.seed, 2);
     let mut per_strength = [0usize; paint::STRENGTHS.len()];
+    // (sample, painted copy) for joint.csv.
+    let mut painted = Vec::with_capacity(clean.len());
     for (k, &i) in clean.iter().enumerate() {
         let s = &ds.samples[i];
         let grey = match image_io::decode(&s.path)? {
@@ -170,6 +174,7 @@ pub fn run(a: Args) -> Result<()> {
         paint::paint(&grey, &cracks)
             .save(&out_path)
             .map_err(|e| Error::data(&out_path, format!("cannot write: {e}")))?;
+        painted.push((i, out_path.clone()));
         let split = if k < n_val { "val" } else { "train" };
         for (path, label, p) in [
             (manifest_path(&s.path)?, &a.clean_label, "0"),
@@ -189,8 +194,31 @@ pub fn run(a: Args) -> Result<()> {
     let pre_path = a.out.join("pretrain.csv");
     std::fs::write(&pre_path, pre).at(&pre_path)?;
 
-    // The real task, every row, with its validation marked.
+    // The real task, every row, with its validation marked; joint.csv adds
+    // each pretraining image as a training row, with the columns of the
+    // cell it was made from (the clean column 0 as it is, 1 painted).
     let cols: Vec<String> = ds.samples[0].columns.keys().cloned().collect();
+    let row = |path: &std::path::Path,
+               label: &str,
+               split: &str,
+               s: &crate::data::Sample,
+               clean: Option<&str>|
+     -> Result<String> {
+        let mut r = format!(
+            "{},{},{split}",
+            csv_field(&manifest_path(path)?),
+            csv_field(label)
+        );
+        for c in &cols {
+            let v = match (clean, &clean_col) {
+                (Some(v), Some(cc)) if cc == c => v,
+                _ => s.columns.get(c).map(String::as_str).unwrap_or(""),
+            };
+            r.push_str(&format!(",{}", csv_field(v)));
+        }
+        r.push('\n');
+        Ok(r)
+    };
     let mut task = String::from("path,label,split");
     for c in &cols {
         task.push_str(&format!(",{}", csv_field(c)));
@@ -203,21 +231,18 @@ pub fn run(a: Args) -> Result<()> {
             Some(Split::Test) => "test",
             None => "",
         };
-        task.push_str(&format!(
-            "{},{},{split}",
-            csv_field(&manifest_path(&s.path)?),
-            csv_field(&s.label)
-        ));
-        for c in &cols {
-            task.push_str(&format!(
-                ",{}",
-                csv_field(s.columns.get(c).map(String::as_str).unwrap_or(""))
-            ));
-        }
-        task.push('\n');
+        task.push_str(&row(&s.path, &s.label, split, s, None)?);
+    }
+    let mut joint = task.clone();
+    for (i, painted_path) in &painted {
+        let s = &ds.samples[*i];
+        joint.push_str(&row(&s.path, &a.clean_label, "train", s, Some("0"))?);
+        joint.push_str(&row(painted_path, &a.defect_label, "train", s, Some("1"))?);
     }
     let task_path = a.out.join("task.csv");
     std::fs::write(&task_path, task).at(&task_path)?;
+    let joint_path = a.out.join("joint.csv");
+    std::fs::write(&joint_path, joint).at(&joint_path)?;
 
     let n_task_val = splits.iter().filter(|s| **s == Some(Split::Val)).count();
     let strengths: Vec<String> = paint::STRENGTHS
@@ -241,6 +266,11 @@ pub fn run(a: Args) -> Result<()> {
             "as the manifest gives them"
         },
         task_path.display()
+    );
+    println!(
+        "real task with the {} pretraining images as training images: {}",
+        2 * clean.len(),
+        joint_path.display()
     );
     Ok(())
 }

@@ -128,6 +128,23 @@ fn paint_cracks_paints_clean_training_cells_only_and_sets_the_validation_aside()
     let held = pre.iter().filter(|r| r["split"] == "val").count();
     assert_eq!(held, 2 * (0.15 * clean.len() as f64).round() as usize);
 
+    // joint.csv: task.csv's rows, then every pretraining image as a
+    // training row with the columns of its cell (probability 0 / 1).
+    let joint = rows(&out.join("joint.csv"));
+    assert_eq!(joint.len(), task.len() + pre.len());
+    assert_eq!(joint[..task.len()], task[..]);
+    for (j, r) in joint[task.len()..].iter().zip(&pre) {
+        assert_eq!(
+            j.keys().collect::<Vec<_>>(),
+            task[0].keys().collect::<Vec<_>>()
+        );
+        assert_eq!((&j["path"], &j["label"]), (&r["path"], &r["label"]));
+        assert_eq!(j["split"], "train");
+        assert_eq!(j["type"], "mono");
+        let p = if r["label"] == "ok" { "0" } else { "1" };
+        assert_eq!(j["probability"], p);
+    }
+
     // The same seed writes the same files.
     let again = t.path().join("again");
     ok(&[
