@@ -503,17 +503,7 @@ fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
         "weights_sha256": base_card["weights_sha256"],
     });
     assert_eq!(card["init"], said_init);
-    ok(&[
-        "train",
-        "--data",
-        p(&data),
-        "--out",
-        p(&tuned),
-        "--resume",
-        "--epochs",
-        "2",
-        "--no-progress",
-    ]);
+    ok(&resume_args(&data, &tuned, "2"));
     for f in ["model.json", "last/model.json"] {
         let c = json(&tuned.join(f));
         assert_eq!(c["init"], said_init, "{f}");
