@@ -5,6 +5,17 @@ use clap::Parser;
 
 fn main() {
     let cli = gcm_inspect::cli::Cli::parse();
+    // A one-shot command whose output is cut short (`gcm-inspect eval ... |
+    // head`) ends as other Unix tools do, on SIGPIPE, instead of panicking in
+    // println!. The daemon keeps SIGPIPE ignored: an HTTP client that hangs
+    // up must not stop the line.
+    #[cfg(target_os = "linux")]
+    if !matches!(cli.command, gcm_inspect::cli::Command::Run(_)) {
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     gcm_inspect::cli::init_tracing(cli.verbose);
     match gcm_inspect::heap::tune() {
         Ok(t) => tracing::debug!(?t, "allocator"),

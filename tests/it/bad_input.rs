@@ -249,3 +249,38 @@ fn training_config_unknown_key_is_named_with_line() {
         "{err}"
     );
 }
+
+/// `gcm-inspect synth ... | head` where the reader has gone: the command ends
+/// on SIGPIPE, as Unix tools do, with no panic on stderr.
+#[cfg(target_os = "linux")]
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    // The reader is gone before the command writes: its first line hits EPIPE.
+    drop(reader);
+    let child = bin()
+        .args(["synth", "--out", p(&t.path().join("s")), "--count", "2"])
+        .args(["--size", "16"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+    // Its work was done before it wrote the line.
+    let written = files(&t.path().join("s"));
+    assert_eq!(
+        written.iter().filter(|f| f.ends_with(".png")).count(),
+        2,
+        "{written:?}"
+    );
+}
