@@ -8,10 +8,11 @@
 //!
 //! On the CPU the whole network is planned once per batch size and input size
 //! ([`crate::engine::conv::ConvPlan`] per layer, buffers allocated once) and
-//! reused for every frame. A batch of at least one image per thread runs
-//! depth-first, each thread taking whole images through the whole network so
-//! an image's feature maps stay in that core's cache; smaller batches run
-//! layer by layer with every layer split across the threads.
+//! reused for every frame. A batch of at least one image per thread (two
+//! images or more) runs depth-first, each thread taking whole images through
+//! the whole network so an image's feature maps stay in that core's cache;
+//! one image, or fewer images than threads, runs layer by layer with every
+//! layer split across the threads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -231,8 +232,8 @@ struct Executor {
     images: usize,
     /// Whole-batch buffers (layer-by-layer mode).
     batch: Buffers,
-    /// One-image buffers per thread (depth-first mode); empty when the batch
-    /// is smaller than the thread count.
+    /// One-image buffers per thread (depth-first mode); empty for one image
+    /// or a batch smaller than the thread count.
     workers: Vec<Buffers>,
 }
 
@@ -313,7 +314,11 @@ impl Executor {
             heads,
         };
         let threads = rayon::current_num_threads();
-        let depth_first = threads > 1 && batch >= threads;
+        // Depth first (each thread runs whole images through the network)
+        // whenever every thread has an image, one thread included: a batch
+        // layer by layer walks activations of the whole batch through the
+        // caches at every layer.
+        let depth_first = batch > 1 && batch >= threads;
         Ok(Executor {
             batch: Buffers::new(&plans, if depth_first { 0 } else { batch }),
             workers: if depth_first {
@@ -472,5 +477,43 @@ mod tests {
                 assert!(d < 1e-4, "shared={shared}: max diff {d}");
             }
         }
+    }
+
+    /// Depth first (one thread, or as many threads as images) and layer by
+    /// layer (more threads than images) give the same bits.
+    #[test]
+    fn executor_paths_agree_bit_for_bit() {
+        let mut cfg = ModelConfig::table3(12, 16, 3, vec!["a".into(), "b".into()]);
+        cfg.encoder_widths = vec![4, 8, 8];
+        let (net, _vm) = Gcm::init(&cfg, 3, &Device::Cpu).unwrap();
+        let x = Tensor::rand(0f32, 1.0, (3, 3, 12, 16), &Device::Cpu).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            // A fresh network per pool: executors are planned for the pool
+            // they first run on.
+            let folded = FoldedGcm::new(&net).unwrap();
+            let out = pool.install(|| folded.forward(&x)).unwrap();
+            let paths = folded.plans.lock().unwrap()[&[3, 3, 12, 16]].workers.len();
+            (
+                out.cwm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                paths,
+            )
+        };
+        let (one, w1) = run(1);
+        let (two, w2) = run(2);
+        let (four, w4) = run(4);
+        assert_eq!((w1, w2, w4), (1, 2, 0), "depth-first workers per pool");
+        assert!(one.iter().any(|&v| v != 0.0));
+        assert!(one
+            .iter()
+            .zip(&two)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(one
+            .iter()
+            .zip(&four)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
