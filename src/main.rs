@@ -5,6 +5,8 @@ use clap::Parser;
 
 fn main() {
     let cli = gcm_inspect::cli::Cli::parse();
+    // Before any thread starts (set_var) and before candle's pool exists.
+    let spin = gcm_inspect::engine::tune_candle_pool();
     // A one-shot command whose output is cut short (`gcm-inspect eval ... |
     // head`) ends as other Unix tools do, on SIGPIPE, instead of panicking in
     // println!. The daemon keeps SIGPIPE ignored: an HTTP client that hangs
@@ -17,6 +19,10 @@ fn main() {
         }
     }
     gcm_inspect::cli::init_tracing(cli.verbose);
+    match spin {
+        Some(v) => tracing::debug!("candle pool spin limit {v}"),
+        None => tracing::debug!("candle pool spin limit left to the environment"),
+    }
     match gcm_inspect::heap::tune() {
         Ok(t) => tracing::debug!(?t, "allocator"),
         Err(e) => tracing::warn!("allocator settings not applied: {e}"),
