@@ -496,10 +496,10 @@ mod tests {
             // they first run on.
             let folded = FoldedGcm::new(&net).unwrap();
             let out = pool.install(|| folded.forward(&x)).unwrap();
-            let paths = folded.plans.lock().unwrap()[&[3, 3, 12, 16]].workers.len();
+            let workers = folded.plans.lock().unwrap()[&[3, 3, 12, 16]].workers.len();
             (
                 out.cwm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                paths,
+                workers,
             )
         };
         let (one, w1) = run(1);
