@@ -8,11 +8,11 @@
 //!
 //! On the CPU the whole network is planned once per batch size and input size
 //! ([`crate::engine::conv::ConvPlan`] per layer, buffers allocated once) and
-//! reused for every frame. A batch of at least one image per thread (two
-//! images or more) runs depth-first, each thread taking whole images through
-//! the whole network so an image's feature maps stay in that core's cache;
-//! one image, or fewer images than threads, runs layer by layer with every
-//! layer split across the threads.
+//! reused for every frame. A batch of at least one image per thread runs
+//! depth-first, each thread taking whole images through the whole network so
+//! an image's feature maps stay in that core's cache (on one thread, every
+//! batch); fewer images than threads run layer by layer with every layer
+//! split across the threads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -232,8 +232,8 @@ struct Executor {
     images: usize,
     /// Whole-batch buffers (layer-by-layer mode).
     batch: Buffers,
-    /// One-image buffers per thread (depth-first mode); empty for one image
-    /// or a batch smaller than the thread count.
+    /// One-image buffers per thread (depth-first mode); empty when the batch
+    /// is smaller than the thread count.
     workers: Vec<Buffers>,
 }
 
@@ -317,8 +317,9 @@ impl Executor {
         // Depth first (each thread runs whole images through the network)
         // whenever every thread has an image, one thread included: a batch
         // layer by layer walks activations of the whole batch through the
-        // caches at every layer.
-        let depth_first = batch > 1 && batch >= threads;
+        // caches at every layer, and on one thread each layer's loop would
+        // still be split and handed through the pool.
+        let depth_first = batch >= threads;
         Ok(Executor {
             batch: Buffers::new(&plans, if depth_first { 0 } else { batch }),
             workers: if depth_first {
@@ -486,8 +487,7 @@ mod tests {
         let mut cfg = ModelConfig::table3(12, 16, 3, vec!["a".into(), "b".into()]);
         cfg.encoder_widths = vec![4, 8, 8];
         let (net, _vm) = Gcm::init(&cfg, 3, &Device::Cpu).unwrap();
-        let x = Tensor::rand(0f32, 1.0, (3, 3, 12, 16), &Device::Cpu).unwrap();
-        let run = |threads: usize| {
+        let run = |x: &Tensor, threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -495,25 +495,29 @@ mod tests {
             // A fresh network per pool: executors are planned for the pool
             // they first run on.
             let folded = FoldedGcm::new(&net).unwrap();
-            let out = pool.install(|| folded.forward(&x)).unwrap();
-            let workers = folded.plans.lock().unwrap()[&[3, 3, 12, 16]].workers.len();
+            let out = pool.install(|| folded.forward(x)).unwrap();
+            let key: [usize; 4] = x.dims4().unwrap().into();
+            let workers = folded.plans.lock().unwrap()[&key].workers.len();
             (
                 out.cwm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 workers,
             )
         };
-        let (one, w1) = run(1);
-        let (two, w2) = run(2);
-        let (four, w4) = run(4);
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        // A batch of three: depth first on 1 and 2 threads, layer by layer on 4.
+        let x = Tensor::rand(0f32, 1.0, (3, 3, 12, 16), &Device::Cpu).unwrap();
+        let (one, w1) = run(&x, 1);
+        let (two, w2) = run(&x, 2);
+        let (four, w4) = run(&x, 4);
         assert_eq!((w1, w2, w4), (1, 2, 0), "depth-first workers per pool");
         assert!(one.iter().any(|&v| v != 0.0));
-        assert!(one
-            .iter()
-            .zip(&two)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert!(one
-            .iter()
-            .zip(&four)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(same(&one, &two) && same(&one, &four));
+        // One image: depth first on one thread, layer by layer on two.
+        let x = Tensor::rand(0f32, 1.0, (1, 3, 12, 16), &Device::Cpu).unwrap();
+        let (one, w1) = run(&x, 1);
+        let (two, w2) = run(&x, 2);
+        assert_eq!((w1, w2), (1, 0), "depth-first workers per pool, one image");
+        assert!(one.iter().any(|&v| v != 0.0));
+        assert!(same(&one, &two));
     }
 }
