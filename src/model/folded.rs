@@ -336,11 +336,12 @@ impl Executor {
     /// `x`: scaled input `[B, D, R, C]`; `cwm`: `[B, N, R, C]`.
     fn run(&mut self, x: &[f32], cwm: &mut [f32]) {
         if self.workers.is_empty() {
-            // The whole pass as one job on the pool: each layer's parallel
-            // loop then starts from a pool thread, instead of the caller
-            // handing every layer to the pool and sleeping until it is done
-            // (a round trip per layer; batch 1, the daemon's case, runs
-            // 1.3-1.6x faster so on an AMD Zen 5 machine: BENCHMARKS.md).
+            // Fewer images than threads (so two threads or more). The whole
+            // pass as one job on the pool: each layer's parallel loop then
+            // starts from a pool thread, instead of the caller handing every
+            // layer to the pool and sleeping until it is done (a round trip
+            // per layer; batch 1 on two threads, the daemon's case, runs
+            // 1.3-1.4x faster so on an AMD Zen 5 machine: BENCHMARKS.md).
             let (plans, bufs, classes) = (&self.plans, &mut self.batch, self.classes);
             rayon::scope(|_| run_network(plans, bufs, x, cwm, classes, true));
             return;
