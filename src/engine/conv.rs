@@ -15,7 +15,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{conv_tile, wgrad_kernel, ConvFn, ConvJob, OutPtr, WgradJob};
+pub(crate) use super::kernels::OutPtr;
+use super::kernels::{conv_tile, wgrad_kernel, ConvFn, ConvJob, WgradJob};
 use super::simd::Isa;
 
 fn round_up(x: usize, m: usize) -> usize {
@@ -142,6 +143,19 @@ fn with_prep<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Batches at least this many times the thread count run one image per task
 /// (prepared input and output of an image stay in the core's cache).
 const IMAGES_PER_THREAD: usize = 2;
+
+/// How one [`ConvPlan::run`] is cut into tasks ([`ConvPlan::split`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    /// Tasks in all: images x bands.
+    pub tasks: usize,
+    /// Output rows per band (the last may be shorter).
+    rows: usize,
+    /// Bands per image.
+    bands: usize,
+    /// Output rows of the tallest part.
+    max_rows: usize,
+}
 
 /// Images summed into one partial weight gradient before the partials are
 /// added in order (fixed, so the sum does not depend on the thread count).
@@ -444,45 +458,79 @@ impl ConvPlan {
         if batch == 0 {
             return;
         }
-        let nob = self.cout.div_ceil(self.ocb);
-        let kernel = self.kernel;
-        let in_img = self.cin * self.h * self.w;
-        // Whole images per task when there are enough of them; otherwise
-        // bands of output rows, each task preparing just the input rows its
-        // band reads (one parallel region per layer, no shared scratch).
+        let split = self.split(batch);
+        (0..split.tasks).into_par_iter().for_each(|t| {
+            // SAFETY: the caller's `outp` is valid for `out_len` writes, which
+            // is the output's size (checked above); tasks write disjoint
+            // elements.
+            unsafe { self.run_task(x, &split, t, outp, out_len) }
+        });
+    }
+
+    /// How [`ConvPlan::run`] cuts `batch` images into tasks on the current
+    /// pool: whole images per task when there are enough of them; otherwise
+    /// bands of output rows, each task preparing just the input rows its
+    /// band reads (no shared scratch).
+    pub fn split(&self, batch: usize) -> Split {
         let max_rows = self.parts.iter().map(|p| p.oh).max().unwrap_or(1);
         let rpt = if batch >= IMAGES_PER_THREAD * rayon::current_num_threads() {
             max_rows
         } else {
             rows_per_task(max_rows, batch, self.min_task_rows)
         };
-        let chunks = max_rows.div_ceil(rpt);
-        (0..batch * chunks).into_par_iter().for_each(|t| {
-            let (b, r0) = (t / chunks, (t % chunks) * rpt);
-            let r1 = (r0 + rpt).min(max_rows);
-            with_prep(self.scratch_len(), |prep| {
-                let lo = r0 * self.row_step;
-                let hi = ((r1 - 1) * self.row_step + self.row_span).min(self.prep.rows);
-                self.prep
-                    .fill_rows(&x[b * in_img..(b + 1) * in_img], prep, lo, hi);
-                for p in &self.parts {
-                    let pr1 = r1.min(p.oh);
-                    if r0 >= pr1 {
-                        continue;
-                    }
-                    let job = self.job(p, prep, 0, outp, out_len);
-                    for ob in 0..nob {
-                        // SAFETY: `kernel` was chosen by `conv_tile` for the
-                        // detected ISA; the packed weights were sized by this
-                        // plan and `prep` holds every input row the rows
-                        // `r0..pr1` read; tasks write disjoint (image, rows),
-                        // and the phases of a transposed convolution write
-                        // disjoint pixels.
-                        unsafe { kernel(&job, b, ob, r0, pr1) }
-                    }
+        let bands = max_rows.div_ceil(rpt);
+        Split {
+            tasks: batch * bands,
+            rows: rpt,
+            bands,
+            max_rows,
+        }
+    }
+
+    /// Task `t` of `split` on `x` (the whole batch's input): one image's
+    /// band of output rows, on the calling thread.
+    ///
+    /// # Safety
+    /// `outp` must be valid for writes of `out_len` floats, the size of the
+    /// batch's output, and no other thread may run the same task at once
+    /// (different tasks write disjoint elements).
+    pub(crate) unsafe fn run_task(
+        &self,
+        x: &[f32],
+        split: &Split,
+        t: usize,
+        outp: OutPtr,
+        out_len: usize,
+    ) {
+        let in_img = self.cin * self.h * self.w;
+        debug_assert!(t < split.tasks && x.len() >= split.tasks / split.bands * in_img);
+        debug_assert_eq!(out_len, split.tasks / split.bands * self.out_len());
+        let nob = self.cout.div_ceil(self.ocb);
+        let kernel = self.kernel;
+        let (b, r0) = (t / split.bands, (t % split.bands) * split.rows);
+        let r1 = (r0 + split.rows).min(split.max_rows);
+        with_prep(self.scratch_len(), |prep| {
+            let lo = r0 * self.row_step;
+            let hi = ((r1 - 1) * self.row_step + self.row_span).min(self.prep.rows);
+            self.prep
+                .fill_rows(&x[b * in_img..(b + 1) * in_img], prep, lo, hi);
+            for p in &self.parts {
+                let pr1 = r1.min(p.oh);
+                if r0 >= pr1 {
+                    continue;
                 }
-            })
-        });
+                let job = self.job(p, prep, 0, outp, out_len);
+                for ob in 0..nob {
+                    // SAFETY: `kernel` was chosen by `conv_tile` for the
+                    // detected ISA; the packed weights were sized by this
+                    // plan and `prep` holds every input row the rows
+                    // `r0..pr1` read; tasks write disjoint (image, rows),
+                    // and the phases of a transposed convolution write
+                    // disjoint pixels.
+                    unsafe { kernel(&job, b, ob, r0, pr1) }
+                }
+            }
+        })
     }
 
     /// Runs one image on the calling thread only: `x` `[cin, h, w]`,

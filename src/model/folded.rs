@@ -15,6 +15,7 @@
 //! split across the threads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Result, Tensor};
@@ -25,7 +26,7 @@ use super::gcm::{head, Gcm, GcmOutput};
 use super::layers::{ConvBnRelu, Op};
 use super::score::gcm_score;
 use crate::engine;
-use crate::engine::conv::ConvPlan;
+use crate::engine::conv::{ConvPlan, OutPtr, Split};
 use crate::engine::Isa;
 
 /// One folded layer: convolution (or transposed convolution) + bias + ReLU.
@@ -228,6 +229,8 @@ impl Buffers {
 #[derive(Debug)]
 struct Executor {
     plans: Plans,
+    /// The pass over `plans` ([`schedule`]).
+    steps: Vec<Step>,
     classes: usize,
     images: usize,
     /// Whole-batch buffers (layer-by-layer mode).
@@ -327,6 +330,7 @@ impl Executor {
             } else {
                 Vec::new()
             },
+            steps: schedule(&plans),
             plans,
             classes: n,
             images: batch,
@@ -335,19 +339,13 @@ impl Executor {
 
     /// `x`: scaled input `[B, D, R, C]`; `cwm`: `[B, N, R, C]`.
     fn run(&mut self, x: &[f32], cwm: &mut [f32]) {
+        let (plans, steps, classes) = (&self.plans, &self.steps[..], self.classes);
         if self.workers.is_empty() {
-            // Fewer images than threads (so two threads or more). The whole
-            // pass as one job on the pool: each layer's parallel loop then
-            // starts from a pool thread, instead of the caller handing every
-            // layer to the pool and sleeping until it is done (a round trip
-            // per layer; batch 1 on two threads, the daemon's case, runs
-            // 1.3-1.4x faster so on an AMD Zen 5 machine: BENCHMARKS.md).
-            let (plans, bufs, classes) = (&self.plans, &mut self.batch, self.classes);
-            rayon::scope(|_| run_network(plans, bufs, x, cwm, classes, true));
+            // Fewer images than threads (so two threads or more): every
+            // layer split across the threads (see `run_spread`).
+            run_spread(plans, steps, &mut self.batch, x, cwm, classes);
             return;
         }
-        let plans = &self.plans;
-        let classes = self.classes;
         let batch = self.images;
         let per_in = x.len() / batch;
         let per_out = cwm.len() / batch;
@@ -360,74 +358,308 @@ impl Executor {
             )
             .for_each(|(bufs, (xs, outs))| {
                 for (xi, oi) in xs.chunks(per_in).zip(outs.chunks_mut(per_out)) {
-                    run_network(plans, bufs, xi, oi, classes, false);
+                    run_image(plans, steps, bufs, xi, oi, classes);
                 }
             });
     }
 }
 
-/// Runs every layer on `bufs.batch` images; `parallel`: split each layer
-/// across the threads (else the calling thread does all the work).
-fn run_network(
+/// A layer's plan in [`Plans`].
+#[derive(Clone, Copy, Debug)]
+enum PlanId {
+    Encoder(usize),
+    Decoder(usize, usize),
+    Head(usize),
+}
+
+impl Plans {
+    fn get(&self, id: PlanId) -> &ConvPlan {
+        match id {
+            PlanId::Encoder(i) => &self.encoder[i],
+            PlanId::Decoder(j, i) => &self.decoders[j][i],
+            PlanId::Head(j) => &self.heads[j],
+        }
+    }
+}
+
+// The buffers a step reads or writes, as indices into a [`Table`]: the
+// input, the encoder's and the decoders' ping-pong pairs, the single-class
+// head's output and the CWM.
+const INPUT: usize = 0;
+const ENC: [usize; 2] = [1, 2];
+const DEC: [usize; 2] = [3, 4];
+const HEAD: usize = 5;
+const CWM: usize = 6;
+
+/// One step of a pass.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// A layer, from buffer `src` into buffer `dst` (never the same).
+    Conv {
+        plan: PlanId,
+        src: usize,
+        dst: usize,
+    },
+    /// A single-class head's maps (in `HEAD`) into class `class` of the CWM.
+    Copy { class: usize },
+}
+
+/// The steps of one pass, in order: the encoder, then per decoder its
+/// layers and its head, each layer reading the buffer the one before wrote.
+fn schedule(p: &Plans) -> Vec<Step> {
+    // Ping-pong through a pair of buffers; returns where the output is.
+    fn chain(steps: &mut Vec<Step>, ids: &[PlanId], input: usize, pair: [usize; 2]) -> usize {
+        let mut cur = input;
+        for (i, &plan) in ids.iter().enumerate() {
+            let dst = pair[i % 2];
+            steps.push(Step::Conv {
+                plan,
+                src: cur,
+                dst,
+            });
+            cur = dst;
+        }
+        cur
+    }
+    let mut steps = Vec::new();
+    let ids: Vec<_> = (0..p.encoder.len()).map(PlanId::Encoder).collect();
+    let enc = chain(&mut steps, &ids, INPUT, ENC);
+    for (j, dec) in p.decoders.iter().enumerate() {
+        // Every decoder reads the encoder's output and reuses the same pair.
+        let ids: Vec<_> = (0..dec.len()).map(|i| PlanId::Decoder(j, i)).collect();
+        let d = chain(&mut steps, &ids, enc, DEC);
+        let plan = PlanId::Head(j);
+        if p.heads.len() == 1 {
+            steps.push(Step::Conv {
+                plan,
+                src: d,
+                dst: CWM,
+            });
+        } else {
+            steps.push(Step::Conv {
+                plan,
+                src: d,
+                dst: HEAD,
+            });
+            steps.push(Step::Copy { class: j });
+        }
+    }
+    steps
+}
+
+/// Raw views of one pass's buffers, indexed as the steps name them
+/// (`INPUT` is only ever read).
+struct Table([(OutPtr, usize); 7]);
+
+impl Table {
+    fn new(bufs: &mut Buffers, x: &[f32], cwm: &mut [f32]) -> Table {
+        let view = |v: &mut [f32]| (OutPtr(v.as_mut_ptr()), v.len());
+        let [e0, e1] = &mut bufs.enc;
+        let [d0, d1] = &mut bufs.dec;
+        Table([
+            (OutPtr(x.as_ptr().cast_mut()), x.len()),
+            view(e0),
+            view(e1),
+            view(d0),
+            view(d1),
+            view(&mut bufs.head),
+            view(cwm),
+        ])
+    }
+
+    /// Input and output of `plan` on `b` images: `src` read, `dst` written.
+    ///
+    /// # Safety
+    /// The table's buffers must be alive, and nobody may write `src` while
+    /// the returned slice is in use.
+    unsafe fn conv(
+        &self,
+        plan: &ConvPlan,
+        b: usize,
+        src: usize,
+        dst: usize,
+    ) -> (&[f32], OutPtr, usize) {
+        let (n_in, n_out) = (b * plan.cin * plan.h * plan.w, b * plan.out_len());
+        let (s, d) = (self.0[src], self.0[dst]);
+        assert!(
+            src != dst && dst != INPUT && n_in <= s.1 && n_out <= d.1,
+            "step buffers"
+        );
+        // SAFETY: `s` views a live buffer of `s.1 >= n_in` floats that is not
+        // written meanwhile (the caller's promise); it is not `dst`.
+        (
+            unsafe { std::slice::from_raw_parts(s.0 .0, n_in) },
+            d.0,
+            n_out,
+        )
+    }
+}
+
+/// One step of a one-image pass on the calling thread alone (`scratch`: a
+/// prepared input).
+///
+/// # Safety
+/// As [`Table::conv`]; no other thread uses the table's buffers.
+unsafe fn run_step(p: &Plans, step: Step, t: &Table, classes: usize, scratch: &mut [f32]) {
+    match step {
+        Step::Conv { plan, src, dst } => {
+            let plan = p.get(plan);
+            // SAFETY: the caller's promise; `dst` is this thread's alone.
+            unsafe {
+                let (x, out, n) = t.conv(plan, 1, src, dst);
+                plan.run_image(x, scratch, std::slice::from_raw_parts_mut(out.0, n));
+            }
+        }
+        // SAFETY: as above.
+        Step::Copy { class } => unsafe { copy_head(p, t, 1, classes, class, 0, 1) },
+    }
+}
+
+/// Images `b0..b1` of the single-class head's maps into class `class` of
+/// the CWM (`b` images in the pass).
+///
+/// # Safety
+/// As [`Table::conv`]; no other thread writes those images' maps of `class`.
+unsafe fn copy_head(
     p: &Plans,
+    t: &Table,
+    b: usize,
+    classes: usize,
+    class: usize,
+    b0: usize,
+    b1: usize,
+) {
+    let rc = p.heads[0].oh * p.heads[0].ow;
+    let ((head, hn), (cwm, cn)) = (t.0[HEAD], t.0[CWM]);
+    assert!(
+        b * rc <= hn && b * classes * rc <= cn && b1 <= b,
+        "head buffers"
+    );
+    for bi in b0..b1 {
+        // SAFETY: in bounds (asserted); the head buffer and the CWM are
+        // different buffers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                head.0.add(bi * rc),
+                cwm.0.add((bi * classes + class) * rc),
+                rc,
+            );
+        }
+    }
+}
+
+/// One image through the whole network on the calling thread.
+fn run_image(
+    p: &Plans,
+    steps: &[Step],
     bufs: &mut Buffers,
     x: &[f32],
     cwm: &mut [f32],
     classes: usize,
-    parallel: bool,
+) {
+    let t = Table::new(bufs, x, cwm);
+    for &step in steps {
+        // SAFETY: the table views `bufs`, `x` and `cwm`, all borrowed here
+        // for the whole pass, and only this thread uses them.
+        unsafe { run_step(p, step, &t, classes, &mut bufs.scratch) };
+    }
+}
+
+/// A batch smaller than the thread count, every layer split across the
+/// threads. The threads stay in the pass from the first layer to the last:
+/// each claims the layer's tasks (image x band of rows) one at a time from
+/// a shared counter, and before the next layer waits, spinning briefly and
+/// then yielding its core, until every task of this one is done. Handing
+/// each layer to the pool instead put the idle thread to sleep and woke it
+/// again between layers (on a 2-core Intel machine some 14 context
+/// switches per image at batch 1). A thread that joins late takes whatever
+/// is left, so no thread waits for another to arrive.
+fn run_spread(
+    p: &Plans,
+    steps: &[Step],
+    bufs: &mut Buffers,
+    x: &[f32],
+    cwm: &mut [f32],
+    classes: usize,
 ) {
     let b = bufs.batch;
-    let apply = |plan: &ConvPlan, src: &[f32], dst: &mut [f32], scratch: &mut [f32]| {
-        let dst = &mut dst[..b * plan.out_len()];
-        if parallel {
-            plan.run(src, b, dst);
-        } else {
-            plan.run_image(src, scratch, dst);
-        }
-    };
-    // Ping-pong through a pair of buffers; returns where the output is.
-    let chain = |plans: &[ConvPlan], x: &[f32], pair: &mut [Vec<f32>; 2], scratch: &mut [f32]| {
-        let mut cur: Option<usize> = None;
-        for (i, plan) in plans.iter().enumerate() {
-            let (first, second) = pair.split_at_mut(1);
-            let (other, dst) = if i % 2 == 0 {
-                (&second[0], &mut first[0])
-            } else {
-                (&first[0], &mut second[0])
-            };
-            let src = match cur {
-                None => x,
-                Some(_) => &other[..b * plan.cin * plan.h * plan.w],
-            };
-            apply(plan, src, dst, scratch);
-            cur = Some(i % 2);
-        }
-        cur
-    };
-    let enc = chain(&p.encoder, x, &mut bufs.enc, &mut bufs.scratch);
-    let enc_len = p.encoder.last().map_or(x.len(), |q| b * q.out_len());
-    let enc_out: &[f32] = match enc {
-        None => x,
-        Some(i) => &bufs.enc[i][..enc_len],
-    };
-    let (r, c) = (p.heads[0].oh, p.heads[0].ow);
-    for (j, (dec, head)) in p.decoders.iter().zip(&p.heads).enumerate() {
-        let d = chain(dec, enc_out, &mut bufs.dec, &mut bufs.scratch);
-        let h: &[f32] = match d {
-            None => enc_out,
-            Some(i) => &bufs.dec[i][..b * head.cin * head.h * head.w],
-        };
-        if p.heads.len() == 1 {
-            apply(head, h, cwm, &mut bufs.scratch);
-        } else {
-            apply(head, h, &mut bufs.head, &mut bufs.scratch);
-            for bi in 0..b {
-                let dst = (bi * classes + j) * r * c;
-                cwm[dst..dst + r * c].copy_from_slice(&bufs.head[bi * r * c..(bi + 1) * r * c]);
+    let t = Table::new(bufs, x, cwm);
+    // Per step: its tasks, the next one to claim, the ones finished.
+    let work: Vec<(usize, Option<Split>)> = steps
+        .iter()
+        .map(|s| match *s {
+            Step::Conv { plan, .. } => {
+                let split = p.get(plan).split(b);
+                (split.tasks, Some(split))
             }
+            Step::Copy { .. } => (b, None),
+        })
+        .collect();
+    let next: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
+    let done: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
+    let worker = || {
+        for (i, &step) in steps.iter().enumerate() {
+            if i > 0 {
+                wait_for(&done[i - 1], work[i - 1].0);
+            }
+            loop {
+                let task = next[i].fetch_add(1, Ordering::Relaxed);
+                if task >= work[i].0 {
+                    break;
+                }
+                match (step, &work[i].1) {
+                    (Step::Conv { plan, src, dst }, Some(split)) => {
+                        let plan = p.get(plan);
+                        // SAFETY: the table views buffers borrowed for the
+                        // whole pass; `src` was finished by the step before
+                        // (awaited above) and nobody writes it in this
+                        // step; each task writes its own (image, rows) of
+                        // `dst`, claimed by one thread only.
+                        unsafe {
+                            let (x, out, n) = t.conv(plan, b, src, dst);
+                            plan.run_task(x, split, task, out, n);
+                        }
+                    }
+                    // SAFETY: as above; the task is image `task`'s copy.
+                    (Step::Copy { class }, _) => unsafe {
+                        copy_head(p, &t, b, classes, class, task, task + 1)
+                    },
+                    _ => unreachable!("a convolution step without its split"),
+                }
+                done[i].fetch_add(1, Ordering::Release);
+            }
+        }
+    };
+    rayon::scope(|s| {
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(|_| worker());
+        }
+        worker();
+    });
+}
+
+/// Waits until `counter` reaches `target`: spins for a short while (a
+/// layer's last tasks finish within microseconds), then yields the core.
+fn wait_for(counter: &AtomicUsize, target: usize) {
+    if counter.load(Ordering::Acquire) >= target {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let mut spins = 0u32;
+    while counter.load(Ordering::Acquire) < target {
+        if spins < SPIN_CHECK || start.elapsed() < SPIN_FOR {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+        } else {
+            std::thread::yield_now();
         }
     }
 }
+
+/// How long a thread spins for the previous layer's last tasks before it
+/// yields its core, and the spins before it first looks at the clock.
+const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN_CHECK: u32 = 64;
 
 #[cfg(test)]
 mod tests {
@@ -487,38 +719,56 @@ mod tests {
     fn executor_paths_agree_bit_for_bit() {
         let mut cfg = ModelConfig::table3(12, 16, 3, vec!["a".into(), "b".into()]);
         cfg.encoder_widths = vec![4, 8, 8];
-        let (net, _vm) = Gcm::init(&cfg, 3, &Device::Cpu).unwrap();
-        let run = |x: &Tensor, threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            // A fresh network per pool: executors are planned for the pool
-            // they first run on.
-            let folded = FoldedGcm::new(&net).unwrap();
-            let out = pool.install(|| folded.forward(x)).unwrap();
-            let key: [usize; 4] = x.dims4().unwrap().into();
-            let workers = folded.plans.lock().unwrap()[&key].workers.len();
-            (
-                out.cwm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                workers,
-            )
-        };
-        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-        // A batch of three: depth first on 1 and 2 threads, layer by layer on 4.
-        let x = Tensor::rand(0f32, 1.0, (3, 3, 12, 16), &Device::Cpu).unwrap();
-        let (one, w1) = run(&x, 1);
-        let (two, w2) = run(&x, 2);
-        let (four, w4) = run(&x, 4);
-        assert_eq!((w1, w2, w4), (1, 2, 0), "depth-first workers per pool");
-        assert!(one.iter().any(|&v| v != 0.0));
-        assert!(same(&one, &two) && same(&one, &four));
-        // One image: depth first on one thread, layer by layer on two.
-        let x = Tensor::rand(0f32, 1.0, (1, 3, 12, 16), &Device::Cpu).unwrap();
-        let (one, w1) = run(&x, 1);
-        let (two, w2) = run(&x, 2);
-        assert_eq!((w1, w2), (1, 0), "depth-first workers per pool, one image");
-        assert!(one.iter().any(|&v| v != 0.0));
-        assert!(same(&one, &two));
+        // One decoder for both classes, and one decoder per class (a head
+        // per class, copied into the CWM).
+        for shared in [true, false] {
+            cfg.shared_decoder = shared;
+            let (net, _vm) = Gcm::init(&cfg, 3, &Device::Cpu).unwrap();
+            let run = |x: &Tensor, threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                // A fresh network per pool: executors are planned for the pool
+                // they first run on.
+                let folded = FoldedGcm::new(&net).unwrap();
+                let out = pool.install(|| folded.forward(x)).unwrap();
+                let key: [usize; 4] = x.dims4().unwrap().into();
+                let workers = folded.plans.lock().unwrap()[&key].workers.len();
+                (
+                    out.cwm.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    workers,
+                )
+            };
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            // A batch of three: depth first on 1 and 2 threads, spread over
+            // the threads layer by layer on 4.
+            let x = Tensor::rand(0f32, 1.0, (3, 3, 12, 16), &Device::Cpu).unwrap();
+            let (one, w1) = run(&x, 1);
+            let (two, w2) = run(&x, 2);
+            let (four, w4) = run(&x, 4);
+            assert_eq!((w1, w2, w4), (1, 2, 0), "depth-first workers per pool");
+            assert!(one.iter().any(|&v| v != 0.0));
+            assert!(
+                same(&one, &two) && same(&one, &four),
+                "shared decoder {shared}"
+            );
+            // One image: depth first on one thread, spread on two and three.
+            let x = Tensor::rand(0f32, 1.0, (1, 3, 12, 16), &Device::Cpu).unwrap();
+            let (one, w1) = run(&x, 1);
+            let (two, w2) = run(&x, 2);
+            let (three, w3) = run(&x, 3);
+            assert_eq!(
+                (w1, w2, w3),
+                (1, 0, 0),
+                "depth-first workers per pool, one image"
+            );
+            assert!(one.iter().any(|&v| v != 0.0));
+            assert!(
+                same(&one, &two) && same(&one, &three),
+                "shared decoder {shared}, one image"
+            );
+        }
     }
 }
