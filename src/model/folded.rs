@@ -12,7 +12,8 @@
 //! depth-first, each thread taking whole images through the whole network so
 //! an image's feature maps stay in that core's cache (on one thread, every
 //! batch); fewer images than threads run layer by layer with every layer
-//! split across the threads.
+//! split across the threads, which stay in the pass from its first layer to
+//! its last (`run_spread`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
