@@ -98,6 +98,89 @@ pub(crate) fn channel_stats(x: &[f32], (b, c, hw): (usize, usize, usize)) -> (Ve
         .unzip()
 }
 
+/// `relu?(x * a + s)` per channel, with `a = gamma / std` and `s = beta -
+/// mean * a`: BatchNorm's output for the batch statistics `mean` and
+/// `inv_std = 1 / sqrt(var + eps)`. `x`: NCHW with `c` channels of `hw`.
+pub(crate) fn bn_apply(
+    x: &[f32],
+    (c, hw): (usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    par_new(x.len(), hw, |bc| {
+        let ch = bc % c;
+        let a = gamma[ch] * inv_std[ch];
+        let s = beta[ch] - mean[ch] * a;
+        x[bc * hw..(bc + 1) * hw].iter().map(move |&v| {
+            let o = v * a + s;
+            if relu {
+                o.max(0.0)
+            } else {
+                o
+            }
+        })
+    })
+}
+
+/// Backward of [`bn_apply`] with batch statistics: given its input `x`, its
+/// output `y` and the output gradient `g`, returns `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_backward(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    (b, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = (b * hw) as f32;
+    // g' = g * relu'(y); per channel sum(g') and sum(g' * xhat).
+    let (sg, sgx): (Vec<f32>, Vec<f32>) = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let m = mean[ch];
+            let mut s = 0f64;
+            let mut sx = 0f64;
+            for bi in 0..b {
+                let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
+                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                let (u, v) = lane_sums(xs, ys, gs, |xv, yv, gv| {
+                    let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+                    (gm, gm * (xv - m))
+                });
+                s += u as f64;
+                sx += v as f64;
+            }
+            (s as f32, (sx * inv_std[ch] as f64) as f32)
+        })
+        .unzip();
+    let dx = par_new(x.len(), hw, |bc| {
+        let ch = bc % c;
+        let (m, is) = (mean[ch], inv_std[ch]);
+        let k = gamma[ch] * is / n;
+        let r = bc * hw..(bc + 1) * hw;
+        let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+        let (a, bsum) = (sg[ch], sgx[ch] * is);
+        xs.iter().zip(ys).zip(gs).map(move |((&xv, &yv), &gv)| {
+            let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
+            k * (n * gm - a - (xv - m) * bsum)
+        })
+    });
+    (dx, sgx, sg)
+}
+
+/// `1 / sqrt(var + eps)` per channel.
+pub(crate) fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|&v| 1.0 / (v as f64 + eps).sqrt() as f32)
+        .collect()
+}
+
 /// BatchNorm with the batch statistics `mean` and `1/sqrt(var + eps)`, then ReLU if asked.
 #[derive(Clone, Debug)]
 struct BnTrain {
@@ -124,21 +207,15 @@ impl CustomOp3 for BnTrain {
         let gamma = f32_slice(s2, l2, self.name())?;
         let beta = f32_slice(s3, l3, self.name())?;
         let (_, c, h, w) = l1.shape().dims4()?;
-        let hw = h * w;
-        let relu = self.relu;
-        let y = par_new(x.len(), hw, |bc| {
-            let ch = bc % c;
-            let a = gamma[ch] * self.inv_std[ch];
-            let s = beta[ch] - self.mean[ch] * a;
-            x[bc * hw..(bc + 1) * hw].iter().map(move |&v| {
-                let o = v * a + s;
-                if relu {
-                    o.max(0.0)
-                } else {
-                    o
-                }
-            })
-        });
+        let y = bn_apply(
+            x,
+            (c, h * w),
+            gamma,
+            beta,
+            &self.mean,
+            &self.inv_std,
+            self.relu,
+        );
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -151,46 +228,20 @@ impl CustomOp3 for BnTrain {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
-        let hw = h * w;
-        let n = (b * hw) as f32;
         let gam = gamma.to_vec1::<f32>()?;
         let (dx, dgamma, dbeta) = with_f32(x, |x| {
             with_f32(y, |y| {
                 with_f32(g, |g| {
-                    // g' = g * relu'(y); per channel sum(g') and sum(g' * xhat).
-                    let relu = self.relu;
-                    let (sg, sgx): (Vec<f32>, Vec<f32>) = (0..c)
-                        .into_par_iter()
-                        .map(|ch| {
-                            let m = self.mean[ch];
-                            let mut s = 0f64;
-                            let mut sx = 0f64;
-                            for bi in 0..b {
-                                let r = (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
-                                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                                let (u, v) = lane_sums(xs, ys, gs, |xv, yv, gv| {
-                                    let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
-                                    (gm, gm * (xv - m))
-                                });
-                                s += u as f64;
-                                sx += v as f64;
-                            }
-                            (s as f32, (sx * self.inv_std[ch] as f64) as f32)
-                        })
-                        .unzip();
-                    let dx = par_new(x.len(), hw, |bc| {
-                        let ch = bc % c;
-                        let (m, is) = (self.mean[ch], self.inv_std[ch]);
-                        let k = gam[ch] * is / n;
-                        let r = bc * hw..(bc + 1) * hw;
-                        let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                        let (a, bsum) = (sg[ch], sgx[ch] * is);
-                        xs.iter().zip(ys).zip(gs).map(move |((&xv, &yv), &gv)| {
-                            let gm = if !relu || yv > 0.0 { gv } else { 0.0 };
-                            k * (n * gm - a - (xv - m) * bsum)
-                        })
-                    });
-                    Ok((dx, sgx, sg))
+                    Ok(bn_backward(
+                        x,
+                        y,
+                        g,
+                        (b, c, h * w),
+                        &gam,
+                        &self.mean,
+                        &self.inv_std,
+                        self.relu,
+                    ))
                 })
             })
         })?;
@@ -216,10 +267,7 @@ pub fn batch_norm_train(
     let x = x.contiguous()?;
     let (b, c, h, w) = x.dims4()?;
     let (mean, var) = with_f32(&x, |xs| Ok(channel_stats(xs, (b, c, h * w))))?;
-    let inv_std = var
-        .iter()
-        .map(|&v| 1.0 / (v as f64 + eps).sqrt() as f32)
-        .collect();
+    let inv_std = inv_std(&var, eps);
     let y = x.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,

@@ -19,6 +19,7 @@ use candle_core::{DType, Result, Tensor};
 pub mod bn;
 pub mod conv;
 mod kernels;
+mod layer;
 pub(crate) mod ops;
 pub mod reference;
 pub mod simd;
@@ -107,6 +108,51 @@ pub fn conv_transpose2d(
     } else {
         x.conv_transpose2d(w, pad, out_pad, stride, 1)
     }
+}
+
+/// The convolution of a training layer ([`conv_bn_relu_train`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerConv {
+    /// [`conv2d`] with this stride and padding.
+    Conv { stride: usize, pad: usize },
+    /// [`conv_transpose2d`] with this stride, padding and output padding.
+    Transpose {
+        stride: usize,
+        pad: usize,
+        out_pad: usize,
+    },
+}
+
+/// A training layer, `relu(batch_norm(conv(x, w)))` with the batch's
+/// statistics, as one op (differentiable in `x`, `w`, `gamma`, `beta`;
+/// see [`layer`]). Returns the output and the batch mean and biased
+/// variance, for the running statistics. The engine's path only: callers
+/// check [`uses_engine`] (and `f32` BatchNorm parameters) first, and
+/// otherwise run the convolution and the BatchNorm as two ops.
+pub fn conv_bn_relu_train(
+    conv: LayerConv,
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    if !uses_engine(x, w) || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
+        candle_core::bail!("conv_bn_relu_train: the engine runs CPU f32 tensors only")
+    }
+    let conv = match conv {
+        LayerConv::Conv { stride, pad } => layer::ConvKind::Conv(ops::Conv2d { stride, pad }),
+        LayerConv::Transpose {
+            stride,
+            pad,
+            out_pad,
+        } => layer::ConvKind::Transpose(ops::ConvTranspose2d {
+            stride,
+            pad,
+            out_pad,
+        }),
+    };
+    layer::conv_bn_relu_train(conv, x, w, gamma, beta, eps)
 }
 
 /// `relu?(conv2d(x, w) + b)` with `b`: `[O]`. Inference only.

@@ -59,13 +59,14 @@ fn check_square(k1: usize, k2: usize, op: &str) -> Result<()> {
 }
 
 /// `conv2d(x, w)`; `w`: `[O, I, K, K]`.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Conv2d {
     pub stride: usize,
     pub pad: usize,
 }
 
 impl Conv2d {
-    fn plan(
+    pub(crate) fn plan(
         &self,
         x: &Layout,
         w: &[f32],
@@ -120,17 +121,36 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, g, true)?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+impl Conv2d {
+    /// The input gradient (when `input_grad`) and the weight gradient for the
+    /// output gradient `g`.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        input_grad: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
         let g = g.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let gx = g.apply_op2_no_bwd(
-            &w.contiguous()?,
-            &Conv2dInputGrad {
-                stride: self.stride,
-                pad: self.pad,
-                h,
-                w: wd,
-            },
-        )?;
+        let gx = if input_grad {
+            Some(g.apply_op2_no_bwd(
+                &w.contiguous()?,
+                &Conv2dInputGrad {
+                    stride: self.stride,
+                    pad: self.pad,
+                    h,
+                    w: wd,
+                },
+            )?)
+        } else {
+            None
+        };
         let k = w.dim(2)?;
         let gw = g.apply_op2_no_bwd(
             &x.contiguous()?,
@@ -140,7 +160,7 @@ impl CustomOp2 for Conv2d {
                 k,
             },
         )?;
-        Ok((Some(gx), Some(gw)))
+        Ok((gx, gw))
     }
 }
 
@@ -259,6 +279,7 @@ impl CustomOp2 for WeightGrad {
 }
 
 /// `conv_transpose2d(x, w)`; `w`: `[I, O, K, K]`.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvTranspose2d {
     pub stride: usize,
     pub pad: usize,
@@ -266,7 +287,7 @@ pub(crate) struct ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
-    fn plan(
+    pub(crate) fn plan(
         &self,
         x: &Layout,
         w: &[f32],
@@ -326,15 +347,34 @@ impl CustomOp2 for ConvTranspose2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, g, true)?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+impl ConvTranspose2d {
+    /// The input gradient (when `input_grad`) and the weight gradient for the
+    /// output gradient `g`.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        input_grad: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
         let g = g.contiguous()?;
         // dx = conv2d(g, w viewed as [I, O, K, K], stride, pad).
-        let gx = g.apply_op2_no_bwd(
-            &w.contiguous()?,
-            &Conv2d {
-                stride: self.stride,
-                pad: self.pad,
-            },
-        )?;
+        let gx = if input_grad {
+            Some(g.apply_op2_no_bwd(
+                &w.contiguous()?,
+                &Conv2d {
+                    stride: self.stride,
+                    pad: self.pad,
+                },
+            )?)
+        } else {
+            None
+        };
         // dw[i, o] = sum x[i] * g[o] shifted: the convolution weight gradient
         // with x in the role of the output gradient.
         let k = w.dim(2)?;
@@ -346,7 +386,7 @@ impl CustomOp2 for ConvTranspose2d {
                 k,
             },
         )?;
-        Ok((Some(gx), Some(gw)))
+        Ok((gx, gw))
     }
 }
 

@@ -124,10 +124,7 @@ impl BatchNorm {
             // The engine's fused op: one pass for the statistics, one for the output.
             let (y, mean, var) =
                 engine::bn::batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
-            let dev = x.device();
-            let mean = Tensor::from_vec(mean, c, dev)?;
-            let var = Tensor::from_vec(var, c, dev)?;
-            self.update_running(&mean, &var, unbias)?;
+            self.record_batch_stats(mean, var, b * h * w, c)?;
             return Ok(y);
         }
         // Statistics over batch and space, per channel.
@@ -151,6 +148,23 @@ impl BatchNorm {
         } else {
             Ok(y)
         }
+    }
+
+    /// Folds a batch's per-channel mean and biased variance (over `n`
+    /// values per channel) into the running statistics.
+    pub fn record_batch_stats(
+        &self,
+        mean: Vec<f32>,
+        var: Vec<f32>,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        let n = n as f64;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let dev = self.running_mean.device();
+        let mean = Tensor::from_vec(mean, c, dev)?;
+        let var = Tensor::from_vec(var, c, dev)?;
+        self.update_running(&mean, &var, unbias)
     }
 
     /// Running statistics (unbiased variance, as PyTorch), outside the graph.
@@ -188,6 +202,34 @@ impl ConvBnRelu {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train
+            && engine::uses_engine(x, &self.weight)
+            && self.bn.gamma.dtype() == DType::F32
+            && self.bn.beta.dtype() == DType::F32
+        {
+            // One op: the convolution's output gradient stays out of
+            // candle's gradient store (engine::conv_bn_relu_train).
+            let pad = self.spec.k / 2;
+            let conv = match self.spec.op {
+                Op::Conv { stride } => engine::LayerConv::Conv { stride, pad },
+                Op::Deconv => engine::LayerConv::Transpose {
+                    stride: 2,
+                    pad,
+                    out_pad: 1,
+                },
+            };
+            let (y, mean, var) = engine::conv_bn_relu_train(
+                conv,
+                x,
+                &self.weight,
+                &self.bn.gamma,
+                &self.bn.beta,
+                self.bn.eps,
+            )?;
+            let (b, c, h, w) = y.dims4()?;
+            self.bn.record_batch_stats(mean, var, b * h * w, c)?;
+            return Ok(y);
+        }
         self.bn.forward_relu_t(&self.conv(x)?, train)
     }
 
