@@ -586,31 +586,44 @@ fn run_spread(
     let b = bufs.batch;
     let t = Table::new(bufs, x, cwm);
     // Per step: its tasks, the next one to claim, the ones finished.
-    let work: Vec<(usize, Option<Split>)> = steps
+    let work: Vec<Work> = steps
         .iter()
         .map(|s| match *s {
-            Step::Conv { plan, .. } => {
-                let split = p.get(plan).split(b);
-                (split.tasks, Some(split))
+            Step::Conv { plan, src, dst } => {
+                let plan = p.get(plan);
+                Work::Conv {
+                    plan,
+                    split: plan.split(b),
+                    src,
+                    dst,
+                }
             }
-            Step::Copy { .. } => (b, None),
+            Step::Copy { class } => Work::Copy { class },
         })
         .collect();
+    let tasks = |w: &Work| match w {
+        Work::Conv { split, .. } => split.tasks,
+        Work::Copy { .. } => b,
+    };
     let next: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
     let done: Vec<AtomicUsize> = steps.iter().map(|_| AtomicUsize::new(0)).collect();
     let worker = || {
-        for (i, &step) in steps.iter().enumerate() {
+        for (i, w) in work.iter().enumerate() {
             if i > 0 {
-                wait_for(&done[i - 1], work[i - 1].0);
+                wait_for(&done[i - 1], tasks(&work[i - 1]));
             }
             loop {
                 let task = next[i].fetch_add(1, Ordering::Relaxed);
-                if task >= work[i].0 {
+                if task >= tasks(w) {
                     break;
                 }
-                match (step, &work[i].1) {
-                    (Step::Conv { plan, src, dst }, Some(split)) => {
-                        let plan = p.get(plan);
+                match *w {
+                    Work::Conv {
+                        plan,
+                        ref split,
+                        src,
+                        dst,
+                    } => {
                         // SAFETY: the table views buffers borrowed for the
                         // whole pass; `src` was finished by the step before
                         // (awaited above) and nobody writes it in this
@@ -622,10 +635,9 @@ fn run_spread(
                         }
                     }
                     // SAFETY: as above; the task is image `task`'s copy.
-                    (Step::Copy { class }, _) => unsafe {
+                    Work::Copy { class } => unsafe {
                         copy_head(p, &t, b, classes, class, task, task + 1)
                     },
-                    _ => unreachable!("a convolution step without its split"),
                 }
                 done[i].fetch_add(1, Ordering::Release);
             }
@@ -637,6 +649,21 @@ fn run_spread(
         }
         worker();
     });
+}
+
+/// A step of the spread pass with what its tasks need: a layer's plan and
+/// its split into tasks (image x band of rows), or a head's copy (one task
+/// per image).
+enum Work<'a> {
+    Conv {
+        plan: &'a ConvPlan,
+        split: Split,
+        src: usize,
+        dst: usize,
+    },
+    Copy {
+        class: usize,
+    },
 }
 
 /// Waits until `counter` reaches `target`: spins for a short while (a
