@@ -1,25 +1,33 @@
-//! A training layer (convolution or transposed convolution, BatchNorm with
-//! batch statistics, ReLU) as one op with its own backward.
+//! Training layers (convolution or transposed convolution, BatchNorm with
+//! batch statistics, ReLU), a chain of them as one op with its own backward.
 //!
-//! As two ops, the convolution's and [`super::bn`]'s BatchNorm's, the
-//! gradient of the convolution's output passes between them through candle's
-//! gradient store, which starts every gradient as a tensor of zeros and adds
-//! the op's gradient into it: a zero fill and an add over the whole feature
-//! map, per layer, per step (BENCHMARKS.md). Here the convolution's output
-//! stays inside the op (kept for the backward pass, as the two-op graph keeps
-//! it), so that gradient never enters the store. The arithmetic is the two
-//! ops': the same convolution, statistics, normalisation and backward
-//! functions, in the same order.
+//! As separate ops (each layer's convolution, then [`super::bn`]'s
+//! BatchNorm), every feature map's gradient passes from one op to the next
+//! through candle's gradient store, which starts every gradient as a tensor
+//! of zeros and adds the op's gradient into it: a zero fill and an add over
+//! the feature map, twice per layer per step (BENCHMARKS.md). Here the chain's
+//! feature maps stay inside the op (kept for the backward pass, as the graph
+//! of separate ops keeps them), so only the chain's input and output
+//! gradients and its parameters' enter the store. The arithmetic is the
+//! separate ops': the same convolution, statistics, normalisation and
+//! backward functions, in the same order, so the gradients have the same
+//! bits.
+//!
+//! The parameters travel as one flat tensor (each layer's weight, gamma,
+//! beta, in order), so that one op has them all; candle's backward of that
+//! concatenation hands each parameter its part of the gradient.
 //!
 //! The network's input takes part in no gradient: for it (`!x.track_op()`)
 //! the first layer skips the input gradient (a whole convolution).
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::bn::{bn_apply, bn_backward, channel_stats, inv_std};
-use super::ops::{f32_slice, with_f32, Conv2d, ConvTranspose2d};
+use super::conv::{conv2d_weight_grad, ConvPlan};
+use super::ops::{f32_slice, with_f32, Conv2d, Conv2dInputGrad, ConvTranspose2d};
+use super::simd::Isa;
 
 /// The convolution of a training layer.
 #[derive(Clone, Copy, Debug)]
@@ -28,29 +36,75 @@ pub(crate) enum ConvKind {
     Transpose(ConvTranspose2d),
 }
 
-/// What the forward pass keeps for the backward one.
+/// One layer of a chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LayerDesc {
+    pub conv: ConvKind,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub eps: f64,
+}
+
+impl LayerDesc {
+    /// The weight's shape: `[cout, cin, k, k]`, or `[cin, cout, k, k]` for
+    /// a transposed convolution.
+    fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        match self.conv {
+            ConvKind::Conv(_) => (self.cout, self.cin, self.k, self.k),
+            ConvKind::Transpose(_) => (self.cin, self.cout, self.k, self.k),
+        }
+    }
+
+    /// Floats of this layer in the flat parameters: weight, gamma, beta.
+    fn params(&self) -> usize {
+        self.cin * self.cout * self.k * self.k + 2 * self.cout
+    }
+
+    /// The convolution's plan for a `[_, cin, h, w]` input.
+    fn plan(&self, (h, w): (usize, usize), weight: &[f32]) -> Result<ConvPlan> {
+        let xl = Layout::contiguous((1, self.cin, h, w));
+        let wl = Layout::contiguous(self.weight_shape());
+        match &self.conv {
+            ConvKind::Conv(c) => c.plan(&xl, weight, &wl, None, false),
+            ConvKind::Transpose(t) => t.plan(&xl, weight, &wl, None, false),
+        }
+    }
+}
+
+/// A layer's weight, gamma and beta in the flat parameters.
+fn split_params<'a>(d: &LayerDesc, p: &'a [f32]) -> (&'a [f32], &'a [f32], &'a [f32]) {
+    let (w, gb) = p.split_at(p.len() - 2 * d.cout);
+    let (g, b) = gb.split_at(d.cout);
+    (w, g, b)
+}
+
+/// What the forward pass keeps for the backward one, per layer.
 struct Saved {
-    /// The convolution's output (the BatchNorm's input).
+    /// The convolution's output (the BatchNorm's input), `[b, cout, oh, ow]`.
     z: Vec<f32>,
+    dims: (usize, usize, usize, usize),
     mean: Vec<f32>,
     /// Biased batch variance (for the running statistics).
     var: Vec<f32>,
     inv_std: Vec<f32>,
+    /// The layer's output when another layer follows (the last one's is
+    /// the op's result).
+    y: Option<Vec<f32>>,
 }
 
-type Shared = Arc<Mutex<Option<Saved>>>;
+type Shared = Arc<Mutex<Vec<Saved>>>;
 
-/// `relu(bn(conv(x, w)))` with batch statistics; the third input is
-/// `[gamma; beta]` as one `[2, C]` tensor.
-struct ConvBnReluTrain {
-    conv: ConvKind,
-    eps: f64,
+/// `relu(bn(conv(x)))` through every layer of `layers`, with batch
+/// statistics; the second input holds the flat parameters.
+struct ChainTrain {
+    layers: Vec<LayerDesc>,
     saved: Shared,
 }
 
-impl CustomOp3 for ConvBnReluTrain {
+impl CustomOp2 for ChainTrain {
     fn name(&self) -> &'static str {
-        "engine-conv-bn-relu-train"
+        "engine-train-chain"
     }
 
     fn cpu_fwd(
@@ -59,113 +113,227 @@ impl CustomOp3 for ConvBnReluTrain {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
-        let gb = f32_slice(s3, l3, self.name())?;
-        let batch = l1.shape().dims4()?.0;
-        let plan = match &self.conv {
-            ConvKind::Conv(c) => c.plan(l1, w, l2, None, false)?,
-            ConvKind::Transpose(t) => t.plan(l1, w, l2, None, false)?,
-        };
-        let c = plan.cout;
-        if gb.len() != 2 * c {
+        let p = f32_slice(s2, l2, self.name())?;
+        let (b, c0, mut h, mut w) = l1.shape().dims4()?;
+        if self.layers.first().map(|d| d.cin) != Some(c0) {
+            candle_core::bail!("{}: input has {c0} channels", self.name())
+        }
+        let total: usize = self.layers.iter().map(LayerDesc::params).sum();
+        if p.len() != total {
             candle_core::bail!(
-                "{}: BatchNorm parameters hold {} values, {c} channels need {}",
+                "{}: {} parameters given, the layers hold {total}",
                 self.name(),
-                gb.len(),
-                2 * c
+                p.len()
             )
         }
-        let z = plan.run_new(x, batch);
-        let hw = plan.oh * plan.ow;
-        let (mean, var) = channel_stats(&z, (batch, c, hw));
-        let inv = inv_std(&var, self.eps);
-        let y = bn_apply(&z, (c, hw), &gb[..c], &gb[c..], &mean, &inv, true);
-        *self.saved.lock().expect("layer state lock") = Some(Saved {
-            z,
-            mean,
-            var,
-            inv_std: inv,
-        });
-        Ok((
-            CpuStorage::F32(y),
-            Shape::from((batch, c, plan.oh, plan.ow)),
-        ))
+        let mut saved: Vec<Saved> = Vec::with_capacity(self.layers.len());
+        let mut out = None;
+        let mut off = 0;
+        for (l, d) in self.layers.iter().enumerate() {
+            let (wt, gamma, beta) = split_params(d, &p[off..off + d.params()]);
+            off += d.params();
+            let input: &[f32] = match l {
+                0 => x,
+                _ => saved[l - 1].y.as_deref().expect("a layer's output is kept"),
+            };
+            let plan = d.plan((h, w), wt)?;
+            let z = plan.run_new(input, b);
+            let hw = plan.oh * plan.ow;
+            let (mean, var) = channel_stats(&z, (b, d.cout, hw));
+            let inv = inv_std(&var, d.eps);
+            let y = bn_apply(&z, (d.cout, hw), gamma, beta, &mean, &inv, true);
+            (h, w) = (plan.oh, plan.ow);
+            let y = if l + 1 == self.layers.len() {
+                out = Some(y);
+                None
+            } else {
+                Some(y)
+            };
+            saved.push(Saved {
+                z,
+                dims: (b, d.cout, h, w),
+                mean,
+                var,
+                inv_std: inv,
+                y,
+            });
+        }
+        let c = self.layers.last().map_or(c0, |d| d.cout);
+        let out = out.ok_or_else(|| candle_core::Error::Msg("a chain without layers".into()))?;
+        *self.saved.lock().expect("chain state lock") = saved;
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
-        gb: &Tensor,
-        y: &Tensor,
+        p: &Tensor,
+        res: &Tensor,
         g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, c, h, wd) = y.dims4()?;
-        let gamma_beta = gb.flatten_all()?.to_vec1::<f32>()?;
-        let (dz, dgamma, dbeta) = {
-            let saved = self.saved.lock().expect("layer state lock");
-            let Some(s) = saved.as_ref() else {
-                candle_core::bail!("{}: backward before forward", self.name())
-            };
-            with_f32(y, |y| {
-                with_f32(g, |g| {
-                    Ok(bn_backward(
-                        &s.z,
-                        y,
-                        g,
-                        (b, c, h * wd),
-                        &gamma_beta[..c],
-                        &s.mean,
-                        &s.inv_std,
-                        true,
-                    ))
-                })
-            })?
-        };
-        let dev = y.device();
-        let dz = Tensor::from_vec(dz, (b, c, h, wd), dev)?;
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let pv = p.flatten_all()?.to_vec1::<f32>()?;
+        let saved = self.saved.lock().expect("chain state lock");
+        if saved.len() != self.layers.len() {
+            candle_core::bail!("{}: backward before forward", self.name())
+        }
+        let (_, _, h0, w0) = x.dims4()?;
         let input_grad = x.track_op();
-        let (gx, gw) = match &self.conv {
-            ConvKind::Conv(k) => k.grads(x, w, &dz, input_grad)?,
-            ConvKind::Transpose(k) => k.grads(x, w, &dz, input_grad)?,
+        let isa = Isa::detect();
+        let mut dp = vec![0f32; pv.len()];
+        let dx =
+            with_f32(x, |xs| {
+                with_f32(res, |ys| {
+                    with_f32(g, |gs| {
+                        // The gradient of the current layer's output: the
+                        // op's for the last layer, then each input gradient.
+                        let mut carried: Option<Vec<f32>> = None;
+                        let mut end = pv.len();
+                        for (l, d) in self.layers.iter().enumerate().rev() {
+                            let s = &saved[l];
+                            let start = end - d.params();
+                            let (wt, gamma, _) = split_params(d, &pv[start..end]);
+                            let y: &[f32] = s.y.as_deref().unwrap_or(ys);
+                            let (input, (h, w)) = match l {
+                                0 => (xs, (h0, w0)),
+                                _ => {
+                                    let (_, _, h, w) = saved[l - 1].dims;
+                                    (saved[l - 1].y.as_deref().expect("kept"), (h, w))
+                                }
+                            };
+                            let (b, co, oh, ow) = s.dims;
+                            let (dz, dgamma, dbeta) = bn_backward(
+                                &s.z,
+                                y,
+                                carried.as_deref().unwrap_or(gs),
+                                (b, co, oh * ow),
+                                gamma,
+                                &s.mean,
+                                &s.inv_std,
+                                true,
+                            );
+                            let dw = match d.conv {
+                                ConvKind::Conv(c) => conv2d_weight_grad(
+                                    isa,
+                                    &dz,
+                                    input,
+                                    (b, d.cin, h, w),
+                                    (co, oh, ow),
+                                    d.k,
+                                    c.stride,
+                                    c.pad,
+                                ),
+                                // The input in the role of the output gradient.
+                                ConvKind::Transpose(t) => conv2d_weight_grad(
+                                    isa,
+                                    input,
+                                    &dz,
+                                    (b, co, oh, ow),
+                                    (d.cin, h, w),
+                                    d.k,
+                                    t.stride,
+                                    t.pad,
+                                ),
+                            };
+                            let dst = &mut dp[start..end];
+                            let (dws, dgb) = dst.split_at_mut(dw.len());
+                            dws.copy_from_slice(&dw);
+                            dgb[..co].copy_from_slice(&dgamma);
+                            dgb[co..].copy_from_slice(&dbeta);
+                            end = start;
+                            if l == 0 && !input_grad {
+                                return Ok(None);
+                            }
+                            carried =
+                                Some(match d.conv {
+                                    ConvKind::Conv(c) => Conv2dInputGrad {
+                                        stride: c.stride,
+                                        pad: c.pad,
+                                        h,
+                                        w,
+                                    }
+                                    .run(&dz, (b, co, oh, ow), wt, (d.cin, d.k))?,
+                                    // The adjoint of a transposed convolution: the
+                                    // convolution with its weight, `[cin, cout, k, k]`
+                                    // read as `[out, in, k, k]`.
+                                    ConvKind::Transpose(t) => {
+                                        let c = Conv2d {
+                                            stride: t.stride,
+                                            pad: t.pad,
+                                        };
+                                        let gl = Layout::contiguous((b, co, oh, ow));
+                                        let wl = Layout::contiguous(d.weight_shape());
+                                        c.plan(&gl, wt, &wl, None, false)?.run_new(&dz, b)
+                                    }
+                                });
+                        }
+                        Ok(carried)
+                    })
+                })
+            })?;
+        let dev = x.device();
+        let dx = match dx {
+            Some(v) => Some(Tensor::from_vec(v, x.dims(), dev)?),
+            None => None,
         };
-        let mut dgb = dgamma;
-        dgb.extend_from_slice(&dbeta);
-        Ok((gx, Some(gw), Some(Tensor::from_vec(dgb, (2, c), dev)?)))
+        Ok((dx, Some(Tensor::from_vec(dp, p.dims(), dev)?)))
     }
 }
 
-/// A training layer on CPU `f32` tensors: `relu(batch_norm(conv(x, w)))`
-/// with the batch's statistics, differentiable in `x`, `w`, `gamma` and
-/// `beta`. Returns the output and the batch mean and biased variance (for
-/// the running statistics).
-pub(crate) fn conv_bn_relu_train(
-    conv: ConvKind,
-    x: &Tensor,
-    w: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
-    let gb = Tensor::stack(&[gamma, beta], 0)?.contiguous()?;
-    let saved: Shared = Arc::new(Mutex::new(None));
-    let op = ConvBnReluTrain {
-        conv,
-        eps,
+/// A layer's batch statistics, per channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    /// Biased variance.
+    pub var: Vec<f32>,
+    /// Values per channel (batch x height x width).
+    pub count: usize,
+}
+
+/// One layer's parameters for [`train_chain`].
+pub(crate) struct LayerParams<'a> {
+    pub desc: LayerDesc,
+    pub weight: &'a Tensor,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
+/// A chain of training layers on CPU `f32` tensors, differentiable in `x`
+/// and every parameter. Returns the last layer's output and each layer's
+/// batch statistics (for the running statistics).
+pub(crate) fn train_chain(layers: &[LayerParams], x: &Tensor) -> Result<(Tensor, Vec<BatchStats>)> {
+    let mut parts = Vec::with_capacity(3 * layers.len());
+    for l in layers {
+        if l.weight.dims4()? != l.desc.weight_shape() {
+            candle_core::bail!(
+                "train_chain: weight {:?}, the layer needs {:?}",
+                l.weight.dims(),
+                l.desc.weight_shape()
+            )
+        }
+        parts.push(l.weight.flatten_all()?);
+        parts.push(l.gamma.clone());
+        parts.push(l.beta.clone());
+    }
+    let p = Tensor::cat(&parts, 0)?;
+    let saved: Shared = Arc::new(Mutex::new(Vec::new()));
+    let op = ChainTrain {
+        layers: layers.iter().map(|l| l.desc).collect(),
         saved: saved.clone(),
     };
-    let y = x
-        .contiguous()?
-        .apply_op3_arc(&w.contiguous()?, &gb, Arc::new(Box::new(op)))?;
-    let guard = saved.lock().expect("layer state lock");
-    let s = guard
-        .as_ref()
-        .expect("the forward pass stores the batch statistics");
-    Ok((y, s.mean.clone(), s.var.clone()))
+    let y = x.contiguous()?.apply_op2_arc(&p, Arc::new(Box::new(op)))?;
+    let stats = saved
+        .lock()
+        .expect("chain state lock")
+        .iter()
+        .map(|s| BatchStats {
+            mean: s.mean.clone(),
+            var: s.var.clone(),
+            count: s.dims.0 * s.dims.2 * s.dims.3,
+        })
+        .collect();
+    Ok((y, stats))
 }
 
 #[cfg(test)]
@@ -192,178 +360,178 @@ mod tests {
             .collect()
     }
 
-    /// The output, batch statistics and gradients of one layer, fused or as
-    /// two ops, for `L = sum(y * r)`; `x_var`: whether `x` is a variable
-    /// (else a plain tensor, as the network's input).
-    struct Run {
-        y: Tensor,
-        mean: Vec<f32>,
-        var: Vec<f32>,
-        /// Of x, w, gamma, beta, as the gradient store holds them.
-        grads: Vec<Option<Tensor>>,
+    /// A layer's parameters as variables.
+    struct Params {
+        desc: LayerDesc,
+        w: Var,
+        gamma: Var,
+        beta: Var,
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        conv: ConvKind,
-        fused: bool,
-        x: &Tensor,
-        x_var: bool,
-        w: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        r: &Tensor,
-    ) -> Run {
-        let eps = 1e-5;
-        let xv = Var::from_tensor(x).unwrap();
-        let xt = if x_var {
-            xv.as_tensor().clone()
-        } else {
-            x.clone()
+    fn layer(rng: &mut Rng, conv: ConvKind, cin: usize, cout: usize, k: usize) -> Params {
+        let desc = LayerDesc {
+            conv,
+            cin,
+            cout,
+            k,
+            eps: 1e-5,
         };
-        let (wv, gv, bv) = (
-            Var::from_tensor(w).unwrap(),
-            Var::from_tensor(gamma).unwrap(),
-            Var::from_tensor(beta).unwrap(),
-        );
-        let (y, mean, var) = if fused {
-            conv_bn_relu_train(
-                conv,
-                &xt,
-                wv.as_tensor(),
-                gv.as_tensor(),
-                bv.as_tensor(),
-                eps,
-            )
-            .unwrap()
-        } else {
-            let z = match conv {
-                ConvKind::Conv(c) => conv2d(&xt, wv.as_tensor(), c.stride, c.pad),
-                ConvKind::Transpose(t) => {
-                    conv_transpose2d(&xt, wv.as_tensor(), t.stride, t.pad, t.out_pad)
-                }
-            }
-            .unwrap();
-            bn::batch_norm_train(&z, gv.as_tensor(), bv.as_tensor(), eps, true).unwrap()
-        };
-        let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-        let grads = [&xt, wv.as_tensor(), gv.as_tensor(), bv.as_tensor()]
-            .iter()
-            .map(|t| g.get(t).cloned())
-            .collect();
-        Run {
-            y,
-            mean,
-            var,
-            grads,
+        let (a, b, c, d) = desc.weight_shape();
+        Params {
+            desc,
+            w: Var::from_tensor(&rand(rng, &[a, b, c, d], -0.5, 0.5)).unwrap(),
+            gamma: Var::from_tensor(&rand(rng, &[cout], 0.5, 1.5)).unwrap(),
+            // Offsets around zero, so that the ReLU cuts some of each map.
+            beta: Var::from_tensor(&rand(rng, &[cout], -0.3, 0.3)).unwrap(),
         }
     }
 
+    fn conv(stride: usize, pad: usize) -> ConvKind {
+        ConvKind::Conv(Conv2d { stride, pad })
+    }
+
+    fn deconv() -> ConvKind {
+        ConvKind::Transpose(ConvTranspose2d {
+            stride: 2,
+            pad: 1,
+            out_pad: 1,
+        })
+    }
+
+    /// The chain's output and batch statistics, as one op or as separate
+    /// ops (each layer's convolution, then its BatchNorm + ReLU).
+    fn forward(one_op: bool, layers: &[Params], x: &Tensor) -> (Tensor, Vec<BatchStats>) {
+        if one_op {
+            let lp: Vec<LayerParams> = layers
+                .iter()
+                .map(|l| LayerParams {
+                    desc: l.desc,
+                    weight: l.w.as_tensor(),
+                    gamma: l.gamma.as_tensor(),
+                    beta: l.beta.as_tensor(),
+                })
+                .collect();
+            return train_chain(&lp, x).unwrap();
+        }
+        let mut h = x.clone();
+        let mut stats = Vec::new();
+        for l in layers {
+            let w = l.w.as_tensor();
+            let z = match l.desc.conv {
+                ConvKind::Conv(c) => conv2d(&h, w, c.stride, c.pad),
+                ConvKind::Transpose(t) => conv_transpose2d(&h, w, t.stride, t.pad, t.out_pad),
+            }
+            .unwrap();
+            let (b, _, oh, ow) = z.dims4().unwrap();
+            let (y, mean, var) = bn::batch_norm_train(
+                &z,
+                l.gamma.as_tensor(),
+                l.beta.as_tensor(),
+                l.desc.eps,
+                true,
+            )
+            .unwrap();
+            stats.push(BatchStats {
+                mean,
+                var,
+                count: b * oh * ow,
+            });
+            h = y;
+        }
+        (h, stats)
+    }
+
+    /// The gradients of `sum(y * r)`: of `x` (as the gradient store holds
+    /// it), then each layer's w, gamma, beta.
+    fn grads(y: &Tensor, r: &Tensor, x: &Tensor, layers: &[Params]) -> Vec<Option<Tensor>> {
+        let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![g.get(x).cloned()];
+        for l in layers {
+            for v in [&l.w, &l.gamma, &l.beta] {
+                out.push(g.get(v.as_tensor()).cloned());
+            }
+        }
+        out
+    }
+
     #[test]
-    fn fused_layer_has_the_bits_of_the_two_ops_forward_and_backward() {
+    fn chain_has_the_bits_of_the_separate_ops_forward_and_backward() {
         let mut rng = Rng::new(7);
-        let cases = [
-            // (kind, batch, cin, cout, k, h, w)
+        // Encoder-decoder shaped: stride 1 and 2, a 5x5 kernel, transposed.
+        let chains = [
+            (vec![layer(&mut rng, conv(1, 1), 3, 5, 3)], [2, 3, 9, 7]),
+            (vec![layer(&mut rng, conv(2, 1), 4, 6, 3)], [3, 4, 10, 11]),
+            (vec![layer(&mut rng, deconv(), 6, 4, 3)], [2, 6, 5, 6]),
             (
-                ConvKind::Conv(Conv2d { stride: 1, pad: 1 }),
-                2,
-                3,
-                5,
-                3,
-                9,
-                7,
-            ),
-            (
-                ConvKind::Conv(Conv2d { stride: 2, pad: 1 }),
-                3,
-                4,
-                6,
-                3,
-                10,
-                11,
-            ),
-            (
-                ConvKind::Conv(Conv2d { stride: 1, pad: 2 }),
-                2,
-                2,
-                3,
-                5,
-                8,
-                8,
-            ),
-            (
-                ConvKind::Transpose(ConvTranspose2d {
-                    stride: 2,
-                    pad: 1,
-                    out_pad: 1,
-                }),
-                2,
-                6,
-                4,
-                3,
-                5,
-                6,
+                vec![
+                    layer(&mut rng, conv(1, 1), 2, 4, 3),
+                    layer(&mut rng, conv(2, 1), 4, 6, 3),
+                    layer(&mut rng, conv(1, 2), 6, 5, 5),
+                    layer(&mut rng, deconv(), 5, 3, 3),
+                    layer(&mut rng, conv(1, 1), 3, 4, 3),
+                ],
+                [2, 2, 12, 10],
             ),
         ];
-        for (case, &(kind, b, ci, co, k, h, w)) in cases.iter().enumerate() {
-            let x = rand(&mut rng, &[b, ci, h, w], -1.0, 1.0);
-            let wshape = match kind {
-                ConvKind::Conv(_) => [co, ci, k, k],
-                ConvKind::Transpose(_) => [ci, co, k, k],
-            };
-            let wt = rand(&mut rng, &wshape, -0.5, 0.5);
-            let gamma = rand(&mut rng, &[co], 0.5, 1.5);
-            // Offsets around zero, so that the ReLU cuts some of each channel.
-            let beta = rand(&mut rng, &[co], -0.3, 0.3);
-            let out = match kind {
-                ConvKind::Conv(c) => conv2d(&x, &wt, c.stride, c.pad),
-                ConvKind::Transpose(t) => conv_transpose2d(&x, &wt, t.stride, t.pad, t.out_pad),
-            }
-            .unwrap();
-            let r = rand(&mut rng, out.dims(), -1.0, 1.0);
-            let two = run(kind, false, &x, true, &wt, &gamma, &beta, &r);
-            let one = run(kind, true, &x, true, &wt, &gamma, &beta, &r);
-            assert_eq!(one.y.dims(), two.y.dims(), "case {case}");
-            assert_eq!(bits(&one.y), bits(&two.y), "case {case}: output");
-            let zeros = two.y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let cut = zeros.iter().filter(|&&v| v == 0.0).count();
-            assert!(cut > 0 && cut < zeros.len(), "case {case}: ReLU cut {cut}");
-            assert_eq!(one.mean, two.mean, "case {case}: mean");
-            assert_eq!(one.var, two.var, "case {case}: variance");
-            for (i, name) in ["x", "w", "gamma", "beta"].iter().enumerate() {
-                let (a, e) = (one.grads[i].as_ref(), two.grads[i].as_ref());
-                let (a, e) = (
-                    a.unwrap_or_else(|| panic!("case {case}: no fused {name} gradient")),
-                    e.unwrap(),
-                );
-                assert_eq!(a.dims(), e.dims(), "case {case}: {name} gradient shape");
-                assert_eq!(bits(a), bits(e), "case {case}: {name} gradient");
+        for (case, (layers, xs)) in chains.iter().enumerate() {
+            let xv = Var::from_tensor(&rand(&mut rng, xs, -1.0, 1.0)).unwrap();
+            let x = xv.as_tensor();
+            let (y2, s2) = forward(false, layers, x);
+            let (y1, s1) = forward(true, layers, x);
+            assert_eq!(y1.dims(), y2.dims(), "case {case}");
+            assert_eq!(bits(&y1), bits(&y2), "case {case}: output");
+            let v = y2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let cut = v.iter().filter(|&&a| a == 0.0).count();
+            assert!(cut > 0 && cut < v.len(), "case {case}: ReLU cut {cut}");
+            assert_eq!(s1, s2, "case {case}: batch statistics");
+            let r = rand(&mut rng, y2.dims(), -1.0, 1.0);
+            let (g1, g2) = (grads(&y1, &r, x, layers), grads(&y2, &r, x, layers));
+            assert_eq!(g1.len(), 1 + 3 * layers.len());
+            for (i, (a, e)) in g1.iter().zip(&g2).enumerate() {
+                let what = match i {
+                    0 => "x".to_string(),
+                    _ => format!(
+                        "layer {} {}",
+                        (i - 1) / 3,
+                        ["w", "gamma", "beta"][(i - 1) % 3]
+                    ),
+                };
+                let a = a
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("case {case}: no {what} gradient"));
+                let e = e.as_ref().unwrap();
+                assert_eq!(a.dims(), e.dims(), "case {case}: {what} gradient shape");
+                assert_eq!(bits(a), bits(e), "case {case}: {what} gradient");
             }
         }
     }
 
     #[test]
-    fn fused_layer_skips_the_gradient_of_an_input_that_takes_none() {
+    fn chain_skips_the_gradient_of_an_input_that_takes_none() {
         let mut rng = Rng::new(8);
-        let kind = ConvKind::Conv(Conv2d { stride: 1, pad: 1 });
-        let x = rand(&mut rng, &[2, 1, 6, 6], 0.0, 1.0);
-        let wt = rand(&mut rng, &[4, 1, 3, 3], -0.5, 0.5);
-        let gamma = rand(&mut rng, &[4], 0.5, 1.5);
-        let beta = rand(&mut rng, &[4], -0.3, 0.3);
-        let r = rand(&mut rng, &[2, 4, 6, 6], -1.0, 1.0);
-        let plain = run(kind, true, &x, false, &wt, &gamma, &beta, &r);
-        let var = run(kind, true, &x, true, &wt, &gamma, &beta, &r);
-        assert!(
-            plain.grads[0].is_none(),
-            "no input gradient for a plain input"
+        let layers = vec![
+            layer(&mut rng, conv(1, 1), 1, 4, 3),
+            layer(&mut rng, conv(2, 1), 4, 4, 3),
+        ];
+        let plain = rand(&mut rng, &[2, 1, 8, 8], 0.0, 1.0);
+        let xv = Var::from_tensor(&plain).unwrap();
+        let r = rand(&mut rng, &[2, 4, 4, 4], -1.0, 1.0);
+        let run = |one_op: bool, x: &Tensor| {
+            let (y, _) = forward(one_op, &layers, x);
+            grads(&y, &r, x, &layers)
+        };
+        let (skip, var, sep) = (
+            run(true, &plain),
+            run(true, xv.as_tensor()),
+            run(false, &plain),
         );
-        assert!(var.grads[0].is_some(), "a variable input gets its gradient");
-        // The two ops compute (and store) it for a plain input as well.
-        let two = run(kind, false, &x, false, &wt, &gamma, &beta, &r);
-        assert!(two.grads[0].is_some());
-        for i in 1..4 {
-            let (a, e) = (plain.grads[i].as_ref(), var.grads[i].as_ref());
-            assert_eq!(bits(a.unwrap()), bits(e.unwrap()), "parameter {i}");
+        assert!(skip[0].is_none(), "no input gradient for a plain input");
+        assert!(var[0].is_some(), "a variable input gets its gradient");
+        // The separate ops compute (and store) it for a plain input too.
+        assert!(sep[0].is_some());
+        for i in 1..skip.len() {
+            let (a, e) = (skip[i].as_ref().unwrap(), var[i].as_ref().unwrap());
+            assert_eq!(bits(a), bits(e), "parameter {i}");
         }
     }
 }

@@ -165,11 +165,11 @@ impl Conv2d {
 }
 
 /// Input gradient of `conv2d` for an input of `h x w`: `(g, w) -> dx`.
-struct Conv2dInputGrad {
-    stride: usize,
-    pad: usize,
-    h: usize,
-    w: usize,
+pub(crate) struct Conv2dInputGrad {
+    pub stride: usize,
+    pub pad: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
 impl CustomOp2 for Conv2dInputGrad {
@@ -191,6 +191,21 @@ impl CustomOp2 for Conv2dInputGrad {
         if co != co2 {
             candle_core::bail!("{}: gradient/weight channel mismatch", self.name())
         }
+        let dx = self.run(g, (b, co, oh, ow), w, (ci, k))?;
+        Ok((CpuStorage::F32(dx), Shape::from((b, ci, self.h, self.w))))
+    }
+}
+
+impl Conv2dInputGrad {
+    /// `dx` (`[b, ci, h, w]`) for the output gradient `g` (`[b, co, oh, ow]`)
+    /// and the weight `w` (`[co, ci, k, k]`).
+    pub(crate) fn run(
+        &self,
+        g: &[f32],
+        (b, co, oh, ow): (usize, usize, usize, usize),
+        w: &[f32],
+        (ci, k): (usize, usize),
+    ) -> Result<Vec<f32>> {
         let (s, p) = (self.stride, self.pad);
         let plan = if s == 1 {
             // Flipped kernel, input and output channels swapped, pad k-1-p.
@@ -203,7 +218,7 @@ impl CustomOp2 for Conv2dInputGrad {
                 }
             }
             if k < p + 1 {
-                candle_core::bail!("{}: padding {p} >= kernel {k}", self.name())
+                candle_core::bail!("engine-conv2d-input-grad: padding {p} >= kernel {k}")
             }
             ConvPlan::conv(
                 Isa::detect(),
@@ -233,7 +248,7 @@ impl CustomOp2 for Conv2dInputGrad {
             )
         };
         debug_assert_eq!((plan.oh, plan.ow), (self.h, self.w));
-        Ok(run_plan(&plan, g, b))
+        Ok(plan.run_new(g, b))
     }
 }
 

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::config::ModelConfig;
-use super::layers::{apply_op, ConvBnRelu, LayerSpec, Op};
+use super::layers::{apply_op, forward_layers, ConvBnRelu, LayerSpec, Op};
 use super::score::gcm_score;
 use crate::rng::Rng;
 
@@ -267,16 +267,10 @@ impl Gcm {
         train: bool,
         mut before_head: Option<&mut BeforeHead>,
     ) -> Result<Tensor> {
-        let mut h = scaled.clone();
-        for l in &self.encoder {
-            h = l.forward_t(&h, train)?;
-        }
+        let h = forward_layers(&self.encoder, scaled, train)?;
         let k = self.cfg.head_kernel;
         let mut decode = |dec: &[ConvBnRelu], h: &Tensor| -> Result<Tensor> {
-            let mut d = h.clone();
-            for l in dec {
-                d = l.forward_t(&d, train)?;
-            }
+            let d = forward_layers(dec, h, train)?;
             match before_head.as_mut() {
                 Some(f) => f(&d),
                 None => Ok(d),

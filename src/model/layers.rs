@@ -202,35 +202,27 @@ impl ConvBnRelu {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train
-            && engine::uses_engine(x, &self.weight)
-            && self.bn.gamma.dtype() == DType::F32
-            && self.bn.beta.dtype() == DType::F32
-        {
-            // One op: the convolution's output gradient stays out of
-            // candle's gradient store (engine::conv_bn_relu_train).
-            let pad = self.spec.k / 2;
-            let conv = match self.spec.op {
+        forward_layers(std::slice::from_ref(self), x, train)
+    }
+
+    /// This layer for [`engine::train_chain`].
+    fn train_layer(&self) -> engine::TrainLayer<'_> {
+        let pad = self.spec.k / 2;
+        engine::TrainLayer {
+            conv: match self.spec.op {
                 Op::Conv { stride } => engine::LayerConv::Conv { stride, pad },
                 Op::Deconv => engine::LayerConv::Transpose {
                     stride: 2,
                     pad,
                     out_pad: 1,
                 },
-            };
-            let (y, mean, var) = engine::conv_bn_relu_train(
-                conv,
-                x,
-                &self.weight,
-                &self.bn.gamma,
-                &self.bn.beta,
-                self.bn.eps,
-            )?;
-            let (b, c, h, w) = y.dims4()?;
-            self.bn.record_batch_stats(mean, var, b * h * w, c)?;
-            return Ok(y);
+            },
+            k: self.spec.k,
+            weight: &self.weight,
+            gamma: &self.bn.gamma,
+            beta: &self.bn.beta,
+            eps: self.bn.eps,
         }
-        self.bn.forward_relu_t(&self.conv(x)?, train)
     }
 
     /// Weight and bias with the BatchNorm's inference transform folded in.
@@ -248,6 +240,32 @@ impl ConvBnRelu {
         };
         Ok((w, shift))
     }
+}
+
+/// `layers` applied in turn to `x`. In training on the engine's path they
+/// run as one op ([`engine::train_chain`]: the feature maps' gradients stay
+/// out of candle's gradient store), with the same results as layer by layer.
+pub fn forward_layers(layers: &[ConvBnRelu], x: &Tensor, train: bool) -> Result<Tensor> {
+    let chain = train
+        && !layers.is_empty()
+        && layers.iter().all(|l| {
+            engine::uses_engine(x, &l.weight)
+                && l.bn.gamma.dtype() == DType::F32
+                && l.bn.beta.dtype() == DType::F32
+        });
+    if chain {
+        let specs: Vec<_> = layers.iter().map(ConvBnRelu::train_layer).collect();
+        let (y, stats) = engine::train_chain(&specs, x)?;
+        for (l, s) in layers.iter().zip(stats) {
+            l.bn.record_batch_stats(s.mean, s.var, s.count, l.spec.cout)?;
+        }
+        return Ok(y);
+    }
+    let mut h = x.clone();
+    for l in layers {
+        h = l.bn.forward_relu_t(&l.conv(&h)?, train)?;
+    }
+    Ok(h)
 }
 
 /// Runs one planned convolution through the engine.
