@@ -121,36 +121,17 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.grads(x, w, g, true)?;
-        Ok((gx, Some(gw)))
-    }
-}
-
-impl Conv2d {
-    /// The input gradient (when `input_grad`) and the weight gradient for the
-    /// output gradient `g`.
-    pub(crate) fn grads(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        g: &Tensor,
-        input_grad: bool,
-    ) -> Result<(Option<Tensor>, Tensor)> {
         let g = g.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let gx = if input_grad {
-            Some(g.apply_op2_no_bwd(
-                &w.contiguous()?,
-                &Conv2dInputGrad {
-                    stride: self.stride,
-                    pad: self.pad,
-                    h,
-                    w: wd,
-                },
-            )?)
-        } else {
-            None
-        };
+        let gx = g.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &Conv2dInputGrad {
+                stride: self.stride,
+                pad: self.pad,
+                h,
+                w: wd,
+            },
+        )?;
         let k = w.dim(2)?;
         let gw = g.apply_op2_no_bwd(
             &x.contiguous()?,
@@ -160,7 +141,7 @@ impl Conv2d {
                 k,
             },
         )?;
-        Ok((gx, gw))
+        Ok((Some(gx), Some(gw)))
     }
 }
 
@@ -362,34 +343,15 @@ impl CustomOp2 for ConvTranspose2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.grads(x, w, g, true)?;
-        Ok((gx, Some(gw)))
-    }
-}
-
-impl ConvTranspose2d {
-    /// The input gradient (when `input_grad`) and the weight gradient for the
-    /// output gradient `g`.
-    pub(crate) fn grads(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        g: &Tensor,
-        input_grad: bool,
-    ) -> Result<(Option<Tensor>, Tensor)> {
         let g = g.contiguous()?;
         // dx = conv2d(g, w viewed as [I, O, K, K], stride, pad).
-        let gx = if input_grad {
-            Some(g.apply_op2_no_bwd(
-                &w.contiguous()?,
-                &Conv2d {
-                    stride: self.stride,
-                    pad: self.pad,
-                },
-            )?)
-        } else {
-            None
-        };
+        let gx = g.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &Conv2d {
+                stride: self.stride,
+                pad: self.pad,
+            },
+        )?;
         // dw[i, o] = sum x[i] * g[o] shifted: the convolution weight gradient
         // with x in the role of the output gradient.
         let k = w.dim(2)?;
@@ -401,7 +363,7 @@ impl ConvTranspose2d {
                 k,
             },
         )?;
-        Ok((gx, gw))
+        Ok((Some(gx), Some(gw)))
     }
 }
 
