@@ -22,7 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::bn::{bn_apply, bn_backward, channel_stats, inv_std};
 use super::conv::{conv2d_weight_grad, ConvPlan};
@@ -30,20 +30,26 @@ use super::ops::{f32_slice, with_f32, Conv2d, Conv2dInputGrad, ConvTranspose2d};
 use super::simd::Isa;
 
 /// The convolution of a training layer.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum ConvKind {
-    Conv(Conv2d),
-    Transpose(ConvTranspose2d),
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerConv {
+    /// `conv2d` with this stride and padding.
+    Conv { stride: usize, pad: usize },
+    /// `conv_transpose2d` with this stride, padding and output padding.
+    Transpose {
+        stride: usize,
+        pad: usize,
+        out_pad: usize,
+    },
 }
 
-/// One layer of a chain.
+/// One layer of a chain, as the op sees it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LayerDesc {
-    pub conv: ConvKind,
-    pub cin: usize,
-    pub cout: usize,
-    pub k: usize,
-    pub eps: f64,
+struct LayerDesc {
+    conv: LayerConv,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    eps: f64,
 }
 
 impl LayerDesc {
@@ -51,8 +57,8 @@ impl LayerDesc {
     /// a transposed convolution.
     fn weight_shape(&self) -> (usize, usize, usize, usize) {
         match self.conv {
-            ConvKind::Conv(_) => (self.cout, self.cin, self.k, self.k),
-            ConvKind::Transpose(_) => (self.cin, self.cout, self.k, self.k),
+            LayerConv::Conv { .. } => (self.cout, self.cin, self.k, self.k),
+            LayerConv::Transpose { .. } => (self.cin, self.cout, self.k, self.k),
         }
     }
 
@@ -65,9 +71,20 @@ impl LayerDesc {
     fn plan(&self, (h, w): (usize, usize), weight: &[f32]) -> Result<ConvPlan> {
         let xl = Layout::contiguous((1, self.cin, h, w));
         let wl = Layout::contiguous(self.weight_shape());
-        match &self.conv {
-            ConvKind::Conv(c) => c.plan(&xl, weight, &wl, None, false),
-            ConvKind::Transpose(t) => t.plan(&xl, weight, &wl, None, false),
+        match self.conv {
+            LayerConv::Conv { stride, pad } => {
+                Conv2d { stride, pad }.plan(&xl, weight, &wl, None, false)
+            }
+            LayerConv::Transpose {
+                stride,
+                pad,
+                out_pad,
+            } => ConvTranspose2d {
+                stride,
+                pad,
+                out_pad,
+            }
+            .plan(&xl, weight, &wl, None, false),
         }
     }
 }
@@ -182,96 +199,92 @@ impl CustomOp2 for ChainTrain {
         let input_grad = x.track_op();
         let isa = Isa::detect();
         let mut dp = vec![0f32; pv.len()];
-        let dx =
-            with_f32(x, |xs| {
-                with_f32(res, |ys| {
-                    with_f32(g, |gs| {
-                        // The gradient of the current layer's output: the
-                        // op's for the last layer, then each input gradient.
-                        let mut carried: Option<Vec<f32>> = None;
-                        let mut end = pv.len();
-                        for (l, d) in self.layers.iter().enumerate().rev() {
-                            let s = &saved[l];
-                            let start = end - d.params();
-                            let (wt, gamma, _) = split_params(d, &pv[start..end]);
-                            let y: &[f32] = s.y.as_deref().unwrap_or(ys);
-                            let (input, (h, w)) = match l {
-                                0 => (xs, (h0, w0)),
-                                _ => {
-                                    let (_, _, h, w) = saved[l - 1].dims;
-                                    (saved[l - 1].y.as_deref().expect("kept"), (h, w))
-                                }
-                            };
-                            let (b, co, oh, ow) = s.dims;
-                            let (dz, dgamma, dbeta) = bn_backward(
-                                &s.z,
-                                y,
-                                carried.as_deref().unwrap_or(gs),
-                                (b, co, oh * ow),
-                                gamma,
-                                &s.mean,
-                                &s.inv_std,
-                                true,
-                            );
-                            let dw = match d.conv {
-                                ConvKind::Conv(c) => conv2d_weight_grad(
-                                    isa,
-                                    &dz,
-                                    input,
-                                    (b, d.cin, h, w),
-                                    (co, oh, ow),
-                                    d.k,
-                                    c.stride,
-                                    c.pad,
-                                ),
-                                // The input in the role of the output gradient.
-                                ConvKind::Transpose(t) => conv2d_weight_grad(
-                                    isa,
-                                    input,
+        let dx = with_f32(x, |xs| {
+            with_f32(res, |ys| {
+                with_f32(g, |gs| {
+                    // The gradient of the current layer's output: the
+                    // op's for the last layer, then each input gradient.
+                    let mut carried: Option<Vec<f32>> = None;
+                    let mut end = pv.len();
+                    for (l, d) in self.layers.iter().enumerate().rev() {
+                        let s = &saved[l];
+                        let start = end - d.params();
+                        let (wt, gamma, _) = split_params(d, &pv[start..end]);
+                        let y: &[f32] = s.y.as_deref().unwrap_or(ys);
+                        let (input, (h, w)) = match l {
+                            0 => (xs, (h0, w0)),
+                            _ => {
+                                let (_, _, h, w) = saved[l - 1].dims;
+                                (saved[l - 1].y.as_deref().expect("kept"), (h, w))
+                            }
+                        };
+                        let (b, co, oh, ow) = s.dims;
+                        let (dz, dgamma, dbeta) = bn_backward(
+                            &s.z,
+                            y,
+                            carried.as_deref().unwrap_or(gs),
+                            (b, co, oh * ow),
+                            gamma,
+                            &s.mean,
+                            &s.inv_std,
+                            true,
+                        );
+                        let dw = match d.conv {
+                            LayerConv::Conv { stride, pad } => conv2d_weight_grad(
+                                isa,
+                                &dz,
+                                input,
+                                (b, d.cin, h, w),
+                                (co, oh, ow),
+                                d.k,
+                                stride,
+                                pad,
+                            ),
+                            // The input in the role of the output gradient.
+                            LayerConv::Transpose { stride, pad, .. } => conv2d_weight_grad(
+                                isa,
+                                input,
+                                &dz,
+                                (b, co, oh, ow),
+                                (d.cin, h, w),
+                                d.k,
+                                stride,
+                                pad,
+                            ),
+                        };
+                        let dst = &mut dp[start..end];
+                        let (dws, dgb) = dst.split_at_mut(dw.len());
+                        dws.copy_from_slice(&dw);
+                        dgb[..co].copy_from_slice(&dgamma);
+                        dgb[co..].copy_from_slice(&dbeta);
+                        end = start;
+                        if l == 0 && !input_grad {
+                            return Ok(None);
+                        }
+                        carried = Some(match d.conv {
+                            LayerConv::Conv { stride, pad } => {
+                                Conv2dInputGrad { stride, pad, h, w }.run(
                                     &dz,
                                     (b, co, oh, ow),
-                                    (d.cin, h, w),
-                                    d.k,
-                                    t.stride,
-                                    t.pad,
-                                ),
-                            };
-                            let dst = &mut dp[start..end];
-                            let (dws, dgb) = dst.split_at_mut(dw.len());
-                            dws.copy_from_slice(&dw);
-                            dgb[..co].copy_from_slice(&dgamma);
-                            dgb[co..].copy_from_slice(&dbeta);
-                            end = start;
-                            if l == 0 && !input_grad {
-                                return Ok(None);
+                                    wt,
+                                    (d.cin, d.k),
+                                )?
                             }
-                            carried =
-                                Some(match d.conv {
-                                    ConvKind::Conv(c) => Conv2dInputGrad {
-                                        stride: c.stride,
-                                        pad: c.pad,
-                                        h,
-                                        w,
-                                    }
-                                    .run(&dz, (b, co, oh, ow), wt, (d.cin, d.k))?,
-                                    // The adjoint of a transposed convolution: the
-                                    // convolution with its weight, `[cin, cout, k, k]`
-                                    // read as `[out, in, k, k]`.
-                                    ConvKind::Transpose(t) => {
-                                        let c = Conv2d {
-                                            stride: t.stride,
-                                            pad: t.pad,
-                                        };
-                                        let gl = Layout::contiguous((b, co, oh, ow));
-                                        let wl = Layout::contiguous(d.weight_shape());
-                                        c.plan(&gl, wt, &wl, None, false)?.run_new(&dz, b)
-                                    }
-                                });
-                        }
-                        Ok(carried)
-                    })
+                            // The adjoint of a transposed convolution: the
+                            // convolution with its weight, `[cin, cout, k, k]`
+                            // read as `[out, in, k, k]`.
+                            LayerConv::Transpose { stride, pad, .. } => {
+                                let c = Conv2d { stride, pad };
+                                let gl = Layout::contiguous((b, co, oh, ow));
+                                let wl = Layout::contiguous(d.weight_shape());
+                                c.plan(&gl, wt, &wl, None, false)?.run_new(&dz, b)
+                            }
+                        });
+                    }
+                    Ok(carried)
                 })
-            })?;
+            })
+        })?;
         let dev = x.device();
         let dx = match dx {
             Some(v) => Some(Tensor::from_vec(v, x.dims(), dev)?),
@@ -291,27 +304,55 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// One layer's parameters for [`train_chain`].
-pub(crate) struct LayerParams<'a> {
-    pub desc: LayerDesc,
+/// One training layer of [`train_chain`]: `relu(batch_norm(conv(x, weight)))`
+/// with the batch's statistics.
+pub struct TrainLayer<'a> {
+    pub conv: LayerConv,
+    /// Kernel size (square).
+    pub k: usize,
     pub weight: &'a Tensor,
     pub gamma: &'a Tensor,
     pub beta: &'a Tensor,
+    /// BatchNorm's epsilon.
+    pub eps: f64,
 }
 
-/// A chain of training layers on CPU `f32` tensors, differentiable in `x`
-/// and every parameter. Returns the last layer's output and each layer's
-/// batch statistics (for the running statistics).
-pub(crate) fn train_chain(layers: &[LayerParams], x: &Tensor) -> Result<(Tensor, Vec<BatchStats>)> {
+/// Training layers applied in turn to CPU `f32` `x`, as one op
+/// (differentiable in `x` and every parameter). Returns the last layer's
+/// output and each layer's batch statistics, for the running statistics.
+/// The engine's path only: callers check [`super::uses_engine`] (and `f32`
+/// BatchNorm parameters) first, and otherwise run each layer's convolution
+/// and BatchNorm as separate ops.
+pub fn train_chain(layers: &[TrainLayer], x: &Tensor) -> Result<(Tensor, Vec<BatchStats>)> {
+    let mut descs = Vec::with_capacity(layers.len());
     let mut parts = Vec::with_capacity(3 * layers.len());
     for l in layers {
-        if l.weight.dims4()? != l.desc.weight_shape() {
+        if !super::uses_engine(x, l.weight)
+            || l.gamma.dtype() != DType::F32
+            || l.beta.dtype() != DType::F32
+        {
+            candle_core::bail!("train_chain: the engine runs CPU f32 tensors only")
+        }
+        let (a, b, k, k2) = l.weight.dims4()?;
+        let (cin, cout) = match l.conv {
+            LayerConv::Conv { .. } => (b, a),
+            LayerConv::Transpose { .. } => (a, b),
+        };
+        if (k, k2) != (l.k, l.k) {
             candle_core::bail!(
-                "train_chain: weight {:?}, the layer needs {:?}",
+                "train_chain: weight {:?} for a {}x{} kernel",
                 l.weight.dims(),
-                l.desc.weight_shape()
+                l.k,
+                l.k
             )
         }
+        descs.push(LayerDesc {
+            conv: l.conv,
+            cin,
+            cout,
+            k: l.k,
+            eps: l.eps,
+        });
         parts.push(l.weight.flatten_all()?);
         parts.push(l.gamma.clone());
         parts.push(l.beta.clone());
@@ -319,7 +360,7 @@ pub(crate) fn train_chain(layers: &[LayerParams], x: &Tensor) -> Result<(Tensor,
     let p = Tensor::cat(&parts, 0)?;
     let saved: Shared = Arc::new(Mutex::new(Vec::new()));
     let op = ChainTrain {
-        layers: layers.iter().map(|l| l.desc).collect(),
+        layers: descs,
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op2_arc(&p, Arc::new(Box::new(op)))?;
@@ -368,7 +409,7 @@ mod tests {
         beta: Var,
     }
 
-    fn layer(rng: &mut Rng, conv: ConvKind, cin: usize, cout: usize, k: usize) -> Params {
+    fn layer(rng: &mut Rng, conv: LayerConv, cin: usize, cout: usize, k: usize) -> Params {
         let desc = LayerDesc {
             conv,
             cin,
@@ -386,29 +427,31 @@ mod tests {
         }
     }
 
-    fn conv(stride: usize, pad: usize) -> ConvKind {
-        ConvKind::Conv(Conv2d { stride, pad })
+    fn conv(stride: usize, pad: usize) -> LayerConv {
+        LayerConv::Conv { stride, pad }
     }
 
-    fn deconv() -> ConvKind {
-        ConvKind::Transpose(ConvTranspose2d {
+    fn deconv() -> LayerConv {
+        LayerConv::Transpose {
             stride: 2,
             pad: 1,
             out_pad: 1,
-        })
+        }
     }
 
     /// The chain's output and batch statistics, as one op or as separate
     /// ops (each layer's convolution, then its BatchNorm + ReLU).
     fn forward(one_op: bool, layers: &[Params], x: &Tensor) -> (Tensor, Vec<BatchStats>) {
         if one_op {
-            let lp: Vec<LayerParams> = layers
+            let lp: Vec<TrainLayer> = layers
                 .iter()
-                .map(|l| LayerParams {
-                    desc: l.desc,
+                .map(|l| TrainLayer {
+                    conv: l.desc.conv,
+                    k: l.desc.k,
                     weight: l.w.as_tensor(),
                     gamma: l.gamma.as_tensor(),
                     beta: l.beta.as_tensor(),
+                    eps: l.desc.eps,
                 })
                 .collect();
             return train_chain(&lp, x).unwrap();
@@ -418,8 +461,12 @@ mod tests {
         for l in layers {
             let w = l.w.as_tensor();
             let z = match l.desc.conv {
-                ConvKind::Conv(c) => conv2d(&h, w, c.stride, c.pad),
-                ConvKind::Transpose(t) => conv_transpose2d(&h, w, t.stride, t.pad, t.out_pad),
+                LayerConv::Conv { stride, pad } => conv2d(&h, w, stride, pad),
+                LayerConv::Transpose {
+                    stride,
+                    pad,
+                    out_pad,
+                } => conv_transpose2d(&h, w, stride, pad, out_pad),
             }
             .unwrap();
             let (b, _, oh, ow) = z.dims4().unwrap();

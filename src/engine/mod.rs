@@ -24,7 +24,7 @@ pub(crate) mod ops;
 pub mod reference;
 pub mod simd;
 
-pub use layer::BatchStats;
+pub use layer::{train_chain, BatchStats, LayerConv, TrainLayer};
 pub use ops::with_f32;
 pub use simd::Isa;
 
@@ -109,78 +109,6 @@ pub fn conv_transpose2d(
     } else {
         x.conv_transpose2d(w, pad, out_pad, stride, 1)
     }
-}
-
-/// The convolution of a training layer ([`train_chain`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerConv {
-    /// [`conv2d`] with this stride and padding.
-    Conv { stride: usize, pad: usize },
-    /// [`conv_transpose2d`] with this stride, padding and output padding.
-    Transpose {
-        stride: usize,
-        pad: usize,
-        out_pad: usize,
-    },
-}
-
-/// One training layer of [`train_chain`]: `relu(batch_norm(conv(x, weight)))`
-/// with the batch's statistics.
-pub struct TrainLayer<'a> {
-    pub conv: LayerConv,
-    /// Kernel size (square).
-    pub k: usize,
-    pub weight: &'a Tensor,
-    pub gamma: &'a Tensor,
-    pub beta: &'a Tensor,
-    /// BatchNorm's epsilon.
-    pub eps: f64,
-}
-
-/// Training layers applied in turn to `x`, as one op (differentiable in `x`
-/// and every parameter; see [`layer`]). Returns the last layer's output and
-/// each layer's batch statistics, for the running statistics. The engine's path only: callers check [`uses_engine`] (and
-/// `f32` BatchNorm parameters) first, and otherwise run each layer's
-/// convolution and BatchNorm as separate ops.
-pub fn train_chain(layers: &[TrainLayer], x: &Tensor) -> Result<(Tensor, Vec<BatchStats>)> {
-    let mut params = Vec::with_capacity(layers.len());
-    for l in layers {
-        if !uses_engine(x, l.weight)
-            || l.gamma.dtype() != DType::F32
-            || l.beta.dtype() != DType::F32
-        {
-            candle_core::bail!("train_chain: the engine runs CPU f32 tensors only")
-        }
-        let (cin, cout) = match l.conv {
-            LayerConv::Conv { .. } => (l.weight.dim(1)?, l.weight.dim(0)?),
-            LayerConv::Transpose { .. } => (l.weight.dim(0)?, l.weight.dim(1)?),
-        };
-        let conv = match l.conv {
-            LayerConv::Conv { stride, pad } => layer::ConvKind::Conv(ops::Conv2d { stride, pad }),
-            LayerConv::Transpose {
-                stride,
-                pad,
-                out_pad,
-            } => layer::ConvKind::Transpose(ops::ConvTranspose2d {
-                stride,
-                pad,
-                out_pad,
-            }),
-        };
-        params.push(layer::LayerParams {
-            desc: layer::LayerDesc {
-                conv,
-                cin,
-                cout,
-                k: l.k,
-                eps: l.eps,
-            },
-            weight: l.weight,
-            gamma: l.gamma,
-            beta: l.beta,
-        });
-    }
-    layer::train_chain(&params, x)
 }
 
 /// `relu?(conv2d(x, w) + b)` with `b`: `[O]`. Inference only.

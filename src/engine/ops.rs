@@ -59,7 +59,6 @@ fn check_square(k1: usize, k2: usize, op: &str) -> Result<()> {
 }
 
 /// `conv2d(x, w)`; `w`: `[O, I, K, K]`.
-#[derive(Clone, Copy, Debug)]
 pub(crate) struct Conv2d {
     pub stride: usize,
     pub pad: usize,
@@ -275,7 +274,6 @@ impl CustomOp2 for WeightGrad {
 }
 
 /// `conv_transpose2d(x, w)`; `w`: `[I, O, K, K]`.
-#[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvTranspose2d {
     pub stride: usize,
     pub pad: usize,
