@@ -124,7 +124,7 @@ impl BatchNorm {
             // The engine's fused op: one pass for the statistics, one for the output.
             let (y, mean, var) =
                 engine::bn::batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
-            self.record_batch_stats(mean, var, b * h * w, c)?;
+            self.record_batch_stats(mean, var, b * h * w)?;
             return Ok(y);
         }
         // Statistics over batch and space, per channel.
@@ -152,13 +152,9 @@ impl BatchNorm {
 
     /// Folds a batch's per-channel mean and biased variance (over `n`
     /// values per channel) into the running statistics.
-    pub fn record_batch_stats(
-        &self,
-        mean: Vec<f32>,
-        var: Vec<f32>,
-        n: usize,
-        c: usize,
-    ) -> Result<()> {
+    pub fn record_batch_stats(&self, mean: Vec<f32>, var: Vec<f32>, n: usize) -> Result<()> {
+        // The layer's channel count, which the vectors must match.
+        let c = self.gamma.dim(0)?;
         let n = n as f64;
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let dev = self.running_mean.device();
@@ -257,7 +253,7 @@ pub fn forward_layers(layers: &[ConvBnRelu], x: &Tensor, train: bool) -> Result<
         let specs: Vec<_> = layers.iter().map(ConvBnRelu::train_layer).collect();
         let (y, stats) = engine::train_chain(&specs, x)?;
         for (l, s) in layers.iter().zip(stats) {
-            l.bn.record_batch_stats(s.mean, s.var, s.count, l.spec.cout)?;
+            l.bn.record_batch_stats(s.mean, s.var, s.count)?;
         }
         return Ok(y);
     }
