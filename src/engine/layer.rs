@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::bn::{bn_apply, bn_backward, channel_stats, inv_std};
-use super::conv::{conv2d_weight_grad, ConvPlan};
-use super::ops::{f32_slice, with_f32, Conv2d, Conv2dInputGrad, ConvTranspose2d};
-use super::simd::Isa;
+use super::conv::ConvPlan;
+use super::ops::{conv_grads, f32_slice, with_f32, Conv2d, ConvTranspose2d};
 
 /// The convolution of a training layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +196,6 @@ impl CustomOp2 for ChainTrain {
         }
         let (_, _, h0, w0) = x.dims4()?;
         let input_grad = x.track_op();
-        let isa = Isa::detect();
         let mut dp = vec![0f32; pv.len()];
         let dx = with_f32(x, |xs| {
             with_f32(res, |ys| {
@@ -229,57 +227,24 @@ impl CustomOp2 for ChainTrain {
                             &s.inv_std,
                             true,
                         );
-                        let dw = match d.conv {
-                            LayerConv::Conv { stride, pad } => conv2d_weight_grad(
-                                isa,
-                                &dz,
-                                input,
-                                (b, d.cin, h, w),
-                                (co, oh, ow),
-                                d.k,
-                                stride,
-                                pad,
-                            ),
-                            // The input in the role of the output gradient.
-                            LayerConv::Transpose { stride, pad, .. } => conv2d_weight_grad(
-                                isa,
-                                input,
-                                &dz,
-                                (b, co, oh, ow),
-                                (d.cin, h, w),
-                                d.k,
-                                stride,
-                                pad,
-                            ),
-                        };
+                        let dx_needed = l > 0 || input_grad;
+                        let (dw, dx) = conv_grads(
+                            d.conv,
+                            input,
+                            (b, d.cin, h, w),
+                            wt,
+                            &dz,
+                            (co, oh, ow),
+                            d.k,
+                            dx_needed,
+                        )?;
                         let dst = &mut dp[start..end];
                         let (dws, dgb) = dst.split_at_mut(dw.len());
                         dws.copy_from_slice(&dw);
                         dgb[..co].copy_from_slice(&dgamma);
                         dgb[co..].copy_from_slice(&dbeta);
                         end = start;
-                        if l == 0 && !input_grad {
-                            return Ok(None);
-                        }
-                        carried = Some(match d.conv {
-                            LayerConv::Conv { stride, pad } => {
-                                Conv2dInputGrad { stride, pad, h, w }.run(
-                                    &dz,
-                                    (b, co, oh, ow),
-                                    wt,
-                                    (d.cin, d.k),
-                                )?
-                            }
-                            // The adjoint of a transposed convolution: the
-                            // convolution with its weight, `[cin, cout, k, k]`
-                            // read as `[out, in, k, k]`.
-                            LayerConv::Transpose { stride, pad, .. } => {
-                                let c = Conv2d { stride, pad };
-                                let gl = Layout::contiguous((b, co, oh, ow));
-                                let wl = Layout::contiguous(d.weight_shape());
-                                c.plan(&gl, wt, &wl, None, false)?.run_new(&dz, b)
-                            }
-                        });
+                        carried = dx;
                     }
                     Ok(carried)
                 })

@@ -18,6 +18,7 @@ use candle_core::{
 };
 
 use super::conv::{conv2d_weight_grad, ConvPlan};
+use super::layer::LayerConv;
 use super::simd::Isa;
 
 /// The contiguous `f32` data of a CPU storage.
@@ -120,66 +121,26 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let (_, _, h, wd) = x.dims4()?;
-        let gx = g.apply_op2_no_bwd(
-            &w.contiguous()?,
-            &Conv2dInputGrad {
-                stride: self.stride,
-                pad: self.pad,
-                h,
-                w: wd,
-            },
-        )?;
-        let k = w.dim(2)?;
-        let gw = g.apply_op2_no_bwd(
-            &x.contiguous()?,
-            &WeightGrad {
-                stride: self.stride,
-                pad: self.pad,
-                k,
-            },
-        )?;
-        Ok((Some(gx), Some(gw)))
+        let conv = LayerConv::Conv {
+            stride: self.stride,
+            pad: self.pad,
+        };
+        op_grads(conv, x, w, g)
     }
 }
 
 /// Input gradient of `conv2d` for an input of `h x w`: `(g, w) -> dx`.
-pub(crate) struct Conv2dInputGrad {
-    pub stride: usize,
-    pub pad: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
-impl CustomOp2 for Conv2dInputGrad {
-    fn name(&self) -> &'static str {
-        "engine-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
-        let (b, co, oh, ow) = dims4(l1)?;
-        let (co2, ci, k, _) = dims4(l2)?;
-        if co != co2 {
-            candle_core::bail!("{}: gradient/weight channel mismatch", self.name())
-        }
-        let dx = self.run(g, (b, co, oh, ow), w, (ci, k))?;
-        Ok((CpuStorage::F32(dx), Shape::from((b, ci, self.h, self.w))))
-    }
+struct Conv2dInputGrad {
+    stride: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
 }
 
 impl Conv2dInputGrad {
     /// `dx` (`[b, ci, h, w]`) for the output gradient `g` (`[b, co, oh, ow]`)
     /// and the weight `w` (`[co, ci, k, k]`).
-    pub(crate) fn run(
+    fn run(
         &self,
         g: &[f32],
         (b, co, oh, ow): (usize, usize, usize, usize),
@@ -232,45 +193,87 @@ impl Conv2dInputGrad {
     }
 }
 
-/// Weight gradient of a convolution: `(g, x) -> dw` `[O, I, K, K]` where
-/// `g` is `[B, O, OH, OW]` and `x` `[B, I, H, W]`.
-struct WeightGrad {
-    stride: usize,
-    pad: usize,
+/// The gradients of a convolution (`conv` of `x`, `[b, cin, h, w]`, with
+/// the weight `w`, to `[b, cout, oh, ow]`) for the output gradient `g`:
+/// the weight's, and the input's when `input_grad`. The one place the
+/// backward rules of both convolutions are written: the separate ops and
+/// the training chain ([`super::layer`]) call it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_grads(
+    conv: LayerConv,
+    x: &[f32],
+    (b, cin, h, w): (usize, usize, usize, usize),
+    wt: &[f32],
+    g: &[f32],
+    (cout, oh, ow): (usize, usize, usize),
     k: usize,
+    input_grad: bool,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    if x.len() != b * cin * h * w || g.len() != b * cout * oh * ow || wt.len() != cin * cout * k * k
+    {
+        candle_core::bail!(
+            "convolution backward: input {}, gradient {}, weight {} values for \
+             [{b}, {cin}, {h}, {w}] -> [{b}, {cout}, {oh}, {ow}], {k}x{k}",
+            x.len(),
+            g.len(),
+            wt.len()
+        )
+    }
+    let isa = Isa::detect();
+    match conv {
+        LayerConv::Conv { stride, pad } => {
+            let dw = conv2d_weight_grad(isa, g, x, (b, cin, h, w), (cout, oh, ow), k, stride, pad);
+            let dx = match input_grad {
+                true => Some(Conv2dInputGrad { stride, pad, h, w }.run(
+                    g,
+                    (b, cout, oh, ow),
+                    wt,
+                    (cin, k),
+                )?),
+                false => None,
+            };
+            Ok((dw, dx))
+        }
+        LayerConv::Transpose { stride, pad, .. } => {
+            // dw[i, o] = sum x[i] * g[o] shifted: the convolution weight
+            // gradient with x in the role of the output gradient.
+            let dw = conv2d_weight_grad(isa, x, g, (b, cout, oh, ow), (cin, h, w), k, stride, pad);
+            // dx = conv2d(g, w viewed as [I, O, K, K] = [out, in, k, k]).
+            let dx = match input_grad {
+                true => {
+                    let gl = Layout::contiguous((b, cout, oh, ow));
+                    let wl = Layout::contiguous((cin, cout, k, k));
+                    let plan = Conv2d { stride, pad }.plan(&gl, wt, &wl, None, false)?;
+                    Some(plan.run_new(g, b))
+                }
+                false => None,
+            };
+            Ok((dw, dx))
+        }
+    }
 }
 
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "engine-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, self.name())?;
-        let x = f32_slice(s2, l2, self.name())?;
-        let (b, co, oh, ow) = dims4(l1)?;
-        let (b2, ci, h, w) = dims4(l2)?;
-        if b != b2 {
-            candle_core::bail!("{}: batch mismatch", self.name())
-        }
-        let dw = conv2d_weight_grad(
-            Isa::detect(),
-            g,
-            x,
-            (b, ci, h, w),
-            (co, oh, ow),
-            self.k,
-            self.stride,
-            self.pad,
-        );
-        Ok((CpuStorage::F32(dw), Shape::from((co, ci, self.k, self.k))))
-    }
+/// [`conv_grads`] for a separate convolution op's backward (`x`, `w`, `g`
+/// as candle gives them).
+fn op_grads(
+    conv: LayerConv,
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (b, cin, h, wd) = x.dims4()?;
+    let (_, cout, oh, ow) = g.dims4()?;
+    let k = w.dim(2)?;
+    let (dw, dx) = with_f32(x, |xs| {
+        with_f32(w, |ws| {
+            with_f32(g, |gs| {
+                conv_grads(conv, xs, (b, cin, h, wd), ws, gs, (cout, oh, ow), k, true)
+            })
+        })
+    })?;
+    let dev = x.device();
+    let dx = dx.map(|v| Tensor::from_vec(v, x.dims(), dev)).transpose()?;
+    Ok((dx, Some(Tensor::from_vec(dw, w.dims(), dev)?)))
 }
 
 /// `conv_transpose2d(x, w)`; `w`: `[I, O, K, K]`.
@@ -341,27 +344,12 @@ impl CustomOp2 for ConvTranspose2d {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        // dx = conv2d(g, w viewed as [I, O, K, K], stride, pad).
-        let gx = g.apply_op2_no_bwd(
-            &w.contiguous()?,
-            &Conv2d {
-                stride: self.stride,
-                pad: self.pad,
-            },
-        )?;
-        // dw[i, o] = sum x[i] * g[o] shifted: the convolution weight gradient
-        // with x in the role of the output gradient.
-        let k = w.dim(2)?;
-        let gw = x.contiguous()?.apply_op2_no_bwd(
-            &g,
-            &WeightGrad {
-                stride: self.stride,
-                pad: self.pad,
-                k,
-            },
-        )?;
-        Ok((Some(gx), Some(gw)))
+        let conv = LayerConv::Transpose {
+            stride: self.stride,
+            pad: self.pad,
+            out_pad: self.out_pad,
+        };
+        op_grads(conv, x, w, g)
     }
 }
 
