@@ -117,6 +117,9 @@ pub struct Metrics {
     /// Milliseconds since `start` when the inference loop last turned.
     infer_tick_ms: AtomicU64,
     model: Mutex<String>,
+    /// Why the daemon is degraded although its inference loop turns (the
+    /// decision log cannot be written, ...); `None` when healthy.
+    degraded: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -155,6 +158,7 @@ impl Metrics {
             latency_sinks: Histogram::default(),
             infer_tick_ms: AtomicU64::new(0),
             model: Mutex::default(),
+            degraded: Mutex::default(),
         }
     }
 
@@ -204,6 +208,17 @@ impl Metrics {
     pub fn since_tick(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.infer_tick_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Marks the daemon degraded, with the reason `/healthz` gives (503), or
+    /// healthy again with `None`.
+    pub fn set_degraded(&self, reason: Option<String>) {
+        *self.degraded.lock().expect("metrics lock") = reason;
+    }
+
+    /// Why the daemon is degraded, if it is (see [`Metrics::set_degraded`]).
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().expect("metrics lock").clone()
     }
 
     /// The Prometheus text exposition.
