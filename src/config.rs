@@ -470,82 +470,102 @@ impl DaemonConfig {
                 "must name a model directory or builtin:demo".into(),
             );
         }
+        crate::device::parse(&self.device).map_err(|m| ("device".to_string(), m))?;
         match &self.source {
             SourceConfig::V4l2(v) => {
-                if v.width_px == 0 || v.height_px == 0 {
-                    return err("source.v4l2.width_px", "frame size must be positive".into());
-                }
-                if v.fps == 0 {
-                    return err("source.v4l2.fps", "must be at least 1".into());
-                }
-                if !(2..=32).contains(&v.buffer_count) {
-                    return err(
-                        "source.v4l2.buffer_count",
-                        "must be between 2 and 32".into(),
-                    );
-                }
-                if v.dequeue_timeout_ms == 0 {
-                    return err("source.v4l2.dequeue_timeout_ms", "must be positive".into());
-                }
-                if v.reconnect_initial_backoff_ms == 0
-                    || v.reconnect_max_backoff_ms < v.reconnect_initial_backoff_ms
-                {
-                    return err(
-                        "source.v4l2.reconnect_max_backoff_ms",
-                        "backoffs must be positive and max >= initial".into(),
-                    );
-                }
+                within("source.v4l2.width_px", v.width_px, 1, MAX_SIDE_PX)?;
+                within("source.v4l2.height_px", v.height_px, 1, MAX_SIDE_PX)?;
+                within("source.v4l2.fps", v.fps, 1, 1000)?;
+                within("source.v4l2.buffer_count", v.buffer_count, 2, 32)?;
+                within(
+                    "source.v4l2.dequeue_timeout_ms",
+                    v.dequeue_timeout_ms,
+                    1,
+                    MAX_WAIT_MS,
+                )?;
+                within(
+                    "source.v4l2.reconnect_initial_backoff_ms",
+                    v.reconnect_initial_backoff_ms,
+                    1,
+                    MAX_WAIT_MS,
+                )?;
+                within(
+                    "source.v4l2.reconnect_max_backoff_ms",
+                    v.reconnect_max_backoff_ms,
+                    v.reconnect_initial_backoff_ms,
+                    MAX_WAIT_MS,
+                )?;
             }
-            SourceConfig::Replay(r) => {
-                if !(r.fps.is_finite() && r.fps >= 0.0) {
-                    return err("source.replay.fps", format!("{} is not a rate >= 0", r.fps));
-                }
-            }
+            SourceConfig::Replay(r) => rate("source.replay.fps", r.fps)?,
             SourceConfig::Synthetic(s) => {
-                if !(s.fps.is_finite() && s.fps >= 0.0) {
-                    return err(
-                        "source.synthetic.fps",
-                        format!("{} is not a rate >= 0", s.fps),
-                    );
-                }
-                if !(8..=4096).contains(&s.size_px) {
-                    return err(
-                        "source.synthetic.size_px",
-                        "must be between 8 and 4096".into(),
-                    );
-                }
+                rate("source.synthetic.fps", s.fps)?;
+                within("source.synthetic.size_px", s.size_px, 8, 4096)?;
                 crate::data::synth::parse_kinds(&s.classes.join(","))
                     .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
             }
         }
         if let Some(r) = &self.preprocess.roi {
-            if r.width_px == 0 || r.height_px == 0 {
-                return err("preprocess.roi.width_px", "ROI must not be empty".into());
-            }
+            within("preprocess.roi.x_px", r.x_px, 0, MAX_SIDE_PX - 1)?;
+            within("preprocess.roi.y_px", r.y_px, 0, MAX_SIDE_PX - 1)?;
+            within(
+                "preprocess.roi.width_px",
+                r.width_px,
+                1,
+                MAX_SIDE_PX - r.x_px,
+            )?;
+            within(
+                "preprocess.roi.height_px",
+                r.height_px,
+                1,
+                MAX_SIDE_PX - r.y_px,
+            )?;
         }
-        if self.pipeline.queue_capacity_frames == 0 {
-            return err(
-                "pipeline.queue_capacity_frames",
-                "must be at least 1".into(),
-            );
-        }
-        if self.pipeline.sink_queue_capacity_decisions == 0 {
-            return err(
-                "pipeline.sink_queue_capacity_decisions",
-                "must be at least 1".into(),
-            );
-        }
-        if self.output.log.rotate_bytes < 4096 {
-            return err("output.log.rotate_bytes", "must be at least 4096".into());
-        }
+        within(
+            "pipeline.queue_capacity_frames",
+            self.pipeline.queue_capacity_frames,
+            1,
+            1024,
+        )?;
+        within(
+            "pipeline.sink_queue_capacity_decisions",
+            self.pipeline.sink_queue_capacity_decisions,
+            1,
+            65_536,
+        )?;
+        let log = &self.output.log;
+        within("output.log.rotate_bytes", log.rotate_bytes, 4096, MAX_BYTES)?;
+        within(
+            "output.log.fsync_every_lines",
+            log.fsync_every_lines,
+            0,
+            1_000_000,
+        )?;
+        within(
+            "output.log.fsync_every_ms",
+            log.fsync_every_ms,
+            0,
+            MAX_WAIT_MS,
+        )?;
+        within(
+            "evidence.quota_bytes",
+            self.evidence.quota_bytes,
+            0,
+            MAX_BYTES,
+        )?;
         if let Some(m) = self.evidence.margin_below {
             if !m.is_finite() {
-                return err("evidence.margin_below", "must be a finite number".into());
+                return err(
+                    "evidence.margin_below",
+                    format!("{m} is not a finite number"),
+                );
             }
         }
-        if !(self.checks.reference_tolerance.is_finite() && self.checks.reference_tolerance >= 0.0)
-        {
-            return err("checks.reference_tolerance", "must be >= 0".into());
+        let tol = self.checks.reference_tolerance;
+        if !(tol.is_finite() && tol >= 0.0) {
+            return err(
+                "checks.reference_tolerance",
+                format!("{tol} is not a finite number >= 0"),
+            );
         }
         if self.metrics.enabled {
             self.metrics
@@ -553,9 +573,12 @@ impl DaemonConfig {
                 .parse::<SocketAddr>()
                 .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
         }
-        if self.metrics.healthy_within_ms == 0 {
-            return err("metrics.healthy_within_ms", "must be positive".into());
-        }
+        within(
+            "metrics.healthy_within_ms",
+            self.metrics.healthy_within_ms,
+            1,
+            MAX_WAIT_MS,
+        )?;
         Ok(())
     }
 
@@ -598,6 +621,45 @@ impl DaemonConfig {
         }
         Ok(())
     }
+}
+
+/// The largest frame side (and ROI edge) accepted, in pixels.
+const MAX_SIDE_PX: u32 = 16_384;
+/// The longest wait, period or timeout a config may set: one hour. Longer
+/// ones are typing errors, and every duration the daemon computes from one
+/// (deadlines, doubled backoffs) stays far inside what `Instant` can hold.
+const MAX_WAIT_MS: u64 = 3_600_000;
+/// The largest byte count (file sizes, quotas) accepted: 1 PiB.
+const MAX_BYTES: u64 = 1 << 50;
+/// The range of a frame rate: 0 (unpaced) or one frame an hour to 10,000 fps.
+const FPS_RANGE: (f64, f64) = (1.0 / 3600.0, 10_000.0);
+
+/// `value` must lie in `lo..=hi`; the error names the key and the range.
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> std::result::Result<(), (String, String)> {
+    if value < lo || value > hi {
+        return Err((
+            key.to_string(),
+            format!("{value} is out of range (must be between {lo} and {hi})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A frame rate: 0 (unpaced) or within [`FPS_RANGE`].
+fn rate(key: &str, fps: f64) -> std::result::Result<(), (String, String)> {
+    let (lo, hi) = FPS_RANGE;
+    if fps == 0.0 || (fps.is_finite() && (lo..=hi).contains(&fps)) {
+        return Ok(());
+    }
+    Err((
+        key.to_string(),
+        format!("{fps} is not a frame rate (0 for unpaced, or between one frame an hour, {lo:.6}, and {hi})"),
+    ))
 }
 
 impl Loaded {
@@ -667,6 +729,54 @@ impl Loaded {
             None => default_dir("STATE_DIRECTORY", Some("evidence"), "evidence")
                 .ok_or_else(|| self.no_default("output.evidence_dir")),
         }
+    }
+
+    /// Creates the decision log and evidence folders if needed and proves
+    /// each writable by writing and removing a probe file; returns them
+    /// (log, evidence). A path that runs through a regular file is a config
+    /// error naming the key; a folder that is there but refuses writes (read
+    /// only, permissions, a full disk) is an I/O error, which a restart may
+    /// fix (a disk mounted late).
+    pub fn prepare_output_dirs(&self) -> Result<(PathBuf, PathBuf)> {
+        let log = self.log_dir()?;
+        let evidence = self.evidence_dir()?;
+        for (key, dir) in [("output.log_dir", &log), ("output.evidence_dir", &evidence)] {
+            self.writable_dir(key, dir)?;
+        }
+        Ok((log, evidence))
+    }
+
+    fn writable_dir(&self, key: &str, dir: &Path) -> Result<()> {
+        use std::io::ErrorKind::{AlreadyExists, NotADirectory};
+        let not_a_folder = |e: &std::io::Error| {
+            matches!(e.kind(), NotADirectory | AlreadyExists)
+                || dir.ancestors().any(|a| a.is_file())
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            if not_a_folder(&e) {
+                let at = line_of_key(&self.text, key)
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
+                return Err(Error::config(
+                    &self.origin,
+                    format!(
+                        "{key}{at}: {} cannot be a folder: {e} (a part of the path is a file)",
+                        dir.display()
+                    ),
+                ));
+            }
+            return Err(Error::io(dir, e));
+        }
+        let probe = dir.join(format!(".gcm-inspect-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"probe")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&probe);
+                Error::io(
+                    dir,
+                    std::io::Error::new(e.kind(), format!("{key} is not writable: {e}")),
+                )
+            })
     }
 
     fn no_default(&self, key: &str) -> Error {
@@ -799,7 +909,7 @@ mod tests {
         let y = "model: m\nsource:\n  v4l2:\n    device_path: /dev/video0\n    width_px: 640\n    height_px: 480\n    fps: 0\n    pixel_format: YUYV\n";
         let m = parse(y).unwrap_err().to_string();
         assert!(
-            m.contains("source.v4l2.fps (line 7): must be at least 1"),
+            m.contains("source.v4l2.fps (line 7): 0 is out of range (must be between 1 and 1000)"),
             "{m}"
         );
         let y = "model: m\nsource:\n  synthetic: {}\nmetrics:\n  listen: localhost\n";

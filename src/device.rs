@@ -5,20 +5,40 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
-/// Opens the device named by `spec`: `cpu`, `cuda` (GPU 0) or `cuda:N`.
-pub fn open(spec: &str) -> Result<Device> {
+/// A compute device as named in a config or on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// A GPU by its CUDA ordinal.
+    Cuda(usize),
+}
+
+/// Parses `cpu`, `cuda` (GPU 0) or `cuda:N`; the error says what is expected.
+/// Whether the device exists is [`open`]'s question.
+pub fn parse(spec: &str) -> std::result::Result<DeviceSpec, String> {
     let spec = spec.trim();
     if spec == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(DeviceSpec::Cpu);
     }
     let ordinal = match spec.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::device(spec, "expected cpu, cuda or cuda:N"))?,
-        None => return Err(Error::device(spec, "expected cpu, cuda or cuda:N")),
+        Some("") => Some(0),
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
+        None => None,
     };
+    ordinal
+        .map(DeviceSpec::Cuda)
+        .ok_or_else(|| format!("{spec:?} is not a device: expected cpu, cuda or cuda:N"))
+}
+
+/// Opens the device named by `spec`: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+/// A name that is not a device is a usage error; a device that cannot be had
+/// is a device error.
+pub fn open(spec: &str) -> Result<Device> {
+    let ordinal = match parse(spec).map_err(Error::Usage)? {
+        DeviceSpec::Cpu => return Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => n,
+    };
+    let spec = spec.trim();
     if !cfg!(feature = "cuda") {
         return Err(Error::device(
             spec,
@@ -41,7 +61,10 @@ mod tests {
             e.to_string().contains("expected cpu, cuda or cuda:N"),
             "{e}"
         );
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
         assert!(open("cuda:x").is_err());
+        assert_eq!(parse(" cuda:3 "), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!(parse("cuda"), Ok(DeviceSpec::Cuda(0)));
     }
 
     #[cfg(not(feature = "cuda"))]

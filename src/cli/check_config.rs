@@ -1,7 +1,8 @@
 //! `gcm-inspect check-config FILE`: validate a daemon configuration without
 //! running it. Beyond the schema it opens the compute device, loads the model,
 //! checks the config against the model, and checks the source (opens the
-//! camera and sets its format, or lists the replay folder).
+//! camera and sets its format, or lists the replay folder), and creates the
+//! output folders if needed and proves them writable.
 
 use std::path::PathBuf;
 
@@ -48,11 +49,12 @@ pub fn run(a: Args) -> Result<()> {
             ))
         }
     };
+    let (log_dir, evidence_dir) = loaded.prepare_output_dirs()?;
     println!("{}: OK", a.file.display());
     println!("  {}", bundle.describe());
     println!("  source: {source}");
-    println!("  decision log: {}", loaded.log_dir()?.display());
-    println!("  evidence: {}", loaded.evidence_dir()?.display());
+    println!("  decision log: {} (writable)", log_dir.display());
+    println!("  evidence: {} (writable)", evidence_dir.display());
     if cfg.metrics.enabled {
         println!("  metrics: http://{}/metrics", cfg.metrics.listen);
     }

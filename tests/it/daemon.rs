@@ -211,8 +211,11 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
         let e = fails(&["run", "--config", p(&f)], 6);
         assert!(e.contains("cuda:0"), "{e}");
     }
+    // A device name that is not one: exit 3 (config), key named (not 6,
+    // which systemd retries).
     let f = write("device2.yaml", format!("{good_text}device: gpu\n"));
-    assert!(fails(&["check-config", p(&f)], 6).contains("gpu"));
+    let e = fails(&["check-config", p(&f)], 3);
+    assert!(e.contains("device") && e.contains("\"gpu\""), "{e}");
     // A camera path that does not exist: exit 6, path named.
     let cam = model.display().to_string();
     let f = write(
@@ -248,7 +251,8 @@ fn evidence_quota_is_honoured_and_verify_catches_a_corrupted_file() {
     let root = t.path();
     let model = root.join("model");
     tiny_model(&model, 5);
-    let quota = 40_000u64;
+    // About four evidence folders of a 16 x 16 model (8 files of a block each).
+    let quota = 150_000u64;
     let cfg = config(
         root,
         &model,
@@ -262,19 +266,25 @@ fn evidence_quota_is_honoured_and_verify_catches_a_corrupted_file() {
     assert_eq!(s["evidence_written"].as_u64(), Some(30), "{s}");
     assert_eq!(s["divergences"].as_u64(), Some(0), "{s}");
 
-    // The quota holds, the oldest went first, the log is untouched.
+    // The quota holds on the disk (allocated blocks, folders included, as
+    // `du` counts them), the oldest went first, the log is untouched.
+    use std::os::unix::fs::MetadataExt;
     let ev_dir = evidence_dir(root);
     let mut bytes = 0;
     let mut kept = Vec::new();
     for e in std::fs::read_dir(&ev_dir).unwrap() {
         let e = e.unwrap();
         kept.push(e.file_name().to_string_lossy().into_owned());
+        bytes += e.metadata().unwrap().blocks() * 512;
         for f in std::fs::read_dir(e.path()).unwrap() {
-            bytes += f.unwrap().metadata().unwrap().len();
+            bytes += f.unwrap().metadata().unwrap().blocks() * 512;
         }
     }
     kept.sort();
-    assert!(bytes <= quota, "{bytes} bytes of evidence, quota {quota}");
+    assert!(
+        bytes <= quota,
+        "{bytes} bytes of disk for evidence, quota {quota}"
+    );
     assert!(kept.len() < 30 && !kept.is_empty(), "{kept:?}");
     assert_eq!(kept.last().unwrap(), "f000000000029");
     let lines = log_lines(root);

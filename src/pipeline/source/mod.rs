@@ -84,11 +84,18 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(fps: f64) -> Self {
-        Pacer {
-            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
-            next: None,
-        }
+    /// A pacer at `fps` (0: unpaced); `key` names the setting in the error
+    /// for a rate whose period no `Duration` can hold (config validation
+    /// refuses those first).
+    pub fn new(fps: f64, key: &str) -> Result<Self> {
+        let period = if fps == 0.0 {
+            None
+        } else {
+            Some(Duration::try_from_secs_f64(1.0 / fps).map_err(|e| {
+                crate::error::Error::config(key, format!("{fps} fps has no usable period: {e}"))
+            })?)
+        };
+        Ok(Pacer { period, next: None })
     }
 
     pub fn paced(&self) -> bool {

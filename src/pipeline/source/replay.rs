@@ -28,7 +28,7 @@ impl Replay {
             files,
             pos: 0,
             looped: c.loop_,
-            pacer: Pacer::new(c.fps),
+            pacer: Pacer::new(c.fps, "source.replay.fps")?,
             fps: c.fps,
         })
     }

@@ -26,7 +26,7 @@ impl Synthetic {
             size: c.size_px,
             kinds,
             index: 0,
-            pacer: Pacer::new(c.fps),
+            pacer: Pacer::new(c.fps, "source.synthetic.fps")?,
             fps: c.fps,
         })
     }
