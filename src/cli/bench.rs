@@ -37,10 +37,10 @@ pub struct Args {
     #[arg(long)]
     pub model: String,
     /// Images per batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive)]
     pub batch: usize,
     /// CPU threads (default: all cores). Set before any work starts.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub threads: Option<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -55,10 +55,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
     /// Timed iterations (at least this many, and at least --min-seconds).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = super::positive)]
     pub iters: usize,
     /// Keep timing until this many seconds have passed.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = super::seconds)]
     pub min_seconds: f64,
     /// Run candle's stock CPU ops instead of the engine's kernels (for comparison).
     #[arg(long)]

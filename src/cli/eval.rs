@@ -29,7 +29,8 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long, default_value_t = 64)]
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
 }
 

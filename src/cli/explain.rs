@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::positive)]
     pub batch_size: usize,
 }
 
@@ -75,8 +75,8 @@ pub fn run(a: Args) -> Result<()> {
     let names = evidence_names(&a.images);
     let mut results = Vec::with_capacity(images.len());
     for (start, chunk) in (0..images.len())
-        .step_by(a.batch_size.max(1))
-        .map(|s| (s, &images[s..(s + a.batch_size.max(1)).min(images.len())]))
+        .step_by(a.batch_size)
+        .map(|s| (s, &images[s..(s + a.batch_size).min(images.len())]))
     {
         let refs: Vec<&Planar> = chunk.iter().collect();
         let out = p.forward(&batch_tensor(&refs, &device)?)?;

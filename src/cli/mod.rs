@@ -64,6 +64,25 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A count that must be at least 1 (`--batch-size 0` is a usage error, not
+/// an empty run or a division by zero later).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number of seconds, at least 0.
+pub fn seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a number of seconds >= 0")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` wins over `-v`. Under systemd (stderr is the
 /// journal) lines carry their syslog priority and no timestamp or colour.
 pub fn init_tracing(verbose: u8) {

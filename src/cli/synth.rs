@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Number of images in all (classes take turns, so they are balanced).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = super::positive)]
     pub count: usize,
     /// Seed: the same seed gives the same images.
     #[arg(long, default_value_t = 0)]

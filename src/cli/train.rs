@@ -26,9 +26,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub lr: Option<f64>,

@@ -3,7 +3,8 @@
 //! decision with evidence, recomputes the class scores from the stored files
 //! (divergence check (a)) and compares them with the logged decision.
 //! Exits 7 when any evidence diverges; evidence deleted by the quota is
-//! counted, not an error.
+//! counted, not an error. Lines that are not decision lines (added by
+//! another tool) are reported with their place and skipped.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,8 @@ pub struct Report {
     /// Evidence named by the log but deleted by the quota.
     pub evidence_removed: u64,
     pub divergent: Vec<Divergent>,
+    /// Lines that are not decision lines, as `file:line: why`.
+    pub foreign: Vec<String>,
     /// A last line without its newline (a writer still at work, or a crash;
     /// the daemon cuts it on its next start).
     pub torn_tail: bool,
@@ -104,9 +107,13 @@ pub fn verify(a: &Args) -> Result<Report> {
         }
         for (i, raw) in lines.iter().enumerate() {
             let at = format!("{}:{}", f.display(), i + 1);
-            let line: LogLine = serde_json::from_str(raw.trim_end()).map_err(|e| {
-                Error::data(f, format!("line {}: not a decision log line: {e}", i + 1))
-            })?;
+            let line: LogLine = match serde_json::from_str(raw.trim_end()) {
+                Ok(l) => l,
+                Err(e) => {
+                    r.foreign.push(format!("{at}: not a decision line ({e})"));
+                    continue;
+                }
+            };
             r.decisions += 1;
             r.logged_divergent += line.divergent as u64;
             let Some(ev) = &line.evidence else { continue };
@@ -141,6 +148,9 @@ pub fn run(a: Args) -> Result<()> {
             serde_json::to_string_pretty(&r).expect("report serialises")
         );
     } else {
+        for f in &r.foreign {
+            println!("FOREIGN {f}; skipped");
+        }
         for d in &r.divergent {
             println!(
                 "DIVERGENT frame {} ({}): {}: {}",
@@ -151,9 +161,14 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         println!(
-            "{} decisions in {} log file(s); {} with evidence: {} reproduced, {} divergent, {} deleted by the quota; {} logged as divergent by the daemon{}",
+            "{} decisions in {} log file(s){}; {} with evidence: {} reproduced, {} divergent, {} deleted by the quota; {} logged as divergent by the daemon{}",
             r.decisions,
             r.log_files,
+            if r.foreign.is_empty() {
+                String::new()
+            } else {
+                format!(", {} other lines skipped", r.foreign.len())
+            },
             r.with_evidence,
             r.reproduced,
             r.divergent.len(),

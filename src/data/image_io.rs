@@ -58,7 +58,7 @@ fn describe(ch: usize) -> &'static str {
 
 /// Decodes an image file, naming it in any error.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
     image::load_from_memory(&bytes)
         .map_err(|e| Error::data(path, format!("cannot decode image: {e}")))
 }

@@ -136,10 +136,13 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
             "not a model directory (expected model.json and model.safetensors)",
         ));
     }
+    // A model directory without its files is an unusable model, whatever
+    // the I/O error says.
+    let unreadable = |p: &Path, e: std::io::Error| Error::model(p, format!("cannot read: {e}"));
     let card_path = dir.join(CARD_FILE);
-    let text = std::fs::read_to_string(&card_path).at(&card_path)?;
+    let text = std::fs::read_to_string(&card_path).map_err(|e| unreadable(&card_path, e))?;
     let w_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&w_path).at(&w_path)?;
+    let bytes = std::fs::read(&w_path).map_err(|e| unreadable(&w_path, e))?;
     load_parts(dir, &text, &bytes)
 }
 
@@ -317,12 +320,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .at(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        // Nothing half-written stays behind (on a full disk least of all).
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).at(path)?;
+    written?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

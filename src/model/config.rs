@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The most encoder stages a model may have: each halves the input, so 12
+/// stages already need inputs of at least 2,048 pixels a side.
+pub const MAX_STAGES: usize = 12;
+
 /// How raw pixel values in [0, 1] are mapped before the network and before the
 /// multiplicative (CCM) path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,7 +134,8 @@ impl ModelConfig {
         self.classes.len()
     }
 
-    /// The factor by which the encoder reduces the resolution.
+    /// The factor by which the encoder reduces the resolution (at most
+    /// `2^(MAX_STAGES - 1)` for a validated config).
     pub fn downsampling(&self) -> usize {
         1 << (self.encoder_widths.len().saturating_sub(1))
     }
@@ -140,6 +145,11 @@ impl ModelConfig {
         let stages = self.encoder_widths.len();
         if stages == 0 {
             return Err("encoder_widths: at least one stage is needed".into());
+        }
+        if stages > MAX_STAGES {
+            return Err(format!(
+                "encoder_widths: {stages} stages, at most {MAX_STAGES} (each halves the input)"
+            ));
         }
         if self.encoder_depths.len() != stages {
             return Err(format!(

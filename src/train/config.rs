@@ -14,7 +14,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::InputScaling;
+use crate::model::config::MAX_STAGES;
+use crate::model::{InputScaling, ModelConfig};
 
 fn d_epochs() -> usize {
     180
@@ -138,6 +139,46 @@ pub struct ArchConfig {
     /// `raw`, `inverted` or `centred` (the mean is measured on the training split).
     #[serde(default)]
     pub scaling: Option<ScalingChoice>,
+}
+
+impl ArchConfig {
+    /// Sets the fields this config gives on `m` (all but the input size,
+    /// channels and scaling, which depend on the data).
+    pub fn apply(&self, m: &mut ModelConfig) {
+        if let Some(v) = &self.encoder_widths {
+            m.encoder_widths = v.clone();
+        }
+        if let Some(v) = &self.encoder_depths {
+            m.encoder_depths = v.clone();
+        }
+        if let Some(v) = self.decoder_convs_per_stage {
+            m.decoder_convs_per_stage = v;
+        }
+        if let Some(v) = self.head_kernel {
+            m.head_kernel = v;
+        }
+        if let Some(v) = self.shared_decoder {
+            m.shared_decoder = v;
+        }
+        if let Some(v) = self.clipped {
+            m.clipped = v;
+        }
+    }
+
+    /// Checks what can be checked before the data is read: the architecture
+    /// with Table 3's defaults for what is not given, on an input of the
+    /// given size (or one every stage can halve). The message names the
+    /// field as `model.<field>`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let mut m = ModelConfig::table3(1, 1, 1, vec!["a".into(), "b".into()]);
+        self.apply(&mut m);
+        // Checked here, before `downsampling` is asked of absurd depths.
+        let stages = m.encoder_widths.len().clamp(1, MAX_STAGES + 1);
+        let any = 8 << (stages - 1);
+        m.input_rows = self.input_rows.unwrap_or(any);
+        m.input_cols = self.input_cols.unwrap_or(any);
+        m.validate().map_err(|msg| format!("model.{msg}"))
+    }
 }
 
 /// Input scaling as chosen in a training config.
@@ -326,6 +367,7 @@ impl TrainConfig {
                 self.head_dropout
             ));
         }
+        self.model.check()?;
         if self.label_smoothing > 0.0 && self.class_balanced_loss {
             return Err("label_smoothing and class_balanced_loss cannot be used together".into());
         }

@@ -224,24 +224,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         None => {
             let a = &cfg.model;
             let mut m = ModelConfig::table3(rows, cols, channels, classes.clone());
-            if let Some(v) = &a.encoder_widths {
-                m.encoder_widths = v.clone();
-            }
-            if let Some(v) = &a.encoder_depths {
-                m.encoder_depths = v.clone();
-            }
-            if let Some(v) = a.decoder_convs_per_stage {
-                m.decoder_convs_per_stage = v;
-            }
-            if let Some(v) = a.head_kernel {
-                m.head_kernel = v;
-            }
-            if let Some(v) = a.shared_decoder {
-                m.shared_decoder = v;
-            }
-            if let Some(v) = a.clipped {
-                m.clipped = v;
-            }
+            a.apply(&mut m);
             m.scaling = a
                 .scaling
                 .unwrap_or(ScalingChoice::Raw)
