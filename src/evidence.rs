@@ -212,8 +212,15 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    pub fn total_bytes(&self) -> usize {
-        self.files.iter().map(|(_, b)| b.len()).sum::<usize>()
+    /// The length of every file [`Evidence::write`] writes, `evidence.json`
+    /// included.
+    pub fn file_lengths(&self) -> Vec<u64> {
+        let json = serde_json::to_vec_pretty(&self.record).map_or(0, |j| j.len());
+        self.files
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .chain([json as u64])
+            .collect()
     }
 
     /// Writes the files and `evidence.json` into `dir`: into a temporary
@@ -230,17 +237,26 @@ impl Evidence {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp).at(&tmp)?;
+        let written = self.write_into(&tmp).and_then(|()| {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).at(dir)?;
+            }
+            std::fs::rename(&tmp, dir).at(dir)
+        });
+        if written.is_err() {
+            // A full disk must not fill up further with half-written folders.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        written
+    }
+
+    fn write_into(&self, tmp: &Path) -> Result<()> {
+        std::fs::create_dir_all(tmp).at(tmp)?;
         for (f, bytes) in &self.files {
             std::fs::write(tmp.join(f), bytes).at(tmp.join(f))?;
         }
         let json = serde_json::to_vec_pretty(&self.record).expect("record serialises");
-        write_atomic(&tmp.join(EVIDENCE_JSON), &json)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).at(dir)?;
-        }
-        std::fs::rename(&tmp, dir).at(dir)?;
-        Ok(())
+        write_atomic(&tmp.join(EVIDENCE_JSON), &json)
     }
 }
 

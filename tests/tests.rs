@@ -19,6 +19,9 @@ mod train;
 #[path = "it/bad_input.rs"]
 mod bad_input;
 
+#[path = "it/hostile.rs"]
+mod hostile;
+
 #[path = "it/engine.rs"]
 mod engine;
 

@@ -89,7 +89,13 @@ fn handle(conn: TcpStream, metrics: &Metrics, healthy_within: Duration) -> std::
         ),
         ("GET", "/healthz") => {
             let since = metrics.since_tick();
-            if since <= healthy_within {
+            if let (true, Some(reason)) = (since <= healthy_within, metrics.degraded()) {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("{reason}\n"),
+                )
+            } else if since <= healthy_within {
                 ("200 OK", "text/plain", "ok\n".to_string())
             } else {
                 (

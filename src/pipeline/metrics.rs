@@ -107,6 +107,10 @@ pub struct Metrics {
     pub log_lines_written: Counter,
     pub log_lines_synced: Counter,
     pub log_rotations: Counter,
+    pub log_write_failures: Counter,
+    pub log_backlog_lines: Gauge,
+    pub decisions_unlogged: Counter,
+    pub evidence_write_failures: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
     pub latency_capture_to_decision: Histogram,
@@ -149,6 +153,10 @@ impl Metrics {
             log_lines_written: Counter::default(),
             log_lines_synced: Counter::default(),
             log_rotations: Counter::default(),
+            log_write_failures: Counter::default(),
+            log_backlog_lines: Gauge::default(),
+            decisions_unlogged: Counter::default(),
+            evidence_write_failures: Counter::default(),
             reloads_ok: Counter::default(),
             reloads_failed: Counter::default(),
             latency_capture_to_decision: Histogram::default(),
@@ -306,7 +314,13 @@ impl Metrics {
             "Evidence not written because it alone exceeds the quota.",
             self.evidence_over_quota.get(),
         );
-        let _ = writeln!(o, "# HELP gcm_evidence_bytes Bytes in the evidence folder.\n# TYPE gcm_evidence_bytes gauge\ngcm_evidence_bytes {}", self.evidence_bytes.get());
+        counter(
+            &mut o,
+            "gcm_evidence_write_failures_total",
+            "Evidence that was to be kept but could not be written (a full disk, an I/O error).",
+            self.evidence_write_failures.get(),
+        );
+        let _ = writeln!(o, "# HELP gcm_evidence_bytes Disk used by the evidence folder (allocated blocks).\n# TYPE gcm_evidence_bytes gauge\ngcm_evidence_bytes {}", self.evidence_bytes.get());
         counter(
             &mut o,
             "gcm_log_lines_written_total",
@@ -324,6 +338,19 @@ impl Metrics {
             "gcm_log_rotations_total",
             "Decision log rotations.",
             self.log_rotations.get(),
+        );
+        counter(
+            &mut o,
+            "gcm_log_write_failures_total",
+            "Failed writes and fsyncs of the decision log (a full disk, an I/O error).",
+            self.log_write_failures.get(),
+        );
+        let _ = writeln!(o, "# HELP gcm_log_backlog_lines Decision lines waiting in memory for the log to be writable.\n# TYPE gcm_log_backlog_lines gauge\ngcm_log_backlog_lines {}", self.log_backlog_lines.get());
+        counter(
+            &mut o,
+            "gcm_decisions_unlogged_total",
+            "Decisions made but never written to the decision log (backlog full, or waiting at the stop).",
+            self.decisions_unlogged.get(),
         );
         let _ = writeln!(o, "# HELP gcm_config_reloads_total Configuration reloads (SIGHUP), by result.\n# TYPE gcm_config_reloads_total counter");
         let _ = writeln!(

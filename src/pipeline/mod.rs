@@ -64,7 +64,12 @@ pub struct Summary {
     pub log_lines_synced: u64,
     pub divergences: u64,
     pub evidence_written: u64,
+    /// Evidence that was to be kept but could not be written.
+    pub evidence_write_failures: u64,
     pub evidence_bytes: u64,
+    /// Decisions made but never written to the decision log (its disk
+    /// refused them for longer than the backlog holds, or until the stop).
+    pub decisions_unlogged: u64,
     pub source_reconnects: u64,
     /// Why the run ended: `source ended`, `max frames`, `signal SIGTERM`, ...
     pub ended_by: String,
@@ -178,8 +183,12 @@ impl Capture {
 }
 
 fn status_line(m: &Metrics, b: &Bundle) -> String {
+    let degraded = m
+        .degraded()
+        .map(|r| format!("DEGRADED: {r}; "))
+        .unwrap_or_default();
     format!(
-        "{} decisions, {} captured, {} dropped, {} divergent; model {}",
+        "{degraded}{} decisions, {} captured, {} dropped, {} divergent; model {}",
         m.decisions_total(),
         m.frames_captured.get(),
         m.frames_dropped.get(),
@@ -238,8 +247,7 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
         }
     );
 
-    let log_dir = loaded.log_dir()?;
-    let evidence_dir = loaded.evidence_dir()?;
+    let (log_dir, evidence_dir) = loaded.prepare_output_dirs()?;
     let (log, rec) = sink::log::DecisionLog::open(&log_dir, &cfg.output.log, metrics.clone())?;
     let store = sink::evidence_store::EvidenceStore::open(
         &evidence_dir,
@@ -316,6 +324,7 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
         log,
         store,
         metrics: metrics.clone(),
+        evidence_failing: None,
     };
     let sink_h = stage("sinks", &stop, &events_tx, move || sinks.run())?;
     let infer = infer::Infer {
@@ -344,6 +353,7 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     let mut ended_by = String::new();
     let mut last_drops = 0;
     let mut last_status = Instant::now();
+    let mut last_degraded = None;
     loop {
         match events.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(s)) if s == SIGHUP => {
@@ -396,7 +406,10 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
         if stop.load(Ordering::SeqCst) && capture_h.is_finished() {
             break;
         }
-        if last_status.elapsed() >= Duration::from_secs(10) {
+        // A change of health is told to systemd at once, not at the next 10 s status.
+        let degraded = metrics.degraded().is_some();
+        if last_status.elapsed() >= Duration::from_secs(10) || last_degraded != Some(degraded) {
+            last_degraded = Some(degraded);
             last_status = Instant::now();
             notifier.status(&status_line(&metrics, &bundle));
             let drops = metrics.frames_dropped.get();
@@ -443,18 +456,27 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
         log_lines_synced: metrics.log_lines_synced.get(),
         divergences: metrics.evidence_divergent.get() + metrics.reference_divergent.get(),
         evidence_written: metrics.evidence_written.get(),
+        evidence_write_failures: metrics.evidence_write_failures.get(),
         evidence_bytes: metrics.evidence_bytes.get(),
+        decisions_unlogged: metrics.decisions_unlogged.get(),
         source_reconnects: metrics.source_reconnects.get(),
         ended_by,
     };
     tracing::info!(
-        "stopped ({}): {} decisions logged, {} frames captured, {} dropped, {} skipped",
+        "stopped ({}): {} decisions, {} frames captured, {} dropped, {} skipped",
         summary.ended_by,
         summary.decisions,
         summary.frames_captured,
         summary.frames_dropped,
         summary.frames_skipped
     );
+    if summary.decisions_unlogged > 0 || summary.evidence_write_failures > 0 {
+        tracing::error!(
+            "{} decisions were not written to the decision log and {} kept frames' evidence was not written (see the errors above)",
+            summary.decisions_unlogged,
+            summary.evidence_write_failures
+        );
+    }
     Ok(summary)
 }
 
@@ -516,6 +538,171 @@ mod tests {
         assert_eq!(kept, vec![146, 147, 148, 149]);
         assert_eq!(m.frames_captured.get(), 50);
         assert_eq!(m.frames_dropped.get(), 46);
+    }
+
+    /// Any config that `check-config` accepts starts `run` without a panic:
+    /// every number the config holds, over its whole range and beyond
+    /// (regression: `source.synthetic.fps: 1e-300` passed the check and
+    /// panicked in `run`).
+    mod config_property {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::path::Path;
+
+        /// A YAML scalar for `v` (YAML spells the non-finite floats its own way).
+        fn yaml_f64(v: f64) -> String {
+            if v.is_nan() {
+                ".nan".into()
+            } else if v.is_infinite() {
+                if v > 0.0 { ".inf" } else { "-.inf" }.into()
+            } else {
+                format!("{v:e}")
+            }
+        }
+
+        /// Anything a u64 field may be given: edges and arbitrary values.
+        fn wild_int() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0u64),
+                Just(1),
+                Just(u64::MAX),
+                Just(1 << 50),
+                Just((1 << 50) + 1),
+                any::<u64>(),
+            ]
+        }
+
+        /// Anything an f64 field may be given.
+        fn wild_float() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                Just(0.0f64),
+                Just(1e-300),
+                Just(5e-20),
+                Just(1.0 / 3600.0),
+                Just(1e300),
+                Just(-1.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                any::<f64>(),
+            ]
+        }
+
+        /// A field's usual values (so that most configs pass as a whole),
+        /// now and then a wild one.
+        fn int(usual: std::ops::RangeInclusive<u64>) -> BoxedStrategy<u64> {
+            let (lo, hi) = (*usual.start(), *usual.end());
+            prop_oneof![12 => usual, 2 => prop_oneof![Just(lo), Just(hi)], 1 => wild_int()].boxed()
+        }
+
+        fn float(usual: std::ops::Range<f64>) -> BoxedStrategy<f64> {
+            prop_oneof![12 => usual, 1 => wild_float()].boxed()
+        }
+
+        fn config(frames: &Path, out: &Path) -> impl Strategy<Value = String> {
+            let (frames, out) = (frames.display().to_string(), out.display().to_string());
+            let source = prop_oneof![
+                (float(0.0..200.0), any::<u64>(), int(8..=64)).prop_map(
+                    |(fps, seed, size)| format!(
+                        "  synthetic:\n    fps: {}\n    seed: {seed}\n    size_px: {size}\n",
+                        yaml_f64(fps)
+                    )
+                ),
+                (float(0.0..200.0), any::<bool>()).prop_map(move |(fps, l)| format!(
+                    "  replay:\n    dir: {frames}\n    loop: {l}\n    fps: {}\n",
+                    yaml_f64(fps)
+                )),
+            ];
+            let side = || int(0..=100).prop_map(|v| v.min(u32::MAX as u64));
+            let roi = prop_oneof![
+                3 => Just("null".to_string()),
+                1 => (side(), side(), side(), side()).prop_map(|(x, y, w, h)| format!(
+                    "{{x_px: {x}, y_px: {y}, width_px: {w}, height_px: {h}}}"
+                )),
+            ];
+            let counts = (
+                int(1..=1024),
+                int(1..=65_536),
+                int(4096..=1 << 50),
+                int(0..=1_000_000),
+                int(0..=3_600_000),
+                int(0..=1 << 50),
+            );
+            let checks = (
+                int(0..=1000),
+                int(0..=1000),
+                int(0..=1000),
+                float(0.0..1.0),
+                float(-1.0..1.0),
+                any::<bool>(),
+                int(1..=3_600_000),
+            );
+            (source, roi, counts, checks).prop_map(
+                move |(source, roi, (q, sq, rot, fl, fms, quota), (nth, en, rn, tol, margin, all, hw))| {
+                    format!(
+                        "model: model\nsource:\n{source}preprocess:\n  roi: {roi}\npipeline:\n  queue_capacity_frames: {q}\n  sink_queue_capacity_decisions: {sq}\noutput:\n  log_dir: {out}/log\n  evidence_dir: {out}/evidence\n  log:\n    rotate_bytes: {rot}\n    fsync_every_lines: {fl}\n    fsync_every_ms: {fms}\nevidence:\n  all_frames: {all}\n  every_nth_frame: {nth}\n  quota_bytes: {quota}\n  margin_below: {}\nchecks:\n  evidence_every_nth_frame: {en}\n  reference_every_nth_frame: {rn}\n  reference_tolerance: {}\nmetrics:\n  listen: 127.0.0.1:0\n  healthy_within_ms: {hw}\n",
+                        yaml_f64(margin),
+                        yaml_f64(tol)
+                    )
+                },
+            )
+        }
+
+        #[test]
+        fn a_config_check_config_accepts_runs_without_a_panic() {
+            let t = tempfile::tempdir().unwrap();
+            crate::pipeline::model::test_bundle(&t.path().join("model"));
+            let frames = t.path().join("frames");
+            std::fs::create_dir(&frames).unwrap();
+            image::GrayImage::from_pixel(8, 8, image::Luma([90]))
+                .save(frames.join("a.png"))
+                .unwrap();
+            let out = t.path().join("out");
+            let file = t.path().join("daemon.yaml");
+            let (accepted, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+                cases: 48,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            });
+            runner
+                .run(&config(&frames, &out), |text| {
+                    std::fs::write(&file, &text).unwrap();
+                    let check = std::panic::catch_unwind(|| {
+                        crate::cli::check_config::run(crate::cli::check_config::Args {
+                            file: file.clone(),
+                        })
+                    });
+                    prop_assert!(check.is_ok(), "check-config panicked on\n{text}");
+                    if check.unwrap().is_err() {
+                        refused.set(refused.get() + 1);
+                        return Ok(());
+                    }
+                    accepted.set(accepted.get() + 1);
+                    let ran = std::panic::catch_unwind(|| {
+                        let loaded = Loaded::from_file(&file)?;
+                        run(
+                            loaded,
+                            RunOptions {
+                                max_frames: Some(1),
+                            },
+                        )
+                    });
+                    prop_assert!(
+                        ran.is_ok(),
+                        "run panicked on a config check-config accepts:\n{text}"
+                    );
+                    let ran = ran.unwrap();
+                    prop_assert!(ran.is_ok(), "{:?} on\n{text}", ran.err());
+                    Ok(())
+                })
+                .unwrap();
+            // Both sides of the check were exercised.
+            let (accepted, refused) = (accepted.get(), refused.get());
+            assert!(
+                accepted >= 5 && refused >= 5,
+                "{accepted} accepted, {refused} refused"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! written atomically by [`Evidence::write`], under a byte quota that deletes
 //! the oldest evidence first. Only folders this store names are counted and
 //! deleted: the decision log is never touched, even if it shares the folder.
+//!
+//! The quota counts the disk the evidence takes: the blocks allocated to
+//! each file and to its folder (`st_blocks`), not the files' lengths, which
+//! understate small files by up to a block each (a few kB of PNG take 4 kB
+//! blocks, and the folder one more).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,8 @@ use crate::pipeline::metrics::Metrics;
 
 pub struct EvidenceStore {
     dir: PathBuf,
+    /// The file system's allocation block (for estimates before writing).
+    block: u64,
     quota_bytes: u64,
     /// Oldest first.
     entries: VecDeque<(PathBuf, u64)>,
@@ -32,16 +39,37 @@ fn frame_of(name: &str) -> Option<u64> {
         .flatten()
 }
 
+/// The disk a file or folder entry takes: its allocated blocks.
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        m.len()
+    }
+}
+
+/// The disk an evidence folder takes: the folder and its files.
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
+    let own = std::fs::metadata(dir).map(|m| allocated(&m)).unwrap_or(0);
+    own + std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| e.metadata().ok())
                 .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
+                .map(|m| allocated(&m))
+                .sum::<u64>()
         })
         .unwrap_or(0)
+}
+
+/// What writing `files` (their lengths) into a new folder will take: each
+/// rounded up to the file system's block, plus one block for the folder.
+fn estimate(lengths: impl Iterator<Item = u64>, block: u64) -> u64 {
+    block + lengths.map(|n| n.div_ceil(block) * block).sum::<u64>()
 }
 
 impl EvidenceStore {
@@ -79,8 +107,10 @@ impl EvidenceStore {
             .collect();
         let total = entries.iter().map(|e| e.1).sum();
         metrics.evidence_bytes.set(total);
+        let block = block_size(&dir);
         let mut s = EvidenceStore {
             dir,
+            block,
             quota_bytes,
             entries,
             total,
@@ -136,8 +166,7 @@ impl EvidenceStore {
     /// Writes frame `id`'s evidence; returns its folder, or `None` when the
     /// evidence alone is larger than the quota (counted, logged).
     pub fn store(&mut self, id: u64, ev: &Evidence) -> Result<Option<PathBuf>> {
-        // evidence.json is written besides the files; allow for it.
-        let estimate = ev.total_bytes() as u64 + 4096;
+        let estimate = estimate(ev.file_lengths().into_iter(), self.block);
         if estimate > self.quota_bytes {
             self.metrics.evidence_over_quota.inc();
             tracing::warn!(
@@ -168,6 +197,20 @@ impl EvidenceStore {
         self.metrics.evidence_bytes.set(self.total);
         Ok(Some(dir))
     }
+}
+
+/// The allocation block of the file system holding `dir` (`st_blksize`;
+/// 4 kB when it cannot be read).
+fn block_size(dir: &Path) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(dir) {
+            return m.blksize().max(512);
+        }
+    }
+    let _ = dir;
+    4096
 }
 
 #[cfg(test)]

@@ -13,12 +13,23 @@
 //! * A power cut can still tear the last line. [`DecisionLog::open`] detects a
 //!   torn tail (bytes after the last newline, or last lines that are not JSON)
 //!   and cuts it before appending, so the log is always a valid prefix.
+//!   Whole JSON lines that are not decisions (added by another tool) are kept;
+//!   frame ids continue after the highest decision in any log file.
+//! * A write that fails (a full disk, an I/O error) never stops inspection
+//!   and never leaves a partial line: the file is cut back to its last whole
+//!   line, the line waits in memory (up to [`BACKLOG_LINES`], oldest kept)
+//!   and is written again after a backoff (100 ms doubling to 5 s); the
+//!   daemon reports itself degraded (`/healthz` 503 with the reason) until
+//!   the backlog is written. Decisions beyond the backlog, or still waiting
+//!   when the daemon stops, are counted (`gcm_decisions_unlogged_total`, the
+//!   summary's `decisions_unlogged`) and named in the daemon's own log.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +38,15 @@ use crate::error::{Error, IoContext, Result};
 use crate::pipeline::metrics::Metrics;
 
 pub const ACTIVE: &str = "decisions.jsonl";
+
+/// Decision lines kept in memory while the log cannot be written (about
+/// 6 MB at 600 bytes a line; five minutes at 30 fps).
+pub const BACKLOG_LINES: usize = 10_000;
+
+/// The first wait before writing again after a failure; doubled up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Per-stage latencies of one decision, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -105,6 +125,9 @@ pub struct LogLine {
     /// The evidence folder, when kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<PathBuf>,
+    /// Why evidence that was to be kept was not (the disk refused it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_error: Option<String>,
 }
 
 /// The log files in `dir`, oldest first: `decisions.NNNNNN.jsonl` by number,
@@ -141,44 +164,109 @@ pub struct Recovery {
     pub cut_bytes: u64,
     /// Lines in the active file after the cut.
     pub lines: u64,
-    /// The last logged frame id, in any log file.
+    /// The highest frame id of a decision line, over all log files.
     pub last_frame: Option<u64>,
 }
 
+/// The frame id of a decision line; `None` for anything else (a line of
+/// another tool, garbage).
+fn decision_frame(line: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<LogLine>(line)
+        .ok()
+        .map(|l| l.frame)
+}
+
 /// Finds the valid prefix of a log file's bytes: everything up to the last
-/// newline, less trailing lines that are not JSON objects. Returns the
-/// prefix's length, its line count and its last frame id.
-pub fn valid_prefix(bytes: &[u8]) -> (usize, u64, Option<u64>) {
+/// newline, less trailing lines that are not JSON objects (torn or garbage;
+/// whole JSON lines of other tools stay). Returns the prefix's length and its
+/// line count.
+pub fn valid_prefix(bytes: &[u8]) -> (usize, u64) {
     let mut end = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(i) => i + 1,
         None => 0,
     };
-    loop {
-        if end == 0 {
-            return (0, 0, None);
-        }
+    while end > 0 {
         let start = bytes[..end - 1]
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
-        let line = &bytes[start..end - 1];
-        match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(v) if v.is_object() => {
-                let lines = bytes[..end].iter().filter(|&&b| b == b'\n').count() as u64;
-                return (end, lines, v.get("frame").and_then(|f| f.as_u64()));
-            }
+        match serde_json::from_slice::<serde_json::Value>(&bytes[start..end - 1]) {
+            Ok(v) if v.is_object() => break,
             _ => end = start,
         }
     }
+    let lines = bytes[..end].iter().filter(|&&b| b == b'\n').count() as u64;
+    (end, lines)
+}
+
+/// The frame id of the last decision line of `path`, read backwards from
+/// the end in blocks (a rotated file is large; its last decision is near
+/// its end).
+pub fn last_decision_frame(path: &Path) -> Result<Option<u64>> {
+    const BLOCK: u64 = 256 << 10;
+    let mut f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    // `tail` holds the bytes from `pos` to the end of the last whole line
+    // not yet searched.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut pos = len;
+    while pos > 0 {
+        let from = pos.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (pos - from) as usize];
+        f.seek(SeekFrom::Start(from)).at(path)?;
+        f.read_exact(&mut block).at(path)?;
+        block.extend_from_slice(&tail);
+        pos = from;
+        // Whole lines of this block, newest first; the part before the
+        // first newline may continue in the previous block.
+        let first_nl = if from == 0 {
+            None
+        } else {
+            block.iter().position(|&b| b == b'\n')
+        };
+        let searched = first_nl.map_or(0, |i| i + 1);
+        for line in block[searched..].split(|&b| b == b'\n').rev() {
+            if let Some(frame) = decision_frame(line) {
+                return Ok(Some(frame));
+            }
+        }
+        block.truncate(searched);
+        tail = block;
+    }
+    Ok(None)
+}
+
+/// The log's state while writes fail.
+#[derive(Debug)]
+struct Failing {
+    since: Instant,
+    /// When to try again.
+    retry_at: Instant,
+    /// The current wait between attempts.
+    backoff: Duration,
+    /// The last error, for `/healthz` and the daemon's log.
+    error: String,
+    failures: u64,
 }
 
 pub struct DecisionLog {
     dir: PathBuf,
-    file: File,
+    /// The active file; `None` between a rotation's rename and a successful
+    /// open of the new file.
+    file: Option<File>,
+    /// Length of the active file up to its last whole line.
     bytes: u64,
+    /// The active file may end in a partial line (a failed write whose cut
+    /// back failed too): cut it before the next write.
+    torn: bool,
     cfg: LogConfig,
     unsynced: u64,
     oldest_unsynced: Option<Instant>,
+    /// Lines not yet written, oldest first.
+    backlog: VecDeque<String>,
+    failing: Option<Failing>,
+    /// Lines dropped because the backlog was full (reported when writes work again).
+    dropped_since_failure: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -190,7 +278,7 @@ impl DecisionLog {
         let mut rec = Recovery::default();
         if path.exists() {
             let bytes = std::fs::read(&path).at(&path)?;
-            let (keep, lines, last) = valid_prefix(&bytes);
+            let (keep, lines) = valid_prefix(&bytes);
             if keep < bytes.len() {
                 let f = OpenOptions::new().write(true).open(&path).at(&path)?;
                 f.set_len(keep as u64).at(&path)?;
@@ -203,13 +291,10 @@ impl DecisionLog {
                 );
             }
             rec.lines = lines;
-            rec.last_frame = last;
         }
-        if rec.last_frame.is_none() {
-            // The active file is new or empty: the last frame is in the newest rotated file.
-            if let Some(prev) = log_files(dir)?.into_iter().rev().find(|p| *p != path) {
-                let bytes = std::fs::read(&prev).at(&prev)?;
-                rec.last_frame = valid_prefix(&bytes).2;
+        for f in log_files(dir)? {
+            if let Some(frame) = last_decision_frame(&f)? {
+                rec.last_frame = rec.last_frame.max(Some(frame));
             }
         }
         let file = OpenOptions::new()
@@ -221,11 +306,15 @@ impl DecisionLog {
         Ok((
             DecisionLog {
                 dir: dir.to_path_buf(),
-                file,
+                file: Some(file),
                 bytes,
+                torn: false,
                 cfg: cfg.clone(),
                 unsynced: 0,
                 oldest_unsynced: None,
+                backlog: VecDeque::new(),
+                failing: None,
+                dropped_since_failure: 0,
                 metrics,
             },
             rec,
@@ -236,83 +325,255 @@ impl DecisionLog {
         self.dir.join(ACTIVE)
     }
 
-    /// Appends one line (a single write), then syncs or rotates as configured.
+    /// Lines waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Queues one line and writes what is waiting (unless a failed write's
+    /// backoff has not yet passed), then syncs or rotates as configured.
+    /// Write trouble is handled here (see the module docs); only a line that
+    /// cannot be serialised is an error.
     pub fn append(&mut self, line: &LogLine) -> Result<()> {
         let mut text = serde_json::to_string(line)
             .map_err(|e| Error::Runtime(format!("cannot serialise a log line: {e}")))?;
         text.push('\n');
-        if self.bytes > 0 && self.bytes + text.len() as u64 > self.cfg.rotate_bytes {
-            self.rotate()?;
-        }
-        let path = self.path();
-        self.file.write_all(text.as_bytes()).at(&path)?;
-        self.bytes += text.len() as u64;
-        self.unsynced += 1;
-        self.oldest_unsynced.get_or_insert_with(Instant::now);
-        self.metrics.log_lines_written.inc();
-        if self.cfg.fsync_every_lines > 0 && self.unsynced >= self.cfg.fsync_every_lines {
-            self.sync()?;
+        if self.backlog.len() >= BACKLOG_LINES {
+            self.metrics.decisions_unlogged.inc();
+            self.dropped_since_failure += 1;
+            if self.dropped_since_failure == 1 {
+                tracing::error!(
+                    frame = line.frame,
+                    "decision log backlog full ({BACKLOG_LINES} lines): decisions from frame {} on are not logged until the log can be written",
+                    line.frame
+                );
+            }
         } else {
-            self.tick()?;
+            self.backlog.push_back(text);
         }
+        self.metrics
+            .log_backlog_lines
+            .set(self.backlog.len() as u64);
+        self.tick();
         Ok(())
     }
 
-    /// Syncs when the oldest unsynced line is older than `fsync_every_ms`
-    /// (called between decisions, too).
-    pub fn tick(&mut self) -> Result<()> {
+    /// Writes waiting lines when due, and syncs when the oldest unsynced
+    /// line is older than `fsync_every_ms` (called between decisions, too).
+    pub fn tick(&mut self) {
+        if self
+            .failing
+            .as_ref()
+            .is_none_or(|f| Instant::now() >= f.retry_at)
+        {
+            self.write_backlog();
+        }
         if self.cfg.fsync_every_ms > 0 {
             if let Some(t) = self.oldest_unsynced {
                 if t.elapsed().as_millis() as u64 >= self.cfg.fsync_every_ms {
-                    self.sync()?;
+                    self.sync();
                 }
             }
         }
+    }
+
+    fn write_backlog(&mut self) {
+        while let Some(text) = self.backlog.front() {
+            let len = text.len() as u64;
+            let r = self.write_line(len);
+            match r {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                    self.metrics
+                        .log_backlog_lines
+                        .set(self.backlog.len() as u64);
+                    self.recovered();
+                    if self.cfg.fsync_every_lines > 0 && self.unsynced >= self.cfg.fsync_every_lines
+                    {
+                        self.sync();
+                    }
+                }
+                Err(e) => {
+                    self.failed(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the backlog's first line (`len` bytes) as one `write`,
+    /// rotating first if it would not fit; on failure cuts the file back to
+    /// its last whole line.
+    fn write_line(&mut self, len: u64) -> std::io::Result<()> {
+        if self.bytes > 0 && self.bytes + len > self.cfg.rotate_bytes {
+            self.rotate()?;
+        }
+        self.open_active()?;
+        let file = self.file.as_mut().expect("opened above");
+        if self.torn {
+            file.set_len(self.bytes)?;
+            self.torn = false;
+        }
+        let text = self.backlog.front().expect("a line waits").as_bytes();
+        if let Err(e) = file.write_all(text) {
+            // Never leave a partial line: cut back to the last whole one
+            // (or, if that fails too, before the next write).
+            if file.set_len(self.bytes).is_err() {
+                self.torn = true;
+            }
+            return Err(e);
+        }
+        self.bytes += len;
+        self.unsynced += 1;
+        self.oldest_unsynced.get_or_insert_with(Instant::now);
+        self.metrics.log_lines_written.inc();
         Ok(())
     }
 
-    /// Forces written lines to disk.
-    pub fn sync(&mut self) -> Result<()> {
-        if self.unsynced == 0 {
-            return Ok(());
+    /// Opens (creates) the active file if a rotation left none.
+    fn open_active(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path())?;
+            self.bytes = f.metadata()?.len();
+            self.file = Some(f);
         }
-        self.file.sync_data().at(self.path())?;
+        Ok(())
+    }
+
+    fn failed(&mut self, e: std::io::Error) {
+        self.metrics.log_write_failures.inc();
+        let now = Instant::now();
+        let error = format!("{}: {e}", self.path().display());
+        match &mut self.failing {
+            Some(f) => {
+                f.backoff = (f.backoff * 2).min(RETRY_MAX);
+                f.retry_at = now + f.backoff;
+                f.error = error;
+                f.failures += 1;
+            }
+            None => {
+                tracing::error!(
+                    "decision log cannot be written ({error}); inspection goes on, up to {BACKLOG_LINES} lines wait in memory and are written when it works again"
+                );
+                self.failing = Some(Failing {
+                    since: now,
+                    retry_at: now + RETRY_FIRST,
+                    backoff: RETRY_FIRST,
+                    error,
+                    failures: 1,
+                });
+            }
+        }
+        let f = self.failing.as_ref().expect("set above");
+        self.metrics.set_degraded(Some(format!(
+            "decision log cannot be written for {:.0} s: {}; {} lines waiting, {} decisions not logged",
+            now.duration_since(f.since).as_secs_f64(),
+            f.error,
+            self.backlog.len(),
+            self.dropped_since_failure
+        )));
+    }
+
+    fn recovered(&mut self) {
+        if self.backlog.is_empty() {
+            if let Some(f) = self.failing.take() {
+                tracing::warn!(
+                    "decision log writable again after {:.1} s ({} failed attempts); every waiting line written, {} decisions not logged",
+                    f.since.elapsed().as_secs_f64(),
+                    f.failures,
+                    self.dropped_since_failure
+                );
+                self.dropped_since_failure = 0;
+                self.metrics.set_degraded(None);
+            }
+        }
+    }
+
+    /// Forces written lines to disk. A failed fsync is counted and logged
+    /// and tried again later; the lines stay counted as written, not synced.
+    pub fn sync(&mut self) {
+        if self.unsynced == 0 {
+            return;
+        }
+        let Some(file) = &self.file else { return };
+        if let Err(e) = file.sync_data() {
+            self.metrics.log_write_failures.inc();
+            tracing::error!("fsync of {} failed: {e}", self.path().display());
+            return;
+        }
         self.metrics.log_lines_synced.add(self.unsynced);
         self.unsynced = 0;
         self.oldest_unsynced = None;
-        Ok(())
     }
 
-    fn rotate(&mut self) -> Result<()> {
-        self.sync()?;
-        let next = log_files(&self.dir)?
-            .iter()
-            .filter_map(|p| rotation_number(p))
-            .max()
-            .map_or(1, |n| n + 1);
-        let to = self.dir.join(format!("decisions.{next:06}.jsonl"));
-        let from = self.path();
-        std::fs::rename(&from, &to).at(&to)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&from)
-            .at(&from)?;
+    /// At shutdown: a last attempt at the backlog (for up to `patience`),
+    /// then a final fsync. Returns the lines that could not be written
+    /// (counted as unlogged, and named in the daemon's log).
+    pub fn finish(&mut self, patience: Duration) -> u64 {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(f) = &mut self.failing {
+                f.retry_at = Instant::now();
+            }
+            self.write_backlog();
+            if self.backlog.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.sync();
+        let lost = self.backlog.len() as u64;
+        if lost > 0 {
+            self.metrics.decisions_unlogged.add(lost);
+            tracing::error!(
+                "{lost} decisions could not be written to the decision log before the stop (frames {}); {}",
+                self.backlog_frames(),
+                self.failing.as_ref().map_or(String::new(), |f| f.error.clone())
+            );
+            self.backlog.clear();
+            self.metrics.log_backlog_lines.set(0);
+        }
+        lost
+    }
+
+    /// The frame ids of the backlog, as `first..=last`.
+    fn backlog_frames(&self) -> String {
+        let frame = |t: Option<&String>| t.and_then(|t| decision_frame(t.trim_end().as_bytes()));
+        match (frame(self.backlog.front()), frame(self.backlog.back())) {
+            (Some(a), Some(b)) => format!("{a}..={b}"),
+            _ => "unknown".into(),
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.sync();
+        if self.file.is_some() {
+            let next = log_files(&self.dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .iter()
+                .filter_map(|p| rotation_number(p))
+                .max()
+                .map_or(1, |n| n + 1);
+            let to = self.dir.join(format!("decisions.{next:06}.jsonl"));
+            std::fs::rename(self.path(), &to)?;
+            self.file = None;
+            self.metrics.log_rotations.inc();
+            tracing::info!(log = %to.display(), "decision log rotated");
+        }
+        self.open_active()?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        self.bytes = 0;
-        self.metrics.log_rotations.inc();
-        tracing::info!(log = %to.display(), "decision log rotated");
         Ok(())
     }
 }
 
 impl Drop for DecisionLog {
     fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            tracing::error!("final fsync of the decision log failed: {e}");
-        }
+        self.sync();
     }
 }
 
@@ -336,6 +597,7 @@ mod tests {
             checks: Checks::default(),
             divergent: false,
             evidence: None,
+            evidence_error: None,
         }
     }
 
@@ -380,9 +642,57 @@ mod tests {
     fn a_whole_but_garbage_last_line_is_cut_too() {
         let good = serde_json::to_string(&line(7)).unwrap();
         let bytes = format!("{good}\n{good}\n\0\0\0\0\n");
-        let (keep, lines, last) = valid_prefix(bytes.as_bytes());
-        assert_eq!((keep, lines, last), (2 * good.len() + 2, 2, Some(7)));
-        assert_eq!(valid_prefix(b"garbage"), (0, 0, None));
+        assert_eq!(valid_prefix(bytes.as_bytes()), (2 * good.len() + 2, 2));
+        assert_eq!(valid_prefix(b"garbage"), (0, 0));
+    }
+
+    /// Regression: frame ids restarted at 0 when the last whole line was
+    /// JSON but not a decision (a line added by another tool).
+    #[test]
+    fn a_foreign_json_line_is_kept_and_ids_continue_after_the_last_decision() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        let mut text = String::new();
+        for f in 40..43 {
+            text += &serde_json::to_string(&line(f)).unwrap();
+            text.push('\n');
+        }
+        let foreign = "{\"note\":\"shift change\",\"by\":\"ops\"}\n";
+        text += foreign;
+        std::fs::write(d.path().join(ACTIVE), &text).unwrap();
+        let (_, rec) = DecisionLog::open(d.path(), &cfg(1 << 20, 1), m).unwrap();
+        assert_eq!(rec.cut_bytes, 0);
+        assert_eq!((rec.lines, rec.last_frame), (4, Some(42)));
+        assert!(std::fs::read_to_string(d.path().join(ACTIVE))
+            .unwrap()
+            .ends_with(foreign));
+    }
+
+    #[test]
+    fn ids_continue_after_the_highest_decision_in_any_log_file() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::new());
+        // A rotated file whose last decision (frame 900) sits before more
+        // than a read block of foreign lines; an active file with lower ids.
+        let mut old = String::new();
+        for f in 898..901 {
+            old += &serde_json::to_string(&line(f)).unwrap();
+            old.push('\n');
+        }
+        let filler = format!("{{\"note\":\"{}\"}}\n", "x".repeat(1000));
+        for _ in 0..600 {
+            old += &filler;
+        }
+        assert!(old.len() > 512 << 10);
+        std::fs::write(d.path().join("decisions.000001.jsonl"), &old).unwrap();
+        let active = serde_json::to_string(&line(5)).unwrap() + "\n";
+        std::fs::write(d.path().join(ACTIVE), active).unwrap();
+        let (_, rec) = DecisionLog::open(d.path(), &cfg(1 << 20, 1), m).unwrap();
+        assert_eq!(rec.last_frame, Some(900));
+        assert_eq!(
+            last_decision_frame(&d.path().join("decisions.000001.jsonl")).unwrap(),
+            Some(900)
+        );
     }
 
     #[test]
@@ -412,7 +722,10 @@ mod tests {
         assert!(m.log_rotations.get() >= 2);
         // A new start after a rotation finds the last frame in the rotated file.
         std::fs::write(d.path().join(ACTIVE), b"").unwrap();
+        let newest_rotated = &files[files.len() - 2];
+        let last_line = std::fs::read_to_string(newest_rotated).unwrap();
+        let last: LogLine = serde_json::from_str(last_line.lines().last().unwrap()).unwrap();
         let (_, rec) = DecisionLog::open(d.path(), &cfg(1 << 20, 1), m).unwrap();
-        assert!(rec.last_frame.is_some());
+        assert_eq!(rec.last_frame, Some(last.frame));
     }
 }

@@ -24,7 +24,13 @@ pub struct Sinks {
     pub log: DecisionLog,
     pub store: EvidenceStore,
     pub metrics: Arc<Metrics>,
+    /// Evidence writes failing since (first failure, failures so far): the
+    /// daemon's log names the first and the recovery, not every frame.
+    pub evidence_failing: Option<(Instant, u64)>,
 }
+
+/// How long the stop waits for a decision log that cannot be written.
+const FINAL_LOG_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Check (b): the reference path's scores against the served ones.
 pub fn reference_check(d: &Decided) -> Result<Check> {
@@ -104,23 +110,58 @@ fn every(n: u64, id: u64) -> bool {
 }
 
 impl Sinks {
-    /// Until the decision queue is closed and empty; then a final fsync.
+    /// Until the decision queue is closed and empty; then the last waiting
+    /// log lines (if the log could not be written) and a final fsync.
     pub fn run(mut self) -> Result<()> {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(d) => self.handle(d)?,
-                Err(RecvTimeoutError::Timeout) => self.log.tick()?,
+                Err(RecvTimeoutError::Timeout) => self.log.tick(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        self.log.sync()
+        self.log.finish(FINAL_LOG_PATIENCE);
+        Ok(())
+    }
+
+    /// Writes kept evidence; a failure (a full disk, an I/O error) is counted
+    /// and returned as the reason for the log line, and inspection goes on.
+    fn keep(&mut self, id: u64, ev: &Evidence) -> (Option<std::path::PathBuf>, Option<String>) {
+        match self.store.store(id, ev) {
+            Ok(dir) => {
+                if let Some((since, n)) = self.evidence_failing.take() {
+                    tracing::warn!(
+                        frame = id,
+                        "evidence kept again after {:.1} s ({n} frames' evidence not kept)",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                (dir, None)
+            }
+            Err(e) => {
+                self.metrics.evidence_write_failures.inc();
+                match &mut self.evidence_failing {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        tracing::error!(
+                            frame = id,
+                            "evidence not kept: {e}; inspection goes on, and each decision's log line says why its evidence is missing"
+                        );
+                        self.evidence_failing = Some((Instant::now(), 1));
+                    }
+                }
+                (None, Some(format!("not kept: {e}")))
+            }
+        }
     }
 
     fn handle(&mut self, d: Decided) -> Result<()> {
         let t0 = Instant::now();
         let b = d.bundle.clone();
         if b.evidence.quota_bytes != self.store.quota() {
-            self.store.set_quota(b.evidence.quota_bytes)?;
+            if let Err(e) = self.store.set_quota(b.evidence.quota_bytes) {
+                tracing::error!("evidence over the new quota could not all be deleted: {e}");
+            }
         }
         let policy = &b.evidence;
         let id = d.frame;
@@ -164,9 +205,9 @@ impl Sinks {
             // Kept because divergent: build the files and check them as stored.
             built = Some(self.checked_evidence(&d, &mut checks));
         }
-        let evidence = match (keep, built) {
-            (true, Some(Some(ev))) => self.store.store(id, &ev)?,
-            _ => None,
+        let (evidence, evidence_error) = match (keep, built) {
+            (true, Some(Some(ev))) => self.keep(id, &ev),
+            _ => (None, None),
         };
         let divergent = checks.divergent();
         let dec = &d.decision;
@@ -185,6 +226,7 @@ impl Sinks {
             checks,
             divergent,
             evidence,
+            evidence_error,
         };
         self.log.append(&line)?;
         self.metrics.decided(&dec.class);
