@@ -112,7 +112,7 @@ impl Drop for Server {
 
 /// Binds `listen` and serves `/metrics` and `/healthz` until
 /// [`Server::shutdown`]. `/healthz` fails (503) when the inference loop has
-/// not turned for `healthy_within`.
+/// not turned for `healthy_within`, or when the daemon is degraded.
 pub fn serve(listen: &str, metrics: Arc<Metrics>, healthy_within: Duration) -> Result<Server> {
     let listener = TcpListener::bind(listen)
         .map_err(|e| Error::Runtime(format!("metrics.listen: cannot listen on {listen}: {e}")))?;
@@ -298,6 +298,11 @@ async fn healthz(State(app): State<App>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("inference loop stalled for {} ms\n", since.as_millis()),
         )
+    } else if let Some(reason) = app.metrics.degraded() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", reason.trim_end()),
+        )
     } else {
         (StatusCode::OK, "ok\n".to_string())
     }
@@ -372,6 +377,27 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{h}");
             std::thread::sleep(Duration::from_millis(5));
         }
+        s.shutdown();
+    }
+
+    #[test]
+    fn healthz_reports_a_degraded_daemon_with_its_reason() {
+        let m = Arc::new(Metrics::new());
+        m.tick();
+        let s = serve("127.0.0.1:0", m.clone(), Duration::from_secs(60)).unwrap();
+        m.set_degraded(Some("decision log: cannot write: disk full".into()));
+        let h = get(s.addr, "/healthz");
+        assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+        assert!(
+            body(&h).contains("decision log: cannot write: disk full"),
+            "{h}"
+        );
+        m.set_degraded(None);
+        let h = get(s.addr, "/healthz");
+        assert!(
+            h.starts_with("HTTP/1.1 200 OK") && body(&h) == "ok\n",
+            "{h}"
+        );
         s.shutdown();
     }
 
