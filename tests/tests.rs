@@ -42,3 +42,6 @@ mod bench_scripts;
 
 #[path = "it/paint.rs"]
 mod paint;
+
+#[path = "it/http.rs"]
+mod http;
