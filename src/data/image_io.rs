@@ -38,7 +38,9 @@ impl Planar {
     }
 }
 
-fn channels_of(img: &DynamicImage) -> usize {
+/// The channels an image counts as for the model: 1 for grey (8 or 16 bit,
+/// with or without alpha), 3 for everything else; alpha is dropped.
+pub fn channels_of(img: &DynamicImage) -> usize {
     match img.color() {
         image::ColorType::L8
         | image::ColorType::La8

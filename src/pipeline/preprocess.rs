@@ -21,7 +21,7 @@ use image::DynamicImage;
 use super::convert::{self, ConvertError};
 use super::frame::FrameData;
 use crate::config::{PixelFormat, RoiConfig};
-use crate::data::image_io::{planar_from_dynamic, Planar};
+use crate::data::image_io::{channels_of, planar_from_dynamic, Planar};
 use crate::model::InputScaling;
 
 /// What the model needs from a frame.
@@ -129,13 +129,7 @@ pub fn to_image(data: &FrameData, channels: usize) -> Result<DynamicImage, Skip>
             // Image files follow `explain`'s rule: their channels must be the model's.
             let img = image::load_from_memory(bytes)
                 .map_err(|e| Skip::Corrupt(format!("cannot decode image: {e}")))?;
-            let have = match img.color() {
-                image::ColorType::L8
-                | image::ColorType::La8
-                | image::ColorType::L16
-                | image::ColorType::La16 => 1,
-                _ => 3,
-            };
+            let have = channels_of(&img);
             if have != channels {
                 return Err(Skip::Channels(format!(
                     "image has {have} channel(s), the model takes {channels}"
