@@ -4,6 +4,10 @@
 //! (or the reverse) is an error that names the file, because on an inspection
 //! line that usually means the wrong camera or the wrong model.
 //!
+//! Formats: PNG, JPEG, BMP and TIFF ([`is_image_name`]), all through
+//! [`decode_bytes`]. A BMP whose palette is all grey (how grey BMPs are
+//! stored) decodes as grey, as a grey PNG or TIFF does.
+//!
 //! # JPEG: whole images only
 //!
 //! A JPEG cut short (a torn MJPEG frame, a file copied in half) must never
@@ -120,16 +124,47 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Decodes an image file's bytes (the format from its content): JPEG through
-/// [`decode_jpeg`], the rest through `image`.
+/// [`decode_jpeg`], grey-palette BMP as grey, the rest through `image`.
 pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     match image::guess_format(bytes) {
         Ok(image::ImageFormat::Jpeg) => decode_jpeg(bytes),
+        Ok(image::ImageFormat::Bmp) => decode_bmp(bytes),
         _ => image::load_from_memory(bytes).map_err(|e| e.to_string()),
     }
 }
 
 /// The most memory a decoded image may take (the `image` crate's default limit).
 const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A BMP; one with a palette of greys only (how grey BMPs are written)
+/// becomes a grey image, where `image` would give RGB.
+fn decode_bmp(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    use image::codecs::bmp::BmpDecoder;
+    use image::ImageDecoder;
+    let mut dec = BmpDecoder::new(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    let greys: Option<Vec<u8>> = dec.get_palette().and_then(|pal| {
+        pal.iter()
+            .all(|c| c[0] == c[1] && c[1] == c[2])
+            .then(|| pal.iter().map(|c| c[0]).collect())
+    });
+    let Some(greys) = greys else {
+        return image::load_from_memory(bytes).map_err(|e| e.to_string());
+    };
+    // The palette indices, then their grey levels.
+    dec.set_indexed_color(true);
+    if dec.total_bytes() > MAX_DECODED_BYTES {
+        return Err("BMP too large to decode".into());
+    }
+    let (w, h) = dec.dimensions();
+    let mut px = vec![0u8; dec.total_bytes() as usize];
+    dec.read_image(&mut px).map_err(|e| e.to_string())?;
+    for p in &mut px {
+        *p = greys.get(*p as usize).copied().unwrap_or(0);
+    }
+    GrayImage::from_raw(w, h, px)
+        .map(DynamicImage::ImageLuma8)
+        .ok_or_else(|| "BMP decoder returned a short image".into())
+}
 
 /// The APP0 "AVI1" segment that marks a JPEG as an MJPEG frame, which tells
 /// the decoder to use the standard Huffman tables of the MJPEG convention.
@@ -644,6 +679,60 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn every_listed_format_loads_with_the_pngs_pixels() {
+        use super::test_jpegs::scene;
+        let dir = tempfile::tempdir().unwrap();
+        for (grey, ch) in [(true, 1), (false, 3)] {
+            let img = scene(24, 16, grey);
+            let png = dir.path().join("scene.png");
+            img.save(&png).unwrap();
+            let want = load_planar(&png, ch, 16, 24, false).unwrap();
+            for ext in ["jpg", "jpeg", "JPG", "bmp", "tif", "tiff", "TIFF"] {
+                let p = dir.path().join(format!("scene.{ext}"));
+                assert!(is_image_name(&p), "{ext}");
+                img.save_with_format(&p, image::ImageFormat::from_extension(ext).unwrap())
+                    .unwrap();
+                let got = load_planar(&p, ch, 16, 24, false)
+                    .unwrap_or_else(|e| panic!("{ext}, {ch} channel(s): {e}"));
+                if ext.to_lowercase().starts_with("jp") {
+                    let diff: u32 = (got.data.iter().zip(&want.data))
+                        .map(|(a, b)| a.abs_diff(*b) as u32)
+                        .sum();
+                    let mean = diff as f64 / want.data.len() as f64;
+                    assert!(mean < 12.0, "{ext}: mean difference {mean}");
+                } else {
+                    assert_eq!(got, want, "{ext}, {ch} channel(s)");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_grey_palette_bmp_is_grey_a_colour_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("grey.bmp");
+        // A palette with its greys in reverse order: the levels, not the indices.
+        let px: Vec<u8> = (0..12).map(|i| i * 20).collect();
+        let palette: Vec<[u8; 3]> = (0..=255u8).map(|i| [255 - i; 3]).collect();
+        let mut f = std::fs::File::create(&p).unwrap();
+        image::codecs::bmp::BmpEncoder::new(&mut f)
+            .encode_with_palette(&px, 4, 3, image::ExtendedColorType::L8, Some(&palette))
+            .unwrap();
+        let im = load_planar(&p, 1, 3, 4, false).unwrap();
+        assert_eq!(im.data, px.iter().map(|v| 255 - v).collect::<Vec<_>>());
+        // One colour in the palette: a colour image.
+        let mut palette = palette;
+        palette[7] = [1, 2, 3];
+        let mut f = std::fs::File::create(&p).unwrap();
+        image::codecs::bmp::BmpEncoder::new(&mut f)
+            .encode_with_palette(&px, 4, 3, image::ExtendedColorType::L8, Some(&palette))
+            .unwrap();
+        let m = load_planar(&p, 1, 3, 4, false).unwrap_err().to_string();
+        assert!(m.contains("grey.bmp") && m.contains("RGB"), "{m}");
+        assert_eq!(load_planar(&p, 3, 3, 4, false).unwrap().channels, 3);
     }
 
     #[test]

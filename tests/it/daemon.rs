@@ -528,6 +528,75 @@ fn replay_skips_cut_jpegs_as_corrupt_and_explain_refuses_them() {
 }
 
 #[test]
+fn every_replay_format_is_decided_and_the_lossless_ones_score_as_the_png() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 6);
+    let frames = root.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // One scene in every format the README lists for replay.
+    let (_, px) = synth::sample(11, 0, 16, &[Kind::Crack, Kind::Ok]);
+    let scene = image::GrayImage::from_raw(16, 16, px).unwrap();
+    let names = [
+        "scene.bmp",
+        "scene.jpeg",
+        "scene.jpg",
+        "scene.png",
+        "scene.tif",
+        "scene.tiff",
+    ];
+    for name in names {
+        scene
+            .save(frames.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let lossless = |name: &str| !name.ends_with(".jpg") && !name.ends_with(".jpeg");
+
+    let src = format!("  replay:\n    dir: {}\n", frames.display());
+    let cfg = config(root, &model, &src, "");
+    let d = Daemon::start(root, &["--config", p(&cfg)]);
+    let (st, out, err) = d.wait(120);
+    assert!(st.success(), "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["decisions"].as_u64(), s["frames_skipped"].as_u64()),
+        (Some(6), Some(0)),
+        "{s}\n{err}"
+    );
+    let lines = log_lines(root);
+    let sources: Vec<&str> = lines.iter().map(|l| l.source.as_deref().unwrap()).collect();
+    assert_eq!(sources, names);
+    let png = &lines[3];
+    for l in &lines {
+        let name = l.source.as_deref().unwrap();
+        assert!(CLASSES.contains(&l.class.as_str()), "{name}: {}", l.class);
+        assert!(l.scores.iter().all(|x| x.is_finite()), "{name}");
+        if lossless(name) {
+            assert_eq!(l.scores, png.scores, "{name}");
+            assert_eq!(l.class, png.class, "{name}");
+        }
+    }
+
+    let files: Vec<String> = names
+        .iter()
+        .map(|n| frames.join(n).display().to_string())
+        .collect();
+    let mut args = vec!["explain", "--model", p(&model), "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let explained: Vec<serde_json::Value> = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(explained.len(), names.len());
+    let png = &explained[3];
+    for (name, e) in names.iter().zip(&explained) {
+        assert!(e["image"].as_str().unwrap().ends_with(name), "{e}");
+        assert!(e["decision"].is_string(), "{name}: {e}");
+        if lossless(name) {
+            assert_eq!(e["scores"], png["scores"], "{name}");
+        }
+    }
+}
+
+#[test]
 #[ignore = "a tool for scripts/bench-daemon.sh, run with --ignored"]
 fn write_untrained_table3_model() {
     let Some(out) = std::env::var_os("GCM_BENCH_MODEL_OUT") else {
