@@ -7,6 +7,8 @@
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
+use crate::data::image_io;
+
 /// Why a frame could not be converted; the frame is skipped and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConvertError {
@@ -126,45 +128,11 @@ pub fn yuyv_to_rgb(
     Ok(RgbImage::from_raw(width, height, out).expect("sized"))
 }
 
-/// The APP0 "AVI1" segment that marks a JPEG as an MJPEG frame, which tells
-/// the decoder to use the standard Huffman tables of the MJPEG convention.
-const AVI1_APP0: [u8; 10] = [0xFF, 0xE0, 0x00, 0x08, b'A', b'V', b'I', b'1', 0x00, 0x00];
-
-/// Many UVC cameras send MJPEG frames without Huffman tables (DHT), relying
-/// on the standard ones; some also omit the AVI1 marker that says so. Such a
-/// frame gets the marker, so the decoder fills in the standard tables.
-fn with_default_tables(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let mut i = 2;
-    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
-        let marker = bytes[i + 1];
-        if marker == 0xC4 {
-            return std::borrow::Cow::Borrowed(bytes);
-        }
-        if marker == 0xDA {
-            break;
-        }
-        if marker == 0xE0 && bytes[i + 4..].starts_with(b"AVI1") {
-            return std::borrow::Cow::Borrowed(bytes);
-        }
-        i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-    }
-    let mut v = Vec::with_capacity(bytes.len() + AVI1_APP0.len());
-    v.extend_from_slice(&bytes[..2]);
-    v.extend_from_slice(&AVI1_APP0);
-    v.extend_from_slice(&bytes[2..]);
-    std::borrow::Cow::Owned(v)
-}
-
-/// An MJPEG frame: one JPEG image, with the standard Huffman tables when the
-/// frame carries none (see [`with_default_tables`]).
+/// An MJPEG frame: one whole JPEG image ([`image_io::decode_jpeg`]: a torn
+/// frame is corrupt, never filled in), with the standard Huffman tables when
+/// the frame carries none; cameras pad the buffer after the end of the image.
 pub fn mjpeg(bytes: &[u8], width: u32, height: u32) -> Result<DynamicImage, ConvertError> {
-    // A JPEG starts with SOI (FF D8); cameras pad the buffer after EOI.
-    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
-        return Err(ConvertError::CorruptJpeg("no JPEG start marker".into()));
-    }
-    let bytes = with_default_tables(bytes);
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| ConvertError::CorruptJpeg(e.to_string()))?;
+    let img = image_io::decode_jpeg(bytes).map_err(ConvertError::CorruptJpeg)?;
     if (img.width(), img.height()) != (width, height) {
         return Err(ConvertError::WrongSize {
             width: img.width(),
@@ -285,13 +253,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn mjpeg_without_huffman_tables_uses_the_defaults() {
-        // UVC cameras often omit DHT segments (the MJPEG convention). Our
-        // encoder writes the standard tables, so cutting them out leaves a
-        // frame that decodes the same with the defaults, with or without the
-        // AVI1 marker.
-        let j = recorded_jpeg(16, 16);
+    /// `j` without its Huffman tables (DHT segments), as many UVC cameras send.
+    fn strip_dht(j: &[u8]) -> Vec<u8> {
         let mut stripped = vec![0xFF, 0xD8];
         let mut i = 2;
         while i + 4 <= j.len() {
@@ -311,17 +274,125 @@ mod tests {
             stripped.len() < j.len(),
             "the encoder wrote no DHT to strip"
         );
+        stripped
+    }
+
+    #[test]
+    fn mjpeg_without_huffman_tables_uses_the_defaults() {
+        // UVC cameras often omit DHT segments (the MJPEG convention). Our
+        // encoder writes the standard tables, so cutting them out leaves a
+        // frame that decodes the same with the defaults, with or without the
+        // AVI1 marker.
+        let j = recorded_jpeg(16, 16);
+        let stripped = strip_dht(&j);
         let a = mjpeg(&j, 16, 16).unwrap().to_rgb8();
         let b = mjpeg(&stripped, 16, 16).unwrap().to_rgb8();
         assert_eq!(a, b);
         let mut marked = stripped[..2].to_vec();
-        marked.extend_from_slice(&AVI1_APP0);
+        marked.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x08, b'A', b'V', b'I', b'1', 0x00, 0x00]);
         marked.extend_from_slice(&stripped[2..]);
-        assert!(matches!(
-            with_default_tables(&marked),
-            std::borrow::Cow::Borrowed(_)
-        ));
         assert_eq!(mjpeg(&marked, 16, 16).unwrap().to_rgb8(), a);
+    }
+
+    /// JPEGs written by libjpeg (through Pillow), of kinds the `image` crate's
+    /// encoder does not write: progressive (4:2:0 colour, grey, 4:4:4 with
+    /// restart markers) and baseline with a restart marker after every MCU.
+    const LIBJPEG_FILES: [(&str, &[u8]); 4] = [
+        (
+            "progressive",
+            include_bytes!("../../tests/data/jpeg/progressive.jpg"),
+        ),
+        (
+            "progressive grey",
+            include_bytes!("../../tests/data/jpeg/progressive_grey.jpg"),
+        ),
+        (
+            "progressive 4:4:4 with restarts",
+            include_bytes!("../../tests/data/jpeg/progressive_restart_444.jpg"),
+        ),
+        (
+            "baseline with restarts",
+            include_bytes!("../../tests/data/jpeg/restart.jpg"),
+        ),
+    ];
+
+    /// Whole frames of every kind, with their size.
+    fn whole_frames() -> Vec<(&'static str, Vec<u8>, u32, u32)> {
+        use crate::data::image_io::test_jpegs::{encode, scene};
+        let colour = encode(&scene(48, 32, false));
+        let mut v = vec![
+            ("image-crate colour", colour.clone(), 48, 32),
+            ("image-crate grey", encode(&scene(48, 32, true)), 48, 32),
+            ("without Huffman tables", strip_dht(&colour), 48, 32),
+        ];
+        for (name, bytes) in LIBJPEG_FILES {
+            let img = image::load_from_memory(bytes).unwrap();
+            v.push((name, bytes.to_vec(), img.width(), img.height()));
+        }
+        v
+    }
+
+    #[test]
+    fn whole_frames_decode_as_the_image_crate_decodes_them() {
+        use crate::data::image_io::test_jpegs::zero_padded;
+        for (name, j, w, h) in whole_frames() {
+            let ours = mjpeg(&j, w, h).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name != "without Huffman tables" {
+                let theirs = image::load_from_memory(&j).unwrap();
+                assert_eq!(ours, theirs, "{name}");
+            }
+            assert_eq!(
+                mjpeg(&zero_padded(&j), w, h).unwrap(),
+                ours,
+                "{name} padded"
+            );
+        }
+    }
+
+    #[test]
+    fn torn_mjpeg_frames_are_corrupt() {
+        use crate::data::image_io::test_jpegs::cuts;
+        let mut wrong = Vec::new();
+        for (name, j, w, h) in whole_frames() {
+            for (what, bytes) in cuts(&j) {
+                match mjpeg(&bytes, w, h) {
+                    Err(ConvertError::CorruptJpeg(_)) => {}
+                    Err(e) => wrong.push(format!("{name}, {what}: {e}")),
+                    Ok(_) => wrong.push(format!("{name}, {what}: decoded")),
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn every_cut_of_a_frame_is_corrupt() {
+        use crate::data::image_io::test_jpegs::zero_padded;
+        for (name, j, w, h) in whole_frames() {
+            let n = j.len();
+            let first_scan = j.windows(2).position(|x| x == [0xFF, 0xDA]).unwrap();
+            for k in first_scan..n - 1 {
+                for (what, bytes) in [
+                    ("cut", j[..k].to_vec()),
+                    ("cut and zero-padded", zero_padded(&j[..k])),
+                    (
+                        "cut with EOI appended",
+                        [&j[..k], &[0xFF, 0xD9][..]].concat(),
+                    ),
+                ] {
+                    // With EOI appended, a cut of the scan data's last byte
+                    // alone can decode (its bits may be the ones of the
+                    // decoder's stand-in): see `image_io`.
+                    if k >= n - 3 && what == "cut with EOI appended" {
+                        continue;
+                    }
+                    assert!(
+                        mjpeg(&bytes, w, h).is_err(),
+                        "{name}: {what} at {k} of {n} bytes"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use image::DynamicImage;
 use super::convert::{self, ConvertError};
 use super::frame::FrameData;
 use crate::config::{PixelFormat, RoiConfig};
-use crate::data::image_io::{planar_from_dynamic, Planar};
+use crate::data::image_io::{channels_of, decode_bytes, planar_from_dynamic, Planar};
 use crate::model::InputScaling;
 
 /// What the model needs from a frame.
@@ -127,15 +127,9 @@ pub fn to_image(data: &FrameData, channels: usize) -> Result<DynamicImage, Skip>
         },
         FrameData::File { bytes } => {
             // Image files follow `explain`'s rule: their channels must be the model's.
-            let img = image::load_from_memory(bytes)
+            let img = decode_bytes(bytes)
                 .map_err(|e| Skip::Corrupt(format!("cannot decode image: {e}")))?;
-            let have = match img.color() {
-                image::ColorType::L8
-                | image::ColorType::La8
-                | image::ColorType::L16
-                | image::ColorType::La16 => 1,
-                _ => 3,
-            };
+            let have = channels_of(&img);
             if have != channels {
                 return Err(Skip::Channels(format!(
                     "image has {have} channel(s), the model takes {channels}"
@@ -309,5 +303,40 @@ mod tests {
         };
         let e = prepare(&f, &spec(1, None)).unwrap_err();
         assert_eq!(e.reason(), "corrupt");
+    }
+
+    #[test]
+    fn cut_jpegs_are_skipped_as_corrupt_never_decided() {
+        use crate::data::image_io::test_jpegs::{cuts, encode, scene, zero_padded};
+        let mut wrong = Vec::new();
+        for (grey, ch) in [(true, 1), (false, 3)] {
+            let j = encode(&scene(40, 24, grey));
+            let file = |bytes: Vec<u8>| FrameData::File { bytes };
+            let camera = |bytes: Vec<u8>| FrameData::Camera {
+                format: PixelFormat::Mjpeg,
+                width: 40,
+                height: 24,
+                bytes_per_line: 0,
+                bytes,
+            };
+            for (path, frame) in [
+                ("replayed file", &file as &dyn Fn(Vec<u8>) -> FrameData),
+                ("MJPEG frame", &camera),
+            ] {
+                let whole = prepare(&frame(j.clone()), &spec(ch, None)).unwrap();
+                let padded = prepare(&frame(zero_padded(&j)), &spec(ch, None)).unwrap();
+                assert_eq!(padded.planar, whole.planar, "{path}");
+                for (what, bytes) in cuts(&j) {
+                    match prepare(&frame(bytes), &spec(ch, None)) {
+                        Err(Skip::Corrupt(_)) => {}
+                        Err(other) => wrong.push(format!("{path}, {what}: skipped as {other:?}")),
+                        Ok(_) => {
+                            wrong.push(format!("{path} ({ch} ch), {what}: decided as if whole"))
+                        }
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 }

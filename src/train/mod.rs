@@ -174,13 +174,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         Some(m) => (m.input_channels, m.input_rows, m.input_cols),
         None => {
             let first = crate::data::image_io::decode(&train_s[0].path)?;
-            let ch = match first.color() {
-                image::ColorType::L8
-                | image::ColorType::La8
-                | image::ColorType::L16
-                | image::ColorType::La16 => 1,
-                _ => 3,
-            };
+            let ch = crate::data::image_io::channels_of(&first);
             let r = cfg.model.input_rows.unwrap_or(first.height() as usize);
             let c = cfg.model.input_cols.unwrap_or(first.width() as usize);
             (ch, r, c)

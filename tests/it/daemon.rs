@@ -447,6 +447,165 @@ fn under_systemd_it_notifies_and_logs_with_journal_priorities() {
 /// Not a test: writes an untrained Table-3 model (64x64 grey, the synthetic
 /// classes) to `$GCM_BENCH_MODEL_OUT`, for `scripts/bench-daemon.sh` where no
 /// demo model is bundled. Same architecture and cost as a trained one.
+/// The `image` crate's JPEG encoding of a synthetic 16x16 cell.
+fn cell_jpeg(index: usize) -> Vec<u8> {
+    let (_, px) = synth::sample(11, index, 16, &[Kind::Crack, Kind::Ok]);
+    let img = image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(16, 16, px).unwrap());
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn replay_skips_cut_jpegs_as_corrupt_and_explain_refuses_them() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 5);
+    let frames = root.join("frames");
+    replay_folder(&frames, 2, 16);
+    let j = cell_jpeg(2);
+    let n = j.len();
+    let at = j.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    let scan = at + 2 + u16::from_be_bytes([j[at + 2], j[at + 3]]) as usize;
+    let mid = scan + (n - 2 - scan) / 2;
+    let zeros = [0u8; 600];
+    std::fs::write(frames.join("cell_002.jpg"), &j).unwrap();
+    std::fs::write(frames.join("cell_003.jpg"), [&j[..], &zeros[..]].concat()).unwrap();
+    let cut = [
+        ("cut_0_after_the_scan_header.jpg", j[..scan].to_vec()),
+        ("cut_1_mid_scan.jpg", j[..mid].to_vec()),
+        ("cut_2_before_the_end_marker.jpg", j[..n - 2].to_vec()),
+        (
+            "cut_3_mid_scan_end_marker_appended.jpg",
+            [&j[..mid], &[0xFF, 0xD9][..]].concat(),
+        ),
+        (
+            "cut_4_mid_scan_zero_padded.jpg",
+            [&j[..mid], &zeros[..]].concat(),
+        ),
+    ];
+    for (name, bytes) in &cut {
+        std::fs::write(frames.join(name), bytes).unwrap();
+    }
+    let src = format!("  replay:\n    dir: {}\n", frames.display());
+    let cfg = config(root, &model, &src, "");
+    let d = Daemon::start(root, &["--config", p(&cfg)]);
+    let (st, out, err) = d.wait(120);
+    assert!(st.success(), "{err}");
+    let s = summary(&out);
+    assert_eq!(s["ended_by"], "source ended", "{s}");
+    assert_eq!(
+        (
+            s["frames_captured"].as_u64(),
+            s["decisions"].as_u64(),
+            s["frames_skipped"].as_u64()
+        ),
+        (Some(9), Some(4), Some(5)),
+        "{s}\n{err}"
+    );
+    let decided: Vec<String> = log_lines(root)
+        .into_iter()
+        .map(|l| l.source.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            "cell_000.png",
+            "cell_001.png",
+            "cell_002.jpg",
+            "cell_003.jpg"
+        ]
+    );
+    for (name, _) in &cut {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("frame skipped (corrupt)") && l.contains(name)),
+            "no corrupt skip of {name}:\n{err}"
+        );
+        let file = frames.join(name);
+        let e = fails(&["explain", "--model", p(&model), p(&file)], 4);
+        assert!(e.contains(name) && e.contains("cannot decode"), "{e}");
+    }
+    let whole = ok(&[
+        "explain",
+        "--model",
+        p(&model),
+        p(&frames.join("cell_003.jpg")),
+        "--json",
+    ]);
+    assert!(whole.contains("\"decision\""), "{whole}");
+}
+
+#[test]
+fn every_replay_format_is_decided_and_the_lossless_ones_score_as_the_png() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 6);
+    let frames = root.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // One scene in every format the README lists for replay.
+    let (_, px) = synth::sample(11, 0, 16, &[Kind::Crack, Kind::Ok]);
+    let scene = image::GrayImage::from_raw(16, 16, px).unwrap();
+    let names = [
+        "scene.bmp",
+        "scene.jpeg",
+        "scene.jpg",
+        "scene.png",
+        "scene.tif",
+        "scene.tiff",
+    ];
+    for name in names {
+        scene
+            .save(frames.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let lossless = |name: &str| !name.ends_with(".jpg") && !name.ends_with(".jpeg");
+
+    let src = format!("  replay:\n    dir: {}\n", frames.display());
+    let cfg = config(root, &model, &src, "");
+    let d = Daemon::start(root, &["--config", p(&cfg)]);
+    let (st, out, err) = d.wait(120);
+    assert!(st.success(), "{err}");
+    let s = summary(&out);
+    assert_eq!(
+        (s["decisions"].as_u64(), s["frames_skipped"].as_u64()),
+        (Some(6), Some(0)),
+        "{s}\n{err}"
+    );
+    let lines = log_lines(root);
+    let sources: Vec<&str> = lines.iter().map(|l| l.source.as_deref().unwrap()).collect();
+    assert_eq!(sources, names);
+    let png = &lines[3];
+    for l in &lines {
+        let name = l.source.as_deref().unwrap();
+        assert!(CLASSES.contains(&l.class.as_str()), "{name}: {}", l.class);
+        assert!(l.scores.iter().all(|x| x.is_finite()), "{name}");
+        if lossless(name) {
+            assert_eq!(l.scores, png.scores, "{name}");
+            assert_eq!(l.class, png.class, "{name}");
+        }
+    }
+
+    let files: Vec<String> = names
+        .iter()
+        .map(|n| frames.join(n).display().to_string())
+        .collect();
+    let mut args = vec!["explain", "--model", p(&model), "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let explained: Vec<serde_json::Value> = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(explained.len(), names.len());
+    let png = &explained[3];
+    for (name, e) in names.iter().zip(&explained) {
+        assert!(e["image"].as_str().unwrap().ends_with(name), "{e}");
+        assert!(e["decision"].is_string(), "{name}: {e}");
+        if lossless(name) {
+            assert_eq!(e["scores"], png["scores"], "{name}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "a tool for scripts/bench-daemon.sh, run with --ignored"]
 fn write_untrained_table3_model() {
