@@ -376,6 +376,43 @@ fn every_documented_exit_code_is_what_its_cases_give() {
         .map(|l| l.split('|').nth(1).unwrap().trim().parse().unwrap())
         .collect();
     assert!(documented.len() >= 8, "{documented:?}");
+    // The unit restarts on exactly the codes the table says it does.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/gcm-inspect.service"
+    ))
+    .unwrap();
+    let prevent: Vec<i32> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .expect("the unit lists RestartPreventExitStatus")
+        .split_whitespace()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    for row in table
+        .lines()
+        .skip_while(|l| !l.starts_with("| code"))
+        .skip(2)
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if cells.len() < 4 {
+            break;
+        }
+        let code: i32 = cells[1].parse().unwrap();
+        let restarted = cells[3] == "yes";
+        if code != 0 && code != 7 {
+            // 0 is success; 7 comes from `verify` and `explain`, not the daemon.
+            assert_eq!(
+                !prevent.contains(&code),
+                restarted,
+                "exit code {code}: the README says restarted = {restarted}, the unit lists {prevent:?}"
+            );
+        }
+    }
+    assert!(
+        prevent.contains(&101),
+        "a panic must not restart into a loop"
+    );
 
     let s = setup(1, &synthetic(0), "");
     let root = s.root();
