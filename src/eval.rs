@@ -13,7 +13,7 @@ use candle_core::{Tensor, D};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::predictor::argmax;
+use crate::decision::argmax;
 use crate::model::GcmOutput;
 
 /// The map kinds of the decline table that apply to the GCM.
@@ -160,7 +160,7 @@ impl Evaluator {
 
 /// Runs `forward` over `set` in batches of `batch` and reports.
 pub fn evaluate(
-    set: &crate::train::data::ImageSet,
+    set: &crate::data::ImageSet,
     classes: &[String],
     batch: usize,
     device: &candle_core::Device,

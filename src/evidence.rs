@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::image_io::{encode_png, planar_to_dynamic, Planar};
 use crate::error::{Error, IoContext, Result};
-use crate::model::checkpoint::write_atomic;
-use crate::model::predictor::argmax;
+use crate::fs::write_atomic;
+use crate::decision::{argmax, Decision};
+use crate::model::Predictor;
 
 pub const EVIDENCE_FORMAT: &str = "gcm-inspect-evidence/1";
 pub const EVIDENCE_JSON: &str = "evidence.json";
@@ -282,6 +283,42 @@ pub struct ModelInfo<'a> {
     pub scaling: &'a str,
     /// The model id (sha256 of the weights), when known.
     pub model_id: Option<&'a str>,
+}
+
+impl<'a> ModelInfo<'a> {
+    /// What the evidence records of the model `p`.
+    pub fn of(p: &'a Predictor) -> Self {
+        ModelInfo {
+            classes: p.classes(),
+            scaling: p.config().scaling.name(),
+            model_id: Some(&p.card.weights_sha256),
+        }
+    }
+}
+
+/// The evidence of decision `d` made by `p` on `input`: the one builder
+/// `explain` and the daemon share. `all_classes`: a weight-map heatmap for
+/// every class, not only the decided one.
+pub fn of_decision(
+    p: &Predictor,
+    input: &Planar,
+    maps: &FrameMaps,
+    d: &Decision,
+    all_classes: bool,
+) -> Result<Evidence> {
+    let heatmaps = if all_classes {
+        HeatmapClasses::All
+    } else {
+        HeatmapClasses::Decided
+    };
+    build(
+        input,
+        maps,
+        ModelInfo::of(p),
+        &d.scores,
+        d.class_index,
+        heatmaps,
+    )
 }
 
 /// Builds the evidence for one image.

@@ -5,14 +5,19 @@
 //! class score. The evidence image therefore reproduces the decision exactly,
 //! which this product checks for every decision it logs.
 
+pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod decision;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod evidence;
+pub mod explain;
+pub mod fs;
 pub mod gpu;
 pub mod heap;
 pub mod model;

@@ -1,13 +1,9 @@
 //! `gcm-inspect explain`: decisions and their evidence for image files.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::Serialize;
-
-use crate::data::image_io::{batch_tensor, load_planar, Planar};
 use crate::error::{Error, Result};
-use crate::evidence::{self, FrameMaps, HeatmapClasses, ModelInfo};
+use crate::explain::{explain, Options};
 use crate::model::Predictor;
 
 #[derive(Debug, clap::Args)]
@@ -38,82 +34,16 @@ pub struct Args {
     pub batch_size: usize,
 }
 
-/// One line of `--json` output.
-#[derive(Debug, Serialize)]
-pub struct Explained {
-    pub image: PathBuf,
-    pub decision: String,
-    pub class_index: usize,
-    pub classes: Vec<String>,
-    pub scores: Vec<f32>,
-    pub probabilities: Vec<f32>,
-    pub margin: f32,
-    /// The evidence folder, when `--out` is given.
-    pub evidence: Option<PathBuf>,
-    /// Whether the written evidence reproduces every class score within its
-    /// quantisation bound and the decision (when `--out` is given).
-    pub evidence_reproduces: Option<bool>,
-}
-
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
     let p = Predictor::open(&a.model, &device)?;
-    let cfg = p.config().clone();
-    let images: Vec<Planar> = a
-        .images
-        .iter()
-        .map(|f| {
-            load_planar(
-                f,
-                cfg.input_channels,
-                cfg.input_rows,
-                cfg.input_cols,
-                a.resize,
-            )
-        })
-        .collect::<Result<_>>()?;
-    let names = evidence_names(&a.images);
-    let mut results = Vec::with_capacity(images.len());
-    for (start, chunk) in (0..images.len())
-        .step_by(a.batch_size)
-        .map(|s| (s, &images[s..(s + a.batch_size).min(images.len())]))
-    {
-        let refs: Vec<&Planar> = chunk.iter().collect();
-        let out = p.forward(&batch_tensor(&refs, &device)?)?;
-        for (b, d) in p.decide(&out.scores)?.into_iter().enumerate() {
-            let i = start + b;
-            let (mut ev_dir, mut reproduces) = (None, None);
-            if let Some(dir) = &a.out {
-                let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, b)?;
-                let info = ModelInfo {
-                    classes: p.classes(),
-                    scaling: cfg.scaling.name(),
-                    model_id: Some(&p.card.weights_sha256),
-                };
-                let heat = if a.all_classes {
-                    HeatmapClasses::All
-                } else {
-                    HeatmapClasses::Decided
-                };
-                let ev = evidence::build(&images[i], &maps, info, &d.scores, d.class_index, heat)?;
-                let target = dir.join(&names[i]);
-                ev.write(&target)?;
-                reproduces = Some(ev.check.ok());
-                ev_dir = Some(target);
-            }
-            results.push(Explained {
-                image: a.images[i].clone(),
-                decision: d.class.clone(),
-                class_index: d.class_index,
-                classes: p.classes().to_vec(),
-                scores: d.scores,
-                probabilities: d.probabilities,
-                margin: d.margin,
-                evidence: ev_dir,
-                evidence_reproduces: reproduces,
-            });
-        }
-    }
+    let opts = Options {
+        out: a.out.clone(),
+        all_classes: a.all_classes,
+        resize: a.resize,
+        batch_size: a.batch_size,
+    };
+    let results = explain(&p, &a.images, &opts)?;
     if a.json {
         println!(
             "{}",
@@ -153,32 +83,4 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Evidence folder names: the image's file stem, made unique with its index
-/// where two images share a stem.
-fn evidence_names(images: &[PathBuf]) -> Vec<String> {
-    let stem = |p: &Path| {
-        p.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into())
-    };
-    let mut seen = HashSet::new();
-    let dup: HashSet<String> = images
-        .iter()
-        .map(|p| stem(p))
-        .filter(|s| !seen.insert(s.clone()))
-        .collect();
-    images
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let s = stem(p);
-            if dup.contains(&s) {
-                format!("{i:04}-{s}")
-            } else {
-                s
-            }
-        })
-        .collect()
 }

@@ -74,6 +74,15 @@ pub fn positive(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A share in [0, 1).
+pub fn fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} must be in [0, 1)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A finite number of seconds, at least 0.
 pub fn seconds(s: &str) -> std::result::Result<f64, String> {
     match s.parse::<f64>() {

@@ -20,7 +20,6 @@
 //! which is the model id the daemon logs with every decision.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -290,9 +289,9 @@ pub fn save(
     card.weights_sha256 = sha256_hex(&bytes);
     card.format = CARD_FORMAT.into();
     card.written_by = format!("gcm-inspect {}", env!("CARGO_PKG_VERSION"));
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    crate::fs::write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     let json = serde_json::to_vec_pretty(&card).expect("card serialises");
-    write_atomic(&dir.join(CARD_FILE), &json)?;
+    crate::fs::write_atomic(&dir.join(CARD_FILE), &json)?;
     Ok(card)
 }
 
@@ -311,32 +310,6 @@ pub fn new_card(model: ModelConfig) -> ModelCard {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory,
-/// fsynced and renamed, so readers see the old or the new file, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .at(&tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).at(path));
-    if written.is_err() {
-        // Nothing half-written stays behind (on a full disk least of all).
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -177,6 +177,11 @@ impl FoldedGcm {
         let scaled = x
             .broadcast_mul(&self.scale_a)?
             .broadcast_add(&self.scale_b)?;
+        self.forward_scaled(scaled)
+    }
+
+    /// CWM and scores for input the model's scaling has been applied to.
+    pub fn forward_scaled(&self, scaled: Tensor) -> Result<GcmOutput> {
         let cwm = self.cwm(&scaled)?;
         let scores = gcm_score(&cwm, &scaled)?;
         Ok(GcmOutput {

@@ -12,5 +12,5 @@ pub mod score;
 pub use checkpoint::{load_model, ModelCard};
 pub use config::{InputScaling, ModelConfig};
 pub use gcm::{Gcm, GcmOutput};
-pub use predictor::{Decision, Predictor};
+pub use predictor::{Input, Predictor};
 pub use score::{ccm, gcm_score};

@@ -3,13 +3,23 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
 
 use super::checkpoint::{self, ModelCard};
 use super::config::ModelConfig;
 use super::folded::FoldedGcm;
 use super::gcm::GcmOutput;
+use crate::decision::Decision;
 use crate::error::{Error, Result};
+
+/// What [`Predictor::forward`] is given.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Input in [0, 1] (bytes / 255): the model's scaling is applied first.
+    Raw(&'a Tensor),
+    /// Input the model's scaling has already been applied to (the daemon
+    /// scales while it prepares a frame, see `pipeline::preprocess::scale`).
+    Scaled(&'a Tensor),
+}
 
 /// A model ready for inference (BatchNorm folded) on one device.
 #[derive(Clone, Debug)]
@@ -18,21 +28,6 @@ pub struct Predictor {
     pub card: ModelCard,
     net: FoldedGcm,
     device: Device,
-}
-
-/// One image's decision.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Decision {
-    /// Index of the decided class (argmax of the scores).
-    pub class_index: usize,
-    /// Name of the decided class.
-    pub class: String,
-    /// Class scores (mean of each CCM), in class order.
-    pub scores: Vec<f32>,
-    /// Softmax of the scores.
-    pub probabilities: Vec<f32>,
-    /// Decided score minus the runner-up's (0 with one class).
-    pub margin: f32,
 }
 
 impl Predictor {
@@ -74,10 +69,13 @@ impl Predictor {
         &self.net
     }
 
-    /// Runs the network on raw input `[B, D, R, C]` in [0, 1].
-    pub fn forward(&self, raw: &Tensor) -> Result<GcmOutput> {
-        let raw = raw.to_device(&self.device)?;
-        Ok(self.net.forward(&raw)?)
+    /// Runs the network on a batch `[B, D, R, C]` (moved to the model's
+    /// device first): the one way inference enters the network.
+    pub fn forward(&self, input: Input<'_>) -> Result<GcmOutput> {
+        Ok(match input {
+            Input::Raw(x) => self.net.forward(&x.to_device(&self.device)?)?,
+            Input::Scaled(x) => self.net.forward_scaled(x.to_device(&self.device)?)?,
+        })
     }
 
     /// Decisions for every image of a batch of scores `[B, N]`.
@@ -85,63 +83,7 @@ impl Predictor {
         let rows = scores.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
         Ok(rows
             .into_iter()
-            .map(|s| decision_from_scores(self.classes(), s))
+            .map(|s| Decision::from_scores(self.classes(), s))
             .collect())
-    }
-}
-
-/// Softmax of scores, computed stably.
-pub fn softmax(scores: &[f32]) -> Vec<f32> {
-    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = scores.iter().map(|&s| ((s - m) as f64).exp()).collect();
-    let z: f64 = e.iter().sum();
-    e.iter().map(|v| (v / z) as f32).collect()
-}
-
-/// Index of the largest score (the first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-pub fn decision_from_scores(classes: &[String], scores: Vec<f32>) -> Decision {
-    let k = argmax(&scores);
-    let runner_up = scores
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != k)
-        .map(|(_, &s)| s)
-        .fold(f32::NEG_INFINITY, f32::max);
-    let margin = if runner_up.is_finite() {
-        scores[k] - runner_up
-    } else {
-        0.0
-    };
-    Decision {
-        class_index: k,
-        class: classes[k].clone(),
-        probabilities: softmax(&scores),
-        scores,
-        margin,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decision_picks_argmax_with_margin() {
-        let c = vec!["a".to_string(), "b".into(), "c".into()];
-        let d = decision_from_scores(&c, vec![0.1, 0.7, 0.4]);
-        assert_eq!((d.class_index, d.class.as_str()), (1, "b"));
-        assert!((d.margin - 0.3).abs() < 1e-6);
-        assert!((d.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(d.probabilities[1] > d.probabilities[2]);
     }
 }

@@ -6,18 +6,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
 
 use super::frame::Frame;
 use super::metrics::Metrics;
 use super::model::Bundle;
 use super::notify::Notifier;
-use super::preprocess::{self, Prepared};
-use super::sink::log::Latency;
+use super::preprocess;
 use crate::data::image_io::Planar;
 use crate::error::{Error, Result};
 use crate::evidence::FrameMaps;
-use crate::model::score::gcm_score;
-use crate::model::{Decision, GcmOutput};
+use crate::decision::Decision;
+use crate::model::Input;
+
+/// Per-stage latencies of one decision, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Waiting in the queue for the model.
+    pub queue_ms: f64,
+    /// Decode, crop, resize, scaling.
+    pub preprocess_ms: f64,
+    /// Network forward and decision.
+    pub infer_ms: f64,
+    /// From capture to the decision (the sum of the three, plus hand-overs).
+    pub capture_to_decision_ms: f64,
+}
 
 /// A decision on its way to the sinks.
 pub struct Decided {
@@ -36,21 +50,6 @@ pub struct Decided {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Runs the network on a prepared frame: `cwm` from the scaled input, then
-/// the fused scoring op; the same computation as `Predictor::forward`, entered
-/// after the scaling that preparation already did.
-pub fn forward(bundle: &Bundle, prepared: &Prepared) -> Result<GcmOutput> {
-    let device = bundle.predictor.device();
-    let scaled = prepared.scaled.to_device(device)?;
-    let cwm = bundle.predictor.network().cwm(&scaled)?;
-    let scores = gcm_score(&cwm, &scaled)?;
-    Ok(GcmOutput {
-        scaled,
-        cwm,
-        scores,
-    })
 }
 
 pub struct Infer {
@@ -113,7 +112,7 @@ impl Infer {
             }
         };
         let t1 = Instant::now();
-        let out = forward(&b, &prepared)?;
+        let out = b.predictor.forward(Input::Scaled(&prepared.scaled))?;
         let decision = b
             .predictor
             .decide(&out.scores)?

@@ -24,6 +24,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{self, stratified_split_by_name, Dataset, Split};
+use crate::data::{load_images, ImageSet};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model::checkpoint::{self, CardMetrics, InitSource, ModelCard};
@@ -31,7 +32,6 @@ use crate::model::gcm::{init_varmap, varmap_tensors};
 use crate::model::{Gcm, ModelConfig};
 use crate::rng::Rng;
 use config::{ScalingChoice, TrainConfig};
-use data::ImageSet;
 use ema::Ema;
 use optim::Optimizer;
 
@@ -199,9 +199,9 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
         None => Vec::new(),
     };
     let mut train_set =
-        data::load_images(&train_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
+        load_images(&train_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
     train_set.targets = soft;
-    let val_set = data::load_images(&val_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
+    let val_set = load_images(&val_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
     tracing::info!(
         train = train_set.len(),
         val = val_set.len(),
@@ -774,7 +774,7 @@ fn save_state(dir: &Path, opt: &Optimizer, st: &TrainState) -> Result<()> {
         .map(|(k, v)| Ok((k, v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     save_tensors(dir, STATE_TENSORS, &tensors)?;
-    checkpoint::write_atomic(
+    crate::fs::write_atomic(
         &dir.join(STATE_JSON),
         &serde_json::to_vec_pretty(st).expect("state serialises"),
     )

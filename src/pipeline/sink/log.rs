@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::pipeline::infer::Latency;
 use crate::pipeline::metrics::Metrics;
 
 pub const ACTIVE: &str = "decisions.jsonl";
@@ -47,20 +48,6 @@ pub const BACKLOG_LINES: usize = 10_000;
 /// [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Per-stage latencies of one decision, in milliseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Latency {
-    /// Waiting in the queue for the model.
-    pub queue_ms: f64,
-    /// Decode, crop, resize, scaling.
-    pub preprocess_ms: f64,
-    /// Network forward and decision.
-    pub infer_ms: f64,
-    /// From capture to the decision (the sum of the three, plus hand-overs).
-    pub capture_to_decision_ms: f64,
-}
 
 /// The result of one divergence check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

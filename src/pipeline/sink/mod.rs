@@ -10,8 +10,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::infer::Decided;
 use super::metrics::Metrics;
 use crate::error::Result;
-use crate::evidence::{self, Evidence, HeatmapClasses, ModelInfo};
-use crate::model::predictor::argmax;
+use crate::evidence::{self, Evidence};
+use crate::decision::argmax;
 
 pub mod evidence_store;
 pub mod log;
@@ -61,21 +61,12 @@ pub fn reference_check(d: &Decided) -> Result<Check> {
 
 fn build_evidence(d: &Decided) -> Result<Evidence> {
     let b = &d.bundle;
-    evidence::build(
+    evidence::of_decision(
+        &b.predictor,
         &d.planar,
         &d.maps,
-        ModelInfo {
-            classes: b.predictor.classes(),
-            scaling: b.prep.scaling.name(),
-            model_id: Some(b.model_id()),
-        },
-        &d.decision.scores,
-        d.decision.class_index,
-        if b.evidence.heatmaps_all_classes {
-            HeatmapClasses::All
-        } else {
-            HeatmapClasses::Decided
-        },
+        &d.decision,
+        b.evidence.heatmaps_all_classes,
     )
 }
 
@@ -271,7 +262,6 @@ mod tests {
     use super::*;
     use crate::data::image_io::Planar;
     use crate::evidence::FrameMaps;
-    use crate::pipeline::infer;
     use crate::pipeline::preprocess::{self, Prepared};
     use std::path::Path;
 
@@ -285,7 +275,10 @@ mod tests {
         };
         let scaled = preprocess::scale(&planar, &bundle.prep.scaling).unwrap();
         let prepared = Prepared { planar, scaled };
-        let out = infer::forward(&bundle, &prepared).unwrap();
+        let out = bundle
+            .predictor
+            .forward(crate::model::Input::Scaled(&prepared.scaled))
+            .unwrap();
         let decision = bundle.predictor.decide(&out.scores).unwrap().remove(0);
         let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
         Decided {
