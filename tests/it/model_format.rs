@@ -859,7 +859,8 @@ fn reference_scores(dir: &Path, x: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
 fn write_perturbed_model(dir: &Path, cfg: &ModelConfig, seed: u64) {
     let (_, vm) = Gcm::init(cfg, seed, &Device::Cpu).unwrap();
     let mut rng = Rand(seed);
-    let mut tensors: HashMap<String, Tensor> = gcm::varmap_tensors(&vm);
+    // In name order, so that every run draws the same values.
+    let mut tensors: BTreeMap<String, Tensor> = gcm::varmap_tensors(&vm).into_iter().collect();
     for (name, t) in tensors.iter_mut() {
         let range = if name.ends_with(".bn.weight") {
             (0.5, 1.5)
@@ -879,6 +880,7 @@ fn write_perturbed_model(dir: &Path, cfg: &ModelConfig, seed: u64) {
             .collect();
         *t = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
     }
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
     checkpoint::save(dir, &tensors, checkpoint::new_card(cfg.clone())).unwrap();
 }
 
