@@ -45,3 +45,6 @@ mod paint;
 
 #[path = "it/http.rs"]
 mod http;
+
+#[path = "it/model_format.rs"]
+mod model_format;

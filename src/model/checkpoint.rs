@@ -1,23 +1,13 @@
 //! Model directories: `model.safetensors` (the tensors) and `model.json` (the card).
 //!
-//! Tensor names and layouts (all `f32`, row-major, PyTorch conventions):
-//!
-//! | name | shape | meaning |
-//! |---|---|---|
-//! | `encoder.<i>.conv.weight` | `[out, in, 3, 3]` | encoder convolution `i` (0-based; Table 3 layer i+1) |
-//! | `<layer>.bn.weight`, `.bias` | `[out]` | BatchNorm scale and shift |
-//! | `<layer>.bn.running_mean`, `.running_var` | `[out]` | BatchNorm statistics (eps in the card) |
-//! | `decoder.<i>.deconv.weight` | `[in, out, 3, 3]` | transposed conv, stride 2, padding 1, output padding 1 |
-//! | `decoder.<i>.conv.weight` | `[out, in, 3, 3]` | decoder convolution |
-//! | `decoders.<j>.<i>.…` | | the same, per class `j`, when the decoder is not shared |
-//! | `head.weight` | `[N, W, k, k]` | per-class head (row j makes CWM j), padding k/2 |
-//! | `head.bias` | `[N]` | per-class head bias |
-//!
-//! Every convolution but the head is followed by BatchNorm and ReLU; strided
-//! convolutions use padding 1 (PyTorch `Conv2d(k=3, stride=2, padding=1)`).
-//! The card's `model.scaling` maps the raw input in [0, 1] before the network
-//! and before the CCM product. The card records the sha256 of the weights file,
-//! which is the model id the daemon logs with every decision.
+//! The format is specified in `docs/model-format.md`: every card field, every
+//! tensor's name and shape as a function of the architecture, each layer's
+//! arithmetic, the score, and the input contract, completely enough for a
+//! tool outside gcm-inspect to load a model and reproduce its scores
+//! (`tests/it/model_format.rs` checks the document against [`save`] and
+//! `explain`). The tensor names come from the layer plan
+//! ([`super::layers::LayerSpec`], [`tensor_specs`]); the card's sha256 of the
+//! weights file is the model id the daemon logs with every decision.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
