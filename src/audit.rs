@@ -124,4 +124,3 @@ pub fn verify(log_dir: &Path, evidence_dir: Option<&Path>) -> Result<Report> {
     }
     Ok(r)
 }
-

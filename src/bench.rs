@@ -153,7 +153,12 @@ pub fn write_random_model(dir: &Path, side: usize, channels: usize, classes: &st
 type Step = Box<dyn FnMut() -> Result<()>>;
 
 /// One SGD training step on a fresh copy of the model's weights.
-fn train_step(loaded: &checkpoint::LoadedModel, batch: usize, dev: &Device, x: Tensor) -> Result<Step> {
+fn train_step(
+    loaded: &checkpoint::LoadedModel,
+    batch: usize,
+    dev: &Device,
+    x: Tensor,
+) -> Result<Step> {
     let cfg = &loaded.card.model;
     let vm = candle_nn::VarMap::new();
     {

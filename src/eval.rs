@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, D};
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::decision::argmax;
+use crate::error::Result;
 use crate::model::GcmOutput;
 
 /// The map kinds of the decline table that apply to the GCM.

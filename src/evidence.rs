@@ -24,9 +24,9 @@ use image::{DynamicImage, ImageBuffer, Luma, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::data::image_io::{encode_png, planar_to_dynamic, Planar};
+use crate::decision::{argmax, Decision};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::write_atomic;
-use crate::decision::{argmax, Decision};
 use crate::model::Predictor;
 
 pub const EVIDENCE_FORMAT: &str = "gcm-inspect-evidence/1";

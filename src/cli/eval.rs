@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::data::load_images;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::model::{Input, Predictor};
-use crate::data::load_images;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,7 +54,9 @@ pub fn run(a: Args) -> Result<()> {
         a.resize,
         |_| {},
     )?;
-    let report = evaluate(&set, &classes, a.batch_size, &device, |x| p.forward(Input::Raw(x)))?;
+    let report = evaluate(&set, &classes, a.batch_size, &device, |x| {
+        p.forward(Input::Raw(x))
+    })?;
     if a.json {
         println!(
             "{}",

@@ -300,7 +300,6 @@ pub fn new_card(model: ModelConfig) -> ModelCard {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,9 +14,9 @@ use super::model::Bundle;
 use super::notify::Notifier;
 use super::preprocess;
 use crate::data::image_io::Planar;
+use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::evidence::FrameMaps;
-use crate::decision::Decision;
 use crate::model::Input;
 
 /// Per-stage latencies of one decision, in milliseconds.

@@ -13,27 +13,24 @@ pub mod config;
 pub mod data;
 pub mod ema;
 pub mod optim;
+mod run;
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{self, stratified_split_by_name, Dataset, Split};
-use crate::data::{load_images, ImageSet};
+use crate::data::ImageSet;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
-use crate::model::checkpoint::{self, CardMetrics, InitSource, ModelCard};
-use crate::model::gcm::{init_varmap, varmap_tensors};
+use crate::model::checkpoint::{CardMetrics, InitSource};
 use crate::model::{Gcm, ModelConfig};
-use crate::rng::Rng;
-use config::{ScalingChoice, TrainConfig};
-use ema::Ema;
+use config::TrainConfig;
 use optim::Optimizer;
+use run::{load_sets, Begin, DataPlan, Run};
 
 /// How a run starts.
 #[derive(Clone, Debug)]
@@ -113,425 +110,25 @@ const TRAIN_WEIGHTS: &str = "train_weights.safetensors";
 /// The validation images of a run, a `path,label` manifest in the output folder.
 const VAL_MANIFEST: &str = "validation.csv";
 
+/// Trains as `job` says (see the module docs for what it writes).
 pub fn train(job: TrainJob) -> Result<TrainSummary> {
     let ds = Dataset::open(&job.data)?;
-    let (resume_state, cfg, init) = match &job.start {
-        Start::Resume { epochs } => {
-            let st = read_state(&job.out)?;
-            let mut cfg = st.config.clone();
-            if let Some(e) = epochs {
-                cfg.epochs = *e;
-            }
-            (Some(st), cfg, None)
-        }
-        Start::Fresh { config, init } => {
-            let init = match init {
-                Some(dir) => Some(checkpoint::load(dir)?),
-                None => None,
-            };
-            (None, (**config).clone(), init)
-        }
+    let begin = Begin::resolve(&job)?;
+    let classes = begin.classes(&ds, &job.data)?;
+    let (train_s, val_s, split_desc) = split(&ds, &begin.cfg)?;
+    let shape = begin.input_shape(&train_s)?;
+    let sets = load_sets(&job.data, &begin.cfg, (&train_s, &val_s), &classes, shape)?;
+    let model_cfg = begin.architecture(shape, &classes, &sets.0)?;
+    let plan = DataPlan {
+        ds: &ds,
+        split: split_desc,
+        val: &val_s,
     };
-    cfg.validate().map_err(Error::Usage)?;
-
-    // Classes: the data's, sorted; a fine-tuned model keeps its own.
-    let classes = match (&resume_state, &init) {
-        (Some(st), _) => st.model.classes.clone(),
-        (None, Some(m)) => {
-            if let Some(c) = ds
-                .classes
-                .iter()
-                .find(|c| !m.card.model.classes.contains(c))
-            {
-                return Err(Error::data(
-                    &job.data,
-                    format!(
-                        "label {c:?} is not a class of the --init model ({:?})",
-                        m.card.model.classes
-                    ),
-                ));
-            }
-            m.card.model.classes.clone()
-        }
-        (None, None) => ds.classes.clone(),
-    };
-    if classes.len() < 2 {
-        return Err(Error::data(
-            &job.data,
-            format!("only one class ({:?}): at least two are needed", classes),
-        ));
+    let mut run = Run::new(&job, &begin, model_cfg, classes, plan, (&sets.0, &sets.1))?;
+    for epoch in run.start_epoch..run.epochs() {
+        run.epoch(epoch, &sets.0, &sets.1)?;
     }
-
-    // Splits.
-    let (train_s, val_s, split_desc) = split(&ds, &cfg)?;
-
-    // Input size and channels: the fixed model's, else the config's, else the data's.
-    let fixed = resume_state
-        .as_ref()
-        .map(|s| s.model.clone())
-        .or(init.as_ref().map(|m| m.card.model.clone()));
-    let (channels, rows, cols) = match &fixed {
-        Some(m) => (m.input_channels, m.input_rows, m.input_cols),
-        None => {
-            let first = crate::data::image_io::decode(&train_s[0].path)?;
-            let ch = crate::data::image_io::channels_of(&first);
-            let r = cfg.model.input_rows.unwrap_or(first.height() as usize);
-            let c = cfg.model.input_cols.unwrap_or(first.width() as usize);
-            (ch, r, c)
-        }
-    };
-    if fixed.is_some() && cfg.model != config::ArchConfig::default() && resume_state.is_none() {
-        return Err(Error::Usage(
-            "--init keeps the initial model's architecture and scaling: remove the `model:` section from the training config".into(),
-        ));
-    }
-
-    let class_of = |l: &str| classes.iter().position(|c| c == l);
-    tracing::info!(
-        images = train_s.len() + val_s.len(),
-        "loading images from {}",
-        job.data.display()
-    );
-    let t0 = Instant::now();
-    // Checked before the (slow) decoding.
-    let soft = match &cfg.soft_target {
-        Some(st) => soft_targets(&job.data, &train_s, &classes, st)?,
-        None => Vec::new(),
-    };
-    let mut train_set =
-        load_images(&train_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
-    train_set.targets = soft;
-    let val_set = load_images(&val_s, class_of, channels, rows, cols, cfg.resize, |_| {})?;
-    tracing::info!(
-        train = train_set.len(),
-        val = val_set.len(),
-        seconds = t0.elapsed().as_secs_f64(),
-        "loaded {}x{}x{} images",
-        rows,
-        cols,
-        channels
-    );
-
-    // Model config.
-    let model_cfg = match &fixed {
-        Some(m) => m.clone(),
-        None => {
-            let a = &cfg.model;
-            let mut m = ModelConfig::table3(rows, cols, channels, classes.clone());
-            a.apply(&mut m);
-            m.scaling = a
-                .scaling
-                .unwrap_or(ScalingChoice::Raw)
-                .resolve(|| train_set.channel_mean());
-            m.validate()
-                .map_err(|msg| Error::Usage(format!("model.{msg}")))?;
-            m
-        }
-    };
-
-    // Variables: fresh, from --init, or from last/.
-    let varmap = init_varmap(&model_cfg, cfg.seed, &job.device)?;
-    let mut ema = None;
-    let start_epoch = match (&resume_state, &init) {
-        (Some(st), _) => {
-            let last_dir = job.out.join(LAST);
-            let last = checkpoint::load(&last_dir)?;
-            set_vars(&varmap, &last.tensors, &job.device)?;
-            if cfg.ema_decay > 0.0 {
-                // last/ holds the averaged weights; the optimiser's are beside them.
-                ema = Some(Ema::new(&varmap, cfg.ema_decay, st.ema_updates)?);
-                let p = last_dir.join(TRAIN_WEIGHTS);
-                let w = candle_core::safetensors::load(&p, &job.device)
-                    .map_err(|e| Error::model(&p, e.to_string()))?;
-                set_vars(&varmap, &w, &job.device).map_err(|e| Error::model(&p, e.to_string()))?;
-            }
-            st.epochs_done
-        }
-        (None, Some(m)) => {
-            set_vars(&varmap, &m.tensors, &job.device)?;
-            0
-        }
-        (None, None) => 0,
-    };
-    if ema.is_none() && cfg.ema_decay > 0.0 {
-        ema = Some(Ema::new(&varmap, cfg.ema_decay, 0)?);
-    }
-    let net = Gcm::new(
-        &model_cfg,
-        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
-    )?;
-    let mut opt = Optimizer::new(
-        cfg.optimizer,
-        net.trainable(&varmap),
-        cfg.momentum,
-        cfg.weight_decay,
-    );
-    if resume_state.is_some() {
-        let p = job.out.join(LAST).join(STATE_TENSORS);
-        let st = candle_core::safetensors::load(&p, &job.device)
-            .map_err(|e| Error::model(&p, e.to_string()))?;
-        opt.load_state(&st).map_err(|m| Error::model(&p, m))?;
-    }
-    if start_epoch >= cfg.epochs {
-        return Err(Error::Usage(format!(
-            "nothing to do: {start_epoch} epochs are done and the config asks for {}; raise --epochs to train longer",
-            cfg.epochs
-        )));
-    }
-
-    // What the cards say the run started from: --init's model, or what the
-    // interrupted run's state recorded.
-    let init_source = match (&resume_state, &init) {
-        (Some(st), _) => st.init.clone(),
-        (None, Some(m)) => Some(InitSource {
-            model: std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone()),
-            weights_sha256: m.card.weights_sha256.clone(),
-        }),
-        (None, None) => None,
-    };
-    let data_summary = serde_json::json!({
-        "source": ds.source,
-        "classes": classes,
-        "split": split_desc,
-        "train_per_class": train_set.per_class(classes.len()),
-        "val_per_class": val_set.per_class(classes.len()),
-        "val_manifest": VAL_MANIFEST,
-        "resized": cfg.resize,
-    });
-    let class_weights = class_weights(&cfg, &train_set, classes.len(), &job.device)?;
-    // The validation images by name, so that the model can be evaluated or
-    // its errors broken down on exactly them (`eval --data MODEL/validation.csv`).
-    // `last/` is a model folder as well, whose card names the same list.
-    // The split is seeded: a resumed run writes the same list.
-    for dir in [job.out.clone(), job.out.join(LAST)] {
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        dataset::write_manifest(&dir.join(VAL_MANIFEST), &val_s)?;
-    }
-    let history_path = job.out.join("history.jsonl");
-    if start_epoch == 0 {
-        std::fs::write(&history_path, b"").at(&history_path)?;
-    }
-
-    tracing::info!(
-        parameters = net.num_parameters(),
-        epochs = cfg.epochs,
-        batch = cfg.batch_size,
-        "training {} classes on {:?}",
-        classes.len(),
-        job.device
-    );
-    let mut best = resume_state.as_ref().and_then(|s| s.best.clone());
-    let mut last_rec = None;
-    let mut epoch_secs = Vec::new();
-    let bar_enabled = job.progress && std::io::stderr().is_terminal();
-    for epoch in start_epoch..cfg.epochs {
-        let t = Instant::now();
-        let lr = cfg.lr_at(epoch);
-        let mut rng = Rng::derive(cfg.seed, 1_000_000 + epoch as u64);
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        rng.shuffle(&mut order);
-        // Its own stream, so that configs without dropout keep theirs.
-        let mut drop_rng = Rng::derive(cfg.seed, 2_000_000 + epoch as u64);
-        let mut mix_rng = Rng::derive(cfg.seed, 3_000_000 + epoch as u64);
-        let steps = order.len().div_ceil(cfg.batch_size);
-        let bar = progress_bar(bar_enabled, steps as u64, epoch, cfg.epochs);
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        for chunk in order.chunks(cfg.batch_size) {
-            if chunk.len() < 2 && steps > 1 {
-                // BatchNorm statistics of a single image are degenerate.
-                continue;
-            }
-            let (x, y) = data::batch(
-                &train_set,
-                chunk,
-                Some((&cfg.augment, &mut rng)),
-                &job.device,
-            )?;
-            let soft = data::targets(&train_set, chunk, &job.device)?;
-            // Mixup trains on blended images and targets; the training
-            // accuracy then counts the blend's larger class as the truth.
-            let (x, soft, y) = if cfg.mixup > 0.0 {
-                let t = match soft {
-                    Some(t) => t,
-                    None => candle_nn::encoding::one_hot(y.clone(), classes.len(), 1f32, 0f32)?,
-                };
-                let (x, t) = data::mixup(&x, &t, cfg.mixup, &mut mix_rng)?;
-                let y = t.argmax(D::Minus1)?;
-                (x, Some(t), y)
-            } else {
-                (x, soft, y)
-            };
-            let out = if cfg.head_dropout > 0.0 {
-                net.forward_train(&x, &mut |d: &Tensor| {
-                    let mask = data::dropout_mask(d.dims(), cfg.head_dropout, &mut drop_rng);
-                    d.mul(&Tensor::from_vec(mask, d.dims(), d.device())?)
-                })?
-            } else {
-                net.forward_t(&x, true)?
-            };
-            let loss = loss_fn(
-                &out.scores,
-                &y,
-                soft.as_ref(),
-                class_weights.as_ref(),
-                cfg.label_smoothing,
-            )?;
-            let loss = match &cfg.topk_loss {
-                Some(t) => {
-                    let top = topk_scores(&out.cwm, &out.scaled, t.fraction)?;
-                    let aux = loss_fn(
-                        &top,
-                        &y,
-                        soft.as_ref(),
-                        class_weights.as_ref(),
-                        cfg.label_smoothing,
-                    )?;
-                    (loss + (aux * t.weight)?)?
-                }
-                None => loss,
-            };
-            let grads = loss.backward()?;
-            opt.step(&grads, lr)?;
-            if let Some(e) = ema.as_mut() {
-                e.update()?;
-            }
-            let l = loss.to_scalar::<f32>()? as f64;
-            if !l.is_finite() {
-                return Err(Error::Runtime(format!(
-                    "training diverged at epoch {} (loss {l}); lower lr (now {lr})",
-                    epoch + 1
-                )));
-            }
-            let pred = out.scores.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            let truth = y.to_vec1::<u32>()?;
-            correct += pred.iter().zip(&truth).filter(|(a, b)| a == b).count();
-            loss_sum += l * chunk.len() as f64;
-            seen += chunk.len();
-            if let Some(b) = &bar {
-                b.set_message(format!(
-                    "loss {:.4} acc {:.1}%",
-                    loss_sum / seen as f64,
-                    100.0 * correct as f64 / seen as f64
-                ));
-                b.inc(1);
-            }
-        }
-        let train_secs = t.elapsed().as_secs_f64();
-        let val_train_weights = match ema {
-            Some(_) => Some(validate(&net, &val_set, &classes, &cfg, &job.device)?.accuracy),
-            None => None,
-        };
-        // Validate and save the averaged weights; the optimiser's come back after.
-        let swapped = match &ema {
-            Some(e) => Some(e.swap_in()?),
-            None => None,
-        };
-        let val = validate(&net, &val_set, &classes, &cfg, &job.device)?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let rec = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_loss: val.loss,
-            val_accuracy: val.accuracy,
-            val_accuracy_train_weights: val_train_weights,
-            seconds: t.elapsed().as_secs_f64(),
-            images_per_second: seen as f64 / train_secs,
-        };
-        epoch_secs.push(rec.seconds);
-        eprintln!(
-            "epoch {:>3}/{}  lr {:<8.1e} loss {:.4}  acc {:>6.2}%  val loss {:.4}  val acc {:>6.2}%{}  {:.1}s ({:.0} img/s)",
-            rec.epoch,
-            cfg.epochs,
-            lr,
-            rec.train_loss,
-            100.0 * rec.train_accuracy,
-            rec.val_loss,
-            100.0 * rec.val_accuracy,
-            rec.val_accuracy_train_weights
-                .map(|a| format!(" (averaged; optimiser's {:.2}%)", 100.0 * a))
-                .unwrap_or_default(),
-            rec.seconds,
-            rec.images_per_second
-        );
-        let metrics = CardMetrics {
-            epoch: rec.epoch,
-            val_accuracy: val.accuracy,
-            val_loss: val.loss,
-            val_images: val.images,
-            train_accuracy: rec.train_accuracy,
-            train_loss: rec.train_loss,
-        };
-        let improved = match &best {
-            None => true,
-            Some(b) => {
-                metrics.val_accuracy > b.val_accuracy
-                    || (metrics.val_accuracy == b.val_accuracy && metrics.val_loss < b.val_loss)
-            }
-        };
-        let card = |m: &CardMetrics| ModelCard {
-            training: Some(serde_json::to_value(&cfg).expect("config serialises")),
-            data: Some(data_summary.clone()),
-            metrics: Some(m.clone()),
-            init: init_source.clone(),
-            ..checkpoint::new_card(model_cfg.clone())
-        };
-        let tensors = varmap_tensors(&varmap);
-        if improved {
-            checkpoint::save(&job.out, &tensors, card(&metrics))?;
-            best = Some(metrics.clone());
-        }
-        let last_dir = job.out.join(LAST);
-        checkpoint::save(&last_dir, &tensors, card(&metrics))?;
-        // Written before the state, which is what --resume trusts.
-        if let Some(s) = &swapped {
-            save_tensors(&last_dir, TRAIN_WEIGHTS, &s.train_weights())?;
-        }
-        save_state(
-            &last_dir,
-            &opt,
-            &TrainState {
-                epochs_done: epoch + 1,
-                config: cfg.clone(),
-                model: model_cfg.clone(),
-                best: best.clone(),
-                data: data_summary.clone(),
-                ema_updates: ema.as_ref().map_or(0, |e| e.updates()),
-                init: init_source.clone(),
-            },
-        )?;
-        if let Some(s) = swapped {
-            s.restore()?;
-        }
-        let mut h = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&history_path)
-            .at(&history_path)?;
-        writeln!(
-            h,
-            "{}",
-            serde_json::to_string(&rec).expect("record serialises")
-        )
-        .at(&history_path)?;
-        last_rec = Some(rec);
-    }
-    let best = best.expect("at least one epoch ran");
-    eprintln!(
-        "best: epoch {} val acc {:.2}% -> {}",
-        best.epoch,
-        100.0 * best.val_accuracy,
-        job.out.display()
-    );
-    Ok(TrainSummary {
-        parameters: net.num_parameters(),
-        mean_epoch_seconds: epoch_secs.iter().sum::<f64>() / epoch_secs.len().max(1) as f64,
-        best,
-        last: last_rec.expect("at least one epoch ran"),
-    })
+    run.finish()
 }
 
 type SplitSamples = (

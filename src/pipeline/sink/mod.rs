@@ -9,9 +9,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::infer::Decided;
 use super::metrics::Metrics;
+use crate::decision::argmax;
 use crate::error::Result;
 use crate::evidence::{self, Evidence};
-use crate::decision::argmax;
 
 pub mod evidence_store;
 pub mod log;
