@@ -7,61 +7,6 @@
 //! Formats: PNG, JPEG, BMP and TIFF ([`is_image_name`]), all through
 //! [`decode_bytes`]. A BMP whose palette is all grey (how grey BMPs are
 //! stored) decodes as grey, as a grey PNG or TIFF does.
-//!
-//! # JPEG: whole images only
-//!
-//! A JPEG cut short (a torn MJPEG frame, a file copied in half) must never
-//! get a decision: [`decode_jpeg`], the one JPEG decoder of files, replay and
-//! MJPEG cameras, refuses it. The `image` crate decodes JPEG with zune-jpeg in
-//! its lenient mode, which fills whatever is missing (grey, or zeros read as
-//! scan data) and reports success. zune-jpeg's strict mode
-//! (`DecoderOptions::set_strict_mode`) turns the decoder's own complaints
-//! into errors: running out of data mid-scan ("Premature end of buffer",
-//! exhausted data), undecodable Huffman codes, unexpected markers inside or
-//! between scans or at a restart boundary, junk of more than a few bytes
-//! between header segments, a frame whose component count does not fit its
-//! colour space. It still accepts everything a camera or an encoder
-//! legitimately writes: baseline and progressive, restart markers, grey,
-//! 4:2:0/4:2:2/4:4:4, MJPEG frames without Huffman tables, bytes after EOI.
-//! But strict mode alone is not enough (tried on baseline, progressive,
-//! restart-marker and grey files cut at every offset):
-//!
-//! * it never asks for the end-of-image marker (EOI): a file cut anywhere in
-//!   its last bytes of scan data, or cut and then zero-padded (the zeros are
-//!   read as scan data), decodes;
-//! * once the scan data meets a marker (a cut with EOI appended: a torn
-//!   frame whose camera still closed it) it feeds zero bits for the rest, and
-//!   zero bits are valid codes in the standard Huffman tables, so the rest of
-//!   the image is invented and the decode succeeds;
-//! * a progressive file that stops early, at a scan boundary, is a valid
-//!   decode of fewer scans.
-//!
-//! So one strict decode, of a buffer prepared by a walk over the markers
-//! ([`jpeg_layout`]; no entropy decoding, no second decode):
-//!
-//! 1. The structure must be whole: SOI, header segments that fit in the data,
-//!    a frame header, scans whose data ends at a marker, and EOI after the
-//!    last scan. Whatever follows EOI (camera padding, a trailer) is ignored.
-//! 2. Every coefficient of every component must be coded down to its last
-//!    bit by some scan (a sequential scan codes its components whole; a
-//!    progressive one codes its spectral band, finally at `Al = 0`). libjpeg
-//!    refuses to write a progressive script that leaves anything out, so this
-//!    only refuses files with scans missing.
-//! 3. Right after the last scan's data the decoder is given 16 bytes of
-//!    1-bits (stuffed `FF 00`), then the rest up to EOI. Whole scan data ends
-//!    before them (an encoder pads its last byte with 1-bits, so they only
-//!    extend that padding). Data that ends early makes the decoder read them
-//!    as codes, and no valid JPEG Huffman table has an all-1s code (the
-//!    standard reserves it), so the strict decode fails instead of inventing
-//!    the rest from zero bits.
-//!
-//! What this cannot see: a cut that removes only the last byte of scan data
-//! when its bits happen to match the 1-bits (the last block may differ by a
-//! coefficient), and, in a progressive file, a cut inside the raw correction
-//! bits of the final refinement scan (those bits are not Huffman-coded; the
-//! damage is limited to least-significant refinement bits). Frames without
-//! Huffman tables (many UVC cameras) get the AVI1 marker that makes the
-//! decoder use the standard tables.
 
 use std::path::Path;
 
@@ -80,10 +25,18 @@ pub struct Planar {
     pub data: Vec<u8>,
 }
 
+/// A byte as the network takes it: `b / 255` in f32, in [0, 1]. Every path
+/// from 8-bit pixels to the network (files, frames, training batches) goes
+/// through this one division, so every path gives the same bits.
+#[inline]
+pub fn unit(b: u8) -> f32 {
+    b as f32 / 255.0
+}
+
 impl Planar {
     /// Values in [0, 1] as a `[1, D, R, C]` tensor.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        let v: Vec<f32> = self.data.iter().map(|&b| b as f32 / 255.0).collect();
+        let v: Vec<f32> = self.data.iter().copied().map(unit).collect();
         Ok(Tensor::from_vec(
             v,
             (1, self.channels, self.rows, self.cols),
@@ -93,7 +46,7 @@ impl Planar {
 
     /// Values in [0, 1], channel-major.
     pub fn to_f32(&self) -> Vec<f32> {
-        self.data.iter().map(|&b| b as f32 / 255.0).collect()
+        self.data.iter().copied().map(unit).collect()
     }
 }
 
@@ -127,14 +80,14 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
 /// [`decode_jpeg`], grey-palette BMP as grey, the rest through `image`.
 pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     match image::guess_format(bytes) {
-        Ok(image::ImageFormat::Jpeg) => decode_jpeg(bytes),
+        Ok(image::ImageFormat::Jpeg) => super::jpeg::decode_jpeg(bytes),
         Ok(image::ImageFormat::Bmp) => decode_bmp(bytes),
         _ => image::load_from_memory(bytes).map_err(|e| e.to_string()),
     }
 }
 
 /// The most memory a decoded image may take (the `image` crate's default limit).
-const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+pub(super) const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A BMP; one with a palette of greys only (how grey BMPs are written)
 /// becomes a grey image, where `image` would give RGB.
@@ -164,222 +117,6 @@ fn decode_bmp(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     GrayImage::from_raw(w, h, px)
         .map(DynamicImage::ImageLuma8)
         .ok_or_else(|| "BMP decoder returned a short image".into())
-}
-
-/// The APP0 "AVI1" segment that marks a JPEG as an MJPEG frame, which tells
-/// the decoder to use the standard Huffman tables of the MJPEG convention.
-const AVI1_APP0: [u8; 10] = [0xFF, 0xE0, 0x00, 0x08, b'A', b'V', b'I', b'1', 0x00, 0x00];
-
-/// Stuffed `FF 00` pairs (a byte of 1-bits each) put right after the last
-/// scan's data (see the module docs): enough for any code plus its extra
-/// bits to start inside them and still see 16 1-bits.
-const ONES_AFTER_SCAN: usize = 16;
-
-/// Where a whole JPEG's parts lie (see [`jpeg_layout`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JpegLayout {
-    /// Where the marker that ends the last scan's data starts (with its
-    /// `FF` fill bytes).
-    pub last_scan_end: usize,
-    /// Just past the end-of-image marker; what follows is not the image's.
-    pub end: usize,
-    /// Huffman tables (DHT), or the AVI1 marker, before the first scan.
-    pub has_tables: bool,
-}
-
-/// The next marker at or after `i`: where it starts (its first `FF` fill
-/// byte), where its last `FF` is, and the marker byte.
-fn next_marker(b: &[u8], mut i: usize) -> Option<(usize, usize, u8)> {
-    while i < b.len() && b[i] != 0xFF {
-        i += 1;
-    }
-    let start = i;
-    while i < b.len() && b[i] == 0xFF {
-        i += 1;
-    }
-    (i < b.len()).then(|| (start, i - 1, b[i]))
-}
-
-/// Walks a JPEG's markers from SOI to EOI, reading no scan data: the
-/// structure must be whole and every coefficient coded (module docs, points
-/// 1 and 2).
-pub fn jpeg_layout(b: &[u8]) -> std::result::Result<JpegLayout, String> {
-    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
-        return Err("no JPEG start marker".into());
-    }
-    // Per component of the frame: its id, and which of its 64 coefficients
-    // a scan has coded to the last bit.
-    let mut components: Vec<(u8, [bool; 64])> = Vec::new();
-    let mut frame = false;
-    let mut progressive = false;
-    let mut scans = 0usize;
-    let mut has_tables = false;
-    let mut last_scan_end = 0;
-    let mut i = 2;
-    loop {
-        let Some((_, ff, m)) = next_marker(b, i) else {
-            return Err(if scans == 0 {
-                "truncated JPEG: it ends before its image data".into()
-            } else {
-                "truncated JPEG: no end-of-image marker after the last scan".into()
-            });
-        };
-        match m {
-            0xD9 => {
-                if scans == 0 {
-                    return Err("JPEG without image data (no scan before its end marker)".into());
-                }
-                for (id, done) in &components {
-                    if let Some(k) = done.iter().position(|d| !d) {
-                        return Err(if progressive {
-                            format!("incomplete progressive JPEG: coefficient {k} of component {id} is never fully coded (scans are missing)")
-                        } else {
-                            format!("incomplete JPEG: component {id} is in no scan")
-                        });
-                    }
-                }
-                return Ok(JpegLayout {
-                    last_scan_end,
-                    end: ff + 2,
-                    has_tables,
-                });
-            }
-            // Markers without a segment: TEM, RSTn, SOI.
-            0x01 | 0xD0..=0xD8 => i = ff + 2,
-            _ => {
-                let truncated = || "truncated JPEG: it ends inside a header segment".to_string();
-                if ff + 4 > b.len() {
-                    return Err(truncated());
-                }
-                let len = u16::from_be_bytes([b[ff + 2], b[ff + 3]]) as usize;
-                let next = ff + 2 + len;
-                if len < 2 || next > b.len() {
-                    return Err(truncated());
-                }
-                let seg = &b[ff + 4..next];
-                match m {
-                    // Frame headers: SOF0..SOF15 less DHT (C4), JPG (C8), DAC (CC).
-                    0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => {
-                        if frame {
-                            return Err("JPEG with a second frame header".into());
-                        }
-                        frame = true;
-                        progressive = matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
-                        let n = seg.get(5).map_or(0, |&n| n as usize);
-                        if n == 0 || seg.len() < 6 + 3 * n {
-                            return Err("bad JPEG frame header".into());
-                        }
-                        components = (0..n).map(|c| (seg[6 + 3 * c], [false; 64])).collect();
-                    }
-                    0xC4 if scans == 0 => has_tables = true,
-                    0xE0 if scans == 0 && seg.starts_with(b"AVI1") => has_tables = true,
-                    0xDA => {
-                        if !frame {
-                            return Err("JPEG scan before its frame header".into());
-                        }
-                        let n = seg.first().map_or(0, |&n| n as usize);
-                        if n == 0 || seg.len() < 4 + 2 * n {
-                            return Err("bad JPEG scan header".into());
-                        }
-                        let (ss, se, al) = (seg[1 + 2 * n], seg[2 + 2 * n], seg[3 + 2 * n] & 15);
-                        if ss > se || se > 63 {
-                            return Err("bad JPEG scan header (spectral band)".into());
-                        }
-                        for c in 0..n {
-                            let id = seg[1 + 2 * c];
-                            let Some((_, done)) = components.iter_mut().find(|(cid, _)| *cid == id)
-                            else {
-                                return Err(format!(
-                                    "JPEG scan of a component ({id}) the frame does not have"
-                                ));
-                            };
-                            if !progressive {
-                                // A sequential scan codes its components whole,
-                                // whatever Ss/Se/Al say (some encoders write junk).
-                                *done = [true; 64];
-                            } else if al == 0 {
-                                for d in &mut done[ss as usize..=se as usize] {
-                                    *d = true;
-                                }
-                            }
-                        }
-                        scans += 1;
-                        // The scan data runs to the first marker that is
-                        // neither a stuffed byte (FF 00) nor a restart (RSTn).
-                        let mut j = next;
-                        loop {
-                            let Some((s, f, mk)) = next_marker(b, j) else {
-                                return Err(
-                                    "truncated JPEG: its scan data has no end-of-image marker after it".into(),
-                                );
-                            };
-                            if mk == 0x00 || (0xD0..=0xD7).contains(&mk) {
-                                j = f + 2;
-                                continue;
-                            }
-                            last_scan_end = s;
-                            i = s;
-                            break;
-                        }
-                        continue;
-                    }
-                    _ => {}
-                }
-                i = next;
-            }
-        }
-    }
-}
-
-/// Decodes a JPEG that must be whole (see the module docs): one strict
-/// zune-jpeg decode. Grey stays grey; every other colour space becomes RGB,
-/// as the `image` crate does it.
-pub fn decode_jpeg(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
-    use zune_core::bytestream::ZCursor;
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-
-    let layout = jpeg_layout(bytes)?;
-    let mut input = Vec::with_capacity(layout.end + AVI1_APP0.len() + 2 * ONES_AFTER_SCAN);
-    input.extend_from_slice(&bytes[..2]);
-    if !layout.has_tables {
-        input.extend_from_slice(&AVI1_APP0);
-    }
-    input.extend_from_slice(&bytes[2..layout.last_scan_end]);
-    for _ in 0..ONES_AFTER_SCAN {
-        input.extend_from_slice(&[0xFF, 0x00]);
-    }
-    input.extend_from_slice(&bytes[layout.last_scan_end..layout.end]);
-
-    let options = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(usize::from(u16::MAX))
-        .set_max_height(usize::from(u16::MAX));
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&input[..]), options);
-    dec.decode_headers()
-        .map_err(|e| format!("bad JPEG headers: {e}"))?;
-    let (Some((w, h)), Some(colour)) = (dec.dimensions(), dec.input_colorspace()) else {
-        return Err("bad JPEG headers".into());
-    };
-    let out = match colour {
-        ColorSpace::Luma | ColorSpace::LumaA | ColorSpace::RGB | ColorSpace::RGBA => colour,
-        _ => ColorSpace::RGB,
-    };
-    if (w * h * out.num_components()) as u64 > MAX_DECODED_BYTES {
-        return Err(format!("JPEG of {w}x{h} pixels: too large to decode"));
-    }
-    dec.set_options(dec.options().jpeg_set_out_colorspace(out));
-    let px = dec
-        .decode()
-        .map_err(|e| format!("corrupt or incomplete JPEG scan data: {e}"))?;
-    let (w, h) = (w as u32, h as u32);
-    let img = match out {
-        ColorSpace::Luma => GrayImage::from_raw(w, h, px).map(DynamicImage::ImageLuma8),
-        ColorSpace::LumaA => ImageBuffer::from_raw(w, h, px).map(DynamicImage::ImageLumaA8),
-        ColorSpace::RGBA => ImageBuffer::from_raw(w, h, px).map(DynamicImage::ImageRgba8),
-        _ => RgbImage::from_raw(w, h, px).map(DynamicImage::ImageRgb8),
-    };
-    img.ok_or_else(|| "JPEG decoder returned a short image".into())
 }
 
 /// Loads `path` as a planar image with `channels` channels, resized to
@@ -413,6 +150,18 @@ pub fn load_planar(
     Ok(planar_from_dynamic(img, channels, rows, cols))
 }
 
+/// The image as 8-bit grey (`channels` 1) or 8-bit RGB (3): the one place
+/// where colour is converted for the model. Grey from colour is the `image`
+/// crate's luma (docs/model-format.md gives its coefficients); 16-bit
+/// samples are reduced to 8 bits and alpha is dropped.
+pub fn with_channels(img: DynamicImage, channels: usize) -> DynamicImage {
+    if channels == 1 {
+        DynamicImage::ImageLuma8(img.to_luma8())
+    } else {
+        DynamicImage::ImageRgb8(img.to_rgb8())
+    }
+}
+
 /// Converts (and if needed resizes with a triangle filter) a decoded image.
 pub fn planar_from_dynamic(img: DynamicImage, channels: usize, rows: usize, cols: usize) -> Planar {
     let resize = |i: DynamicImage| {
@@ -427,11 +176,9 @@ pub fn planar_from_dynamic(img: DynamicImage, channels: usize, rows: usize, cols
         }
     };
     let data = if channels == 1 {
-        resize(DynamicImage::ImageLuma8(img.to_luma8()))
-            .to_luma8()
-            .into_raw()
+        resize(with_channels(img, 1)).to_luma8().into_raw()
     } else {
-        let rgb = resize(DynamicImage::ImageRgb8(img.to_rgb8())).to_rgb8();
+        let rgb = resize(with_channels(img, 3)).to_rgb8();
         let n = rows * cols;
         let mut out = vec![0u8; 3 * n];
         for (i, p) in rgb.pixels().enumerate() {
@@ -457,7 +204,7 @@ pub fn batch_tensor(images: &[&Planar], device: &Device) -> Result<Tensor> {
     let (d, r, c) = (first.channels, first.rows, first.cols);
     let mut v = Vec::with_capacity(images.len() * d * r * c);
     for im in images {
-        v.extend(im.data.iter().map(|&b| b as f32 / 255.0));
+        v.extend(im.data.iter().copied().map(unit));
     }
     Ok(Tensor::from_vec(v, (images.len(), d, r, c), device)?)
 }
@@ -518,83 +265,6 @@ pub fn is_image_name(p: &Path) -> bool {
     )
 }
 
-/// JPEGs for the tests, whole and cut the ways a torn camera frame or a file
-/// copied in half arrives.
-#[cfg(test)]
-pub(crate) mod test_jpegs {
-    use image::DynamicImage;
-
-    /// A scene with detail everywhere (so every part of the scan data matters).
-    pub fn scene(w: u32, h: u32, grey: bool) -> DynamicImage {
-        let rgb = image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([
-                (x * 7 + y * 3) as u8,
-                ((x * y) % 251) as u8,
-                ((x ^ y) * 13) as u8,
-            ])
-        });
-        let img = DynamicImage::ImageRgb8(rgb);
-        if grey {
-            DynamicImage::ImageLuma8(img.to_luma8())
-        } else {
-            img
-        }
-    }
-
-    /// The `image` crate's JPEG encoding (baseline) of `img`.
-    pub fn encode(img: &DynamicImage) -> Vec<u8> {
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
-        out.into_inner()
-    }
-
-    /// Just past the last start-of-scan header: where the last scan's data begins.
-    pub fn last_scan_data(j: &[u8]) -> usize {
-        let at = j
-            .windows(2)
-            .rposition(|w| w == [0xFF, 0xDA])
-            .expect("a scan");
-        at + 2 + u16::from_be_bytes([j[at + 2], j[at + 3]]) as usize
-    }
-
-    /// `j` with the zero padding cameras leave after a frame.
-    pub fn zero_padded(j: &[u8]) -> Vec<u8> {
-        [j, &[0u8; 1000][..]].concat()
-    }
-
-    /// `j` (a whole JPEG ending in its EOI marker) cut in the ways that must
-    /// all be refused.
-    pub fn cuts(j: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-        let n = j.len();
-        assert_eq!(j[n - 2..], [0xFF, 0xD9], "a JPEG ending in EOI");
-        let scan = last_scan_data(j);
-        let mid = scan + (n - 2 - scan) / 2;
-        let eoi = [0xFF, 0xD9];
-        vec![
-            ("cut right after the scan header", j[..scan].to_vec()),
-            ("cut in the middle of the scan", j[..mid].to_vec()),
-            (
-                "cut just before the end-of-image marker",
-                j[..n - 2].to_vec(),
-            ),
-            ("cut inside the end-of-image marker", j[..n - 1].to_vec()),
-            (
-                "cut mid-scan, end-of-image marker appended",
-                [&j[..mid], &eoi[..]].concat(),
-            ),
-            (
-                "cut a quarter into the scan, end-of-image marker appended",
-                [&j[..scan + (n - 2 - scan) / 4], &eoi[..]].concat(),
-            ),
-            ("cut mid-scan, zero padding after", zero_padded(&j[..mid])),
-            (
-                "cut before the end-of-image marker, zero padding after",
-                zero_padded(&j[..n - 2]),
-            ),
-        ]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,7 +319,7 @@ mod tests {
 
     #[test]
     fn cut_jpegs_are_refused_naming_the_file_and_whole_ones_load() {
-        use super::test_jpegs::{cuts, encode, scene, zero_padded};
+        use crate::data::jpeg::test_jpegs::{cuts, encode, scene, zero_padded};
         let dir = tempfile::tempdir().unwrap();
         let mut wrong = Vec::new();
         for (grey, ch) in [(true, 1), (false, 3)] {
@@ -683,7 +353,7 @@ mod tests {
 
     #[test]
     fn every_listed_format_loads_with_the_pngs_pixels() {
-        use super::test_jpegs::scene;
+        use crate::data::jpeg::test_jpegs::scene;
         let dir = tempfile::tempdir().unwrap();
         for (grey, ch) in [(true, 1), (false, 3)] {
             let img = scene(24, 16, grey);
@@ -733,51 +403,5 @@ mod tests {
         let m = load_planar(&p, 1, 3, 4, false).unwrap_err().to_string();
         assert!(m.contains("grey.bmp") && m.contains("RGB"), "{m}");
         assert_eq!(load_planar(&p, 3, 3, 4, false).unwrap().channels, 3);
-    }
-
-    #[test]
-    fn the_layout_finds_the_tables_the_scan_and_the_end() {
-        use super::test_jpegs::{encode, last_scan_data, scene, zero_padded};
-        let j = encode(&scene(16, 16, false));
-        let n = j.len();
-        let l = jpeg_layout(&zero_padded(&j)).unwrap();
-        assert_eq!((l.last_scan_end, l.end, l.has_tables), (n - 2, n, true));
-        // Without its DHT segments; then with the AVI1 marker that stands for them.
-        let mut bare = j[..2].to_vec();
-        let mut i = 2;
-        while j[i + 1] != 0xDA {
-            let len = u16::from_be_bytes([j[i + 2], j[i + 3]]) as usize;
-            if j[i + 1] != 0xC4 {
-                bare.extend_from_slice(&j[i..i + 2 + len]);
-            }
-            i += 2 + len;
-        }
-        bare.extend_from_slice(&j[i..]);
-        assert!(!jpeg_layout(&bare).unwrap().has_tables);
-        let marked = [&bare[..2], &AVI1_APP0[..], &bare[2..]].concat();
-        assert!(jpeg_layout(&marked).unwrap().has_tables);
-        assert_eq!(decode_jpeg(&marked).unwrap(), decode_jpeg(&j).unwrap());
-        // Restart markers and stuffed bytes inside the scan data are not its end.
-        let rst = include_bytes!("../../tests/data/jpeg/restart.jpg");
-        let l = jpeg_layout(rst).unwrap();
-        assert!(rst[last_scan_data(rst)..l.last_scan_end]
-            .windows(2)
-            .any(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1])));
-        assert_eq!(l.end, rst.len());
-    }
-
-    #[test]
-    fn a_progressive_jpeg_without_its_last_scans_is_incomplete() {
-        // Cut at a scan boundary and closed with EOI: structurally fine, and
-        // what the scans present decode to is a valid (blurrier) image.
-        let j = include_bytes!("../../tests/data/jpeg/progressive.jpg");
-        let last_sos = j.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
-        let fewer = [&j[..last_sos], &[0xFF, 0xD9][..]].concat();
-        let e = decode_jpeg(&fewer).unwrap_err();
-        assert!(e.contains("scans are missing"), "{e}");
-        assert!(
-            image::load_from_memory(&fewer).is_ok(),
-            "lenient decoders take it"
-        );
     }
 }

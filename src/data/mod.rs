@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod image_io;
+pub mod jpeg;
 pub mod labelled;
 pub mod paint;
 pub mod pretrain;

@@ -7,8 +7,6 @@
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
-use crate::data::image_io;
-
 /// Why a frame could not be converted; the frame is skipped and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConvertError {
@@ -128,11 +126,11 @@ pub fn yuyv_to_rgb(
     Ok(RgbImage::from_raw(width, height, out).expect("sized"))
 }
 
-/// An MJPEG frame: one whole JPEG image ([`image_io::decode_jpeg`]: a torn
+/// An MJPEG frame: one whole JPEG image ([`crate::data::jpeg::decode_jpeg`]: a torn
 /// frame is corrupt, never filled in), with the standard Huffman tables when
 /// the frame carries none; cameras pad the buffer after the end of the image.
 pub fn mjpeg(bytes: &[u8], width: u32, height: u32) -> Result<DynamicImage, ConvertError> {
-    let img = image_io::decode_jpeg(bytes).map_err(ConvertError::CorruptJpeg)?;
+    let img = crate::data::jpeg::decode_jpeg(bytes).map_err(ConvertError::CorruptJpeg)?;
     if (img.width(), img.height()) != (width, height) {
         return Err(ConvertError::WrongSize {
             width: img.width(),
@@ -318,7 +316,7 @@ mod tests {
 
     /// Whole frames of every kind, with their size.
     fn whole_frames() -> Vec<(&'static str, Vec<u8>, u32, u32)> {
-        use crate::data::image_io::test_jpegs::{encode, scene};
+        use crate::data::jpeg::test_jpegs::{encode, scene};
         let colour = encode(&scene(48, 32, false));
         let mut v = vec![
             ("image-crate colour", colour.clone(), 48, 32),
@@ -334,7 +332,7 @@ mod tests {
 
     #[test]
     fn whole_frames_decode_as_the_image_crate_decodes_them() {
-        use crate::data::image_io::test_jpegs::zero_padded;
+        use crate::data::jpeg::test_jpegs::zero_padded;
         for (name, j, w, h) in whole_frames() {
             let ours = mjpeg(&j, w, h).unwrap_or_else(|e| panic!("{name}: {e}"));
             if name != "without Huffman tables" {
@@ -351,7 +349,7 @@ mod tests {
 
     #[test]
     fn torn_mjpeg_frames_are_corrupt() {
-        use crate::data::image_io::test_jpegs::cuts;
+        use crate::data::jpeg::test_jpegs::cuts;
         let mut wrong = Vec::new();
         for (name, j, w, h) in whole_frames() {
             for (what, bytes) in cuts(&j) {
@@ -367,7 +365,7 @@ mod tests {
 
     #[test]
     fn every_cut_of_a_frame_is_corrupt() {
-        use crate::data::image_io::test_jpegs::zero_padded;
+        use crate::data::jpeg::test_jpegs::zero_padded;
         for (name, j, w, h) in whole_frames() {
             let n = j.len();
             let first_scan = j.windows(2).position(|x| x == [0xFF, 0xDA]).unwrap();

@@ -21,7 +21,9 @@ use image::DynamicImage;
 use super::convert::{self, ConvertError};
 use super::frame::FrameData;
 use crate::config::{PixelFormat, RoiConfig};
-use crate::data::image_io::{channels_of, decode_bytes, planar_from_dynamic, Planar};
+use crate::data::image_io::{
+    channels_of, decode_bytes, planar_from_dynamic, unit, with_channels, Planar,
+};
 use crate::model::InputScaling;
 
 /// What the model needs from a frame.
@@ -116,14 +118,7 @@ pub fn to_image(data: &FrameData, channels: usize) -> Result<DynamicImage, Skip>
                 *height,
                 *bytes_per_line,
             )?),
-            PixelFormat::Mjpeg => {
-                let img = convert::mjpeg(bytes, *width, *height)?;
-                if grey {
-                    DynamicImage::ImageLuma8(img.to_luma8())
-                } else {
-                    DynamicImage::ImageRgb8(img.to_rgb8())
-                }
-            }
+            PixelFormat::Mjpeg => with_channels(convert::mjpeg(bytes, *width, *height)?, channels),
         },
         FrameData::File { bytes } => {
             // Image files follow `explain`'s rule: their channels must be the model's.
@@ -178,7 +173,7 @@ pub fn scale(planar: &Planar, scaling: &InputScaling) -> candle_core::Result<Ten
     let mut v = Vec::with_capacity(planar.data.len());
     for (d, chunk) in planar.data.chunks_exact(hw).enumerate() {
         let (a, b) = ab[d];
-        v.extend(chunk.iter().map(|&p| a * (p as f32 / 255.0) + b));
+        v.extend(chunk.iter().map(|&p| a * unit(p) + b));
     }
     Tensor::from_vec(
         v,
@@ -307,7 +302,7 @@ mod tests {
 
     #[test]
     fn cut_jpegs_are_skipped_as_corrupt_never_decided() {
-        use crate::data::image_io::test_jpegs::{cuts, encode, scene, zero_padded};
+        use crate::data::jpeg::test_jpegs::{cuts, encode, scene, zero_padded};
         let mut wrong = Vec::new();
         for (grey, ch) in [(true, 1), (false, 3)] {
             let j = encode(&scene(40, 24, grey));

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::Augment;
-use crate::data::image_io::Planar;
+use crate::data::image_io::{unit, Planar};
 use crate::data::ImageSet;
 use crate::error::Result;
 use crate::rng::Rng;
@@ -61,7 +61,7 @@ pub fn augment_into(img: &Planar, aug: &Augment, rng: &mut Rng, out: &mut Vec<f3
                     2 => (n - 1 - y1, n - 1 - x1),
                     _ => (n - 1 - x1, y1),
                 };
-                let v = plane[ys as usize * c + xs as usize] as f32 / 255.0;
+                let v = unit(plane[ys as usize * c + xs as usize]);
                 out.push(if photometric {
                     (gain * v + offset).clamp(0.0, 1.0)
                 } else {
@@ -100,7 +100,7 @@ pub fn batch(
         }
         None => {
             for &i in idx {
-                v.extend(set.images[i].data.iter().map(|&b| b as f32 / 255.0));
+                v.extend(set.images[i].data.iter().copied().map(unit));
             }
         }
     }
