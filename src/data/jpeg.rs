@@ -98,127 +98,156 @@ pub fn jpeg_layout(b: &[u8]) -> std::result::Result<JpegLayout, String> {
     if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
         return Err("no JPEG start marker".into());
     }
-    // Per component of the frame: its id, and which of its 64 coefficients
-    // a scan has coded to the last bit.
-    let mut components: Vec<(u8, [bool; 64])> = Vec::new();
-    let mut frame = false;
-    let mut progressive = false;
-    let mut scans = 0usize;
-    let mut has_tables = false;
-    let mut last_scan_end = 0;
+    let mut walk = Walk::default();
     let mut i = 2;
     loop {
         let Some((_, ff, m)) = next_marker(b, i) else {
-            return Err(if scans == 0 {
+            return Err(if walk.scans == 0 {
                 "truncated JPEG: it ends before its image data".into()
             } else {
                 "truncated JPEG: no end-of-image marker after the last scan".into()
             });
         };
-        match m {
-            0xD9 => {
-                if scans == 0 {
-                    return Err("JPEG without image data (no scan before its end marker)".into());
-                }
-                for (id, done) in &components {
-                    if let Some(k) = done.iter().position(|d| !d) {
-                        return Err(if progressive {
-                            format!("incomplete progressive JPEG: coefficient {k} of component {id} is never fully coded (scans are missing)")
-                        } else {
-                            format!("incomplete JPEG: component {id} is in no scan")
-                        });
-                    }
-                }
-                return Ok(JpegLayout {
-                    last_scan_end,
-                    end: ff + 2,
-                    has_tables,
-                });
-            }
+        i = match m {
+            0xD9 => return walk.end(ff + 2),
             // Markers without a segment: TEM, RSTn, SOI.
-            0x01 | 0xD0..=0xD8 => i = ff + 2,
+            0x01 | 0xD0..=0xD8 => ff + 2,
             _ => {
-                let truncated = || "truncated JPEG: it ends inside a header segment".to_string();
-                if ff + 4 > b.len() {
-                    return Err(truncated());
-                }
-                let len = u16::from_be_bytes([b[ff + 2], b[ff + 3]]) as usize;
-                let next = ff + 2 + len;
-                if len < 2 || next > b.len() {
-                    return Err(truncated());
-                }
-                let seg = &b[ff + 4..next];
+                let (seg, next) = segment(b, ff)?;
                 match m {
                     // Frame headers: SOF0..SOF15 less DHT (C4), JPG (C8), DAC (CC).
-                    0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => {
-                        if frame {
-                            return Err("JPEG with a second frame header".into());
-                        }
-                        frame = true;
-                        progressive = matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
-                        let n = seg.get(5).map_or(0, |&n| n as usize);
-                        if n == 0 || seg.len() < 6 + 3 * n {
-                            return Err("bad JPEG frame header".into());
-                        }
-                        components = (0..n).map(|c| (seg[6 + 3 * c], [false; 64])).collect();
-                    }
-                    0xC4 if scans == 0 => has_tables = true,
-                    0xE0 if scans == 0 && seg.starts_with(b"AVI1") => has_tables = true,
+                    0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => walk.frame(m, seg)?,
+                    0xC4 if walk.scans == 0 => walk.has_tables = true,
+                    0xE0 if walk.scans == 0 && seg.starts_with(b"AVI1") => walk.has_tables = true,
                     0xDA => {
-                        if !frame {
-                            return Err("JPEG scan before its frame header".into());
-                        }
-                        let n = seg.first().map_or(0, |&n| n as usize);
-                        if n == 0 || seg.len() < 4 + 2 * n {
-                            return Err("bad JPEG scan header".into());
-                        }
-                        let (ss, se, al) = (seg[1 + 2 * n], seg[2 + 2 * n], seg[3 + 2 * n] & 15);
-                        if ss > se || se > 63 {
-                            return Err("bad JPEG scan header (spectral band)".into());
-                        }
-                        for c in 0..n {
-                            let id = seg[1 + 2 * c];
-                            let Some((_, done)) = components.iter_mut().find(|(cid, _)| *cid == id)
-                            else {
-                                return Err(format!(
-                                    "JPEG scan of a component ({id}) the frame does not have"
-                                ));
-                            };
-                            if !progressive {
-                                // A sequential scan codes its components whole,
-                                // whatever Ss/Se/Al say (some encoders write junk).
-                                *done = [true; 64];
-                            } else if al == 0 {
-                                for d in &mut done[ss as usize..=se as usize] {
-                                    *d = true;
-                                }
-                            }
-                        }
-                        scans += 1;
-                        // The scan data runs to the first marker that is
-                        // neither a stuffed byte (FF 00) nor a restart (RSTn).
-                        let mut j = next;
-                        loop {
-                            let Some((s, f, mk)) = next_marker(b, j) else {
-                                return Err(
-                                    "truncated JPEG: its scan data has no end-of-image marker after it".into(),
-                                );
-                            };
-                            if mk == 0x00 || (0xD0..=0xD7).contains(&mk) {
-                                j = f + 2;
-                                continue;
-                            }
-                            last_scan_end = s;
-                            i = s;
-                            break;
-                        }
+                        walk.scan(seg)?;
+                        // The walk goes on at the marker that ends the scan data.
+                        walk.last_scan_end = scan_data_end(b, next)?;
+                        i = walk.last_scan_end;
                         continue;
                     }
                     _ => {}
                 }
-                i = next;
+                next
+            }
+        };
+    }
+}
+
+/// What the walk over a JPEG's markers has seen so far.
+#[derive(Default)]
+struct Walk {
+    /// Per component of the frame: its id, and which of its 64
+    /// coefficients a scan has coded to the last bit.
+    components: Vec<(u8, [bool; 64])>,
+    frame: bool,
+    progressive: bool,
+    scans: usize,
+    has_tables: bool,
+    last_scan_end: usize,
+}
+
+impl Walk {
+    /// A frame header (SOFn): the components, and whether it is progressive.
+    fn frame(&mut self, m: u8, seg: &[u8]) -> std::result::Result<(), String> {
+        if self.frame {
+            return Err("JPEG with a second frame header".into());
+        }
+        self.frame = true;
+        self.progressive = matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
+        let n = seg.get(5).map_or(0, |&n| n as usize);
+        if n == 0 || seg.len() < 6 + 3 * n {
+            return Err("bad JPEG frame header".into());
+        }
+        self.components = (0..n).map(|c| (seg[6 + 3 * c], [false; 64])).collect();
+        Ok(())
+    }
+
+    /// A scan header (SOS): which coefficients of which components it codes
+    /// to their last bit.
+    fn scan(&mut self, seg: &[u8]) -> std::result::Result<(), String> {
+        if !self.frame {
+            return Err("JPEG scan before its frame header".into());
+        }
+        let n = seg.first().map_or(0, |&n| n as usize);
+        if n == 0 || seg.len() < 4 + 2 * n {
+            return Err("bad JPEG scan header".into());
+        }
+        let (ss, se, al) = (seg[1 + 2 * n], seg[2 + 2 * n], seg[3 + 2 * n] & 15);
+        if ss > se || se > 63 {
+            return Err("bad JPEG scan header (spectral band)".into());
+        }
+        for c in 0..n {
+            let id = seg[1 + 2 * c];
+            let Some((_, done)) = self.components.iter_mut().find(|(cid, _)| *cid == id) else {
+                return Err(format!(
+                    "JPEG scan of a component ({id}) the frame does not have"
+                ));
+            };
+            if !self.progressive {
+                // A sequential scan codes its components whole,
+                // whatever Ss/Se/Al say (some encoders write junk).
+                *done = [true; 64];
+            } else if al == 0 {
+                for d in &mut done[ss as usize..=se as usize] {
+                    *d = true;
+                }
             }
         }
+        self.scans += 1;
+        Ok(())
+    }
+
+    /// At EOI (`end` just past it): every coefficient must have been coded.
+    fn end(self, end: usize) -> std::result::Result<JpegLayout, String> {
+        if self.scans == 0 {
+            return Err("JPEG without image data (no scan before its end marker)".into());
+        }
+        for (id, done) in &self.components {
+            if let Some(k) = done.iter().position(|d| !d) {
+                return Err(if self.progressive {
+                    format!("incomplete progressive JPEG: coefficient {k} of component {id} is never fully coded (scans are missing)")
+                } else {
+                    format!("incomplete JPEG: component {id} is in no scan")
+                });
+            }
+        }
+        Ok(JpegLayout {
+            last_scan_end: self.last_scan_end,
+            end,
+            has_tables: self.has_tables,
+        })
+    }
+}
+
+/// The header segment of the marker whose last `FF` is at `ff`: its body,
+/// and where the next marker may start.
+fn segment(b: &[u8], ff: usize) -> std::result::Result<(&[u8], usize), String> {
+    let truncated = || "truncated JPEG: it ends inside a header segment".to_string();
+    if ff + 4 > b.len() {
+        return Err(truncated());
+    }
+    let len = u16::from_be_bytes([b[ff + 2], b[ff + 3]]) as usize;
+    let next = ff + 2 + len;
+    if len < 2 || next > b.len() {
+        return Err(truncated());
+    }
+    Ok((&b[ff + 4..next], next))
+}
+
+/// Where scan data starting at `from` ends: the first marker that is
+/// neither a stuffed byte (`FF 00`) nor a restart (RSTn).
+fn scan_data_end(b: &[u8], from: usize) -> std::result::Result<usize, String> {
+    let mut j = from;
+    loop {
+        let Some((s, f, mk)) = next_marker(b, j) else {
+            return Err("truncated JPEG: its scan data has no end-of-image marker after it".into());
+        };
+        if mk == 0x00 || (0xD0..=0xD7).contains(&mk) {
+            j = f + 2;
+            continue;
+        }
+        return Ok(s);
     }
 }
 
