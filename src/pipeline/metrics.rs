@@ -419,6 +419,262 @@ mod tests {
         assert!(s.contains("x_count 3\n"), "{s}");
     }
 
+    /// Every counter, gauge, labelled family and histogram of `m` set to a
+    /// value of its own.
+    fn every_metric_set() -> Metrics {
+        let m = Metrics::new();
+        let counters = [
+            &m.frames_captured,
+            &m.frames_dropped,
+            &m.source_errors,
+            &m.source_reconnects,
+            &m.evidence_checks,
+            &m.evidence_divergent,
+            &m.reference_checks,
+            &m.reference_divergent,
+            &m.evidence_written,
+            &m.evidence_deleted,
+            &m.evidence_over_quota,
+            &m.log_lines_written,
+            &m.log_lines_synced,
+            &m.log_rotations,
+            &m.log_write_failures,
+            &m.decisions_unlogged,
+            &m.evidence_write_failures,
+            &m.reloads_ok,
+            &m.reloads_failed,
+        ];
+        for (i, c) in counters.into_iter().enumerate() {
+            c.add(101 + i as u64);
+        }
+        m.evidence_bytes.set(7_340_032);
+        m.log_backlog_lines.set(77);
+        for (reason, n) in [("corrupt", 3), ("roi", 5), ("channels", 7), ("other", 9)] {
+            for _ in 0..n {
+                m.skip(reason);
+            }
+        }
+        for (class, n) in [("ok", 11), ("crack", 13), ("we\"ird\\\n", 2)] {
+            for _ in 0..n {
+                m.decided(class);
+            }
+        }
+        let histograms = [
+            &m.latency_capture_to_decision,
+            &m.latency_queue,
+            &m.latency_preprocess,
+            &m.latency_infer,
+            &m.latency_sinks,
+        ];
+        for (i, h) in histograms.into_iter().enumerate() {
+            for us in [300, 1_500, 12_000, 90_000, 3_000_000, 30_000_000] {
+                for _ in 0..=i {
+                    h.observe(Duration::from_micros(us * (i as u64 + 1)));
+                }
+            }
+        }
+        m.set_model("sha256:ab\"cd");
+        m
+    }
+
+    /// The exposition with the uptime's value (the one thing that moves)
+    /// replaced by `UPTIME`, after checking that it is a number.
+    fn render_without_uptime(m: &Metrics) -> String {
+        let s = m.render();
+        let (head, value) = s.trim_end().rsplit_once("gcm_uptime_seconds ").unwrap();
+        value.parse::<f64>().expect("uptime is a number");
+        format!("{head}gcm_uptime_seconds UPTIME\n")
+    }
+
+    #[test]
+    fn render_is_the_documented_exposition() {
+        let got = render_without_uptime(&every_metric_set());
+        if got != EXPOSITION {
+            panic!("render changed; it now gives:\n{got}");
+        }
+    }
+
+    /// `render` of [`every_metric_set`], as the daemon has always written it.
+    const EXPOSITION: &str = r#"# HELP gcm_frames_captured_total Frames delivered by the source.
+# TYPE gcm_frames_captured_total counter
+gcm_frames_captured_total 101
+# HELP gcm_frames_dropped_total Frames dropped because the model was busy (the queue keeps the latest).
+# TYPE gcm_frames_dropped_total counter
+gcm_frames_dropped_total 102
+# HELP gcm_frames_skipped_total Frames skipped before the model, by reason.
+# TYPE gcm_frames_skipped_total counter
+gcm_frames_skipped_total{reason="corrupt"} 3
+gcm_frames_skipped_total{reason="roi"} 5
+gcm_frames_skipped_total{reason="channels"} 7
+# HELP gcm_source_errors_total Capture errors (lost camera, timeouts, failed reopen attempts).
+# TYPE gcm_source_errors_total counter
+gcm_source_errors_total 103
+# HELP gcm_source_reconnects_total Times a lost camera was reopened.
+# TYPE gcm_source_reconnects_total counter
+gcm_source_reconnects_total 104
+# HELP gcm_decisions_total Decisions, by decided class.
+# TYPE gcm_decisions_total counter
+gcm_decisions_total{class="crack"} 13
+gcm_decisions_total{class="ok"} 11
+gcm_decisions_total{class="we\"ird\\\n"} 2
+# HELP gcm_checks_total Divergence checks run.
+# TYPE gcm_checks_total counter
+gcm_checks_total{check="evidence"} 105
+gcm_checks_total{check="reference"} 107
+# HELP gcm_divergences_total Divergence checks that failed.
+# TYPE gcm_divergences_total counter
+gcm_divergences_total{check="evidence"} 106
+gcm_divergences_total{check="reference"} 108
+# HELP gcm_evidence_written_total Evidence folders written.
+# TYPE gcm_evidence_written_total counter
+gcm_evidence_written_total 109
+# HELP gcm_evidence_deleted_total Evidence folders deleted to stay within the quota.
+# TYPE gcm_evidence_deleted_total counter
+gcm_evidence_deleted_total 110
+# HELP gcm_evidence_over_quota_total Evidence not written because it alone exceeds the quota.
+# TYPE gcm_evidence_over_quota_total counter
+gcm_evidence_over_quota_total 111
+# HELP gcm_evidence_write_failures_total Evidence that was to be kept but could not be written (a full disk, an I/O error).
+# TYPE gcm_evidence_write_failures_total counter
+gcm_evidence_write_failures_total 117
+# HELP gcm_evidence_bytes Disk used by the evidence folder (allocated blocks).
+# TYPE gcm_evidence_bytes gauge
+gcm_evidence_bytes 7340032
+# HELP gcm_log_lines_written_total Decision log lines written.
+# TYPE gcm_log_lines_written_total counter
+gcm_log_lines_written_total 112
+# HELP gcm_log_lines_synced_total Decision log lines known to be on disk (fsynced).
+# TYPE gcm_log_lines_synced_total counter
+gcm_log_lines_synced_total 113
+# HELP gcm_log_rotations_total Decision log rotations.
+# TYPE gcm_log_rotations_total counter
+gcm_log_rotations_total 114
+# HELP gcm_log_write_failures_total Failed writes and fsyncs of the decision log (a full disk, an I/O error).
+# TYPE gcm_log_write_failures_total counter
+gcm_log_write_failures_total 115
+# HELP gcm_log_backlog_lines Decision lines waiting in memory for the log to be writable.
+# TYPE gcm_log_backlog_lines gauge
+gcm_log_backlog_lines 77
+# HELP gcm_decisions_unlogged_total Decisions made but never written to the decision log (backlog full, or waiting at the stop).
+# TYPE gcm_decisions_unlogged_total counter
+gcm_decisions_unlogged_total 116
+# HELP gcm_config_reloads_total Configuration reloads (SIGHUP), by result.
+# TYPE gcm_config_reloads_total counter
+gcm_config_reloads_total{result="ok"} 118
+gcm_config_reloads_total{result="error"} 119
+# HELP gcm_capture_to_decision_seconds From capture to the decision.
+# TYPE gcm_capture_to_decision_seconds histogram
+gcm_capture_to_decision_seconds_bucket{le="0.0005"} 1
+gcm_capture_to_decision_seconds_bucket{le="0.001"} 1
+gcm_capture_to_decision_seconds_bucket{le="0.002"} 2
+gcm_capture_to_decision_seconds_bucket{le="0.005"} 2
+gcm_capture_to_decision_seconds_bucket{le="0.01"} 2
+gcm_capture_to_decision_seconds_bucket{le="0.015"} 3
+gcm_capture_to_decision_seconds_bucket{le="0.02"} 3
+gcm_capture_to_decision_seconds_bucket{le="0.033"} 3
+gcm_capture_to_decision_seconds_bucket{le="0.05"} 3
+gcm_capture_to_decision_seconds_bucket{le="0.075"} 3
+gcm_capture_to_decision_seconds_bucket{le="0.1"} 4
+gcm_capture_to_decision_seconds_bucket{le="0.2"} 4
+gcm_capture_to_decision_seconds_bucket{le="0.5"} 4
+gcm_capture_to_decision_seconds_bucket{le="1"} 4
+gcm_capture_to_decision_seconds_bucket{le="2.5"} 4
+gcm_capture_to_decision_seconds_bucket{le="10"} 5
+gcm_capture_to_decision_seconds_bucket{le="+Inf"} 6
+gcm_capture_to_decision_seconds_sum 33.1038
+gcm_capture_to_decision_seconds_count 6
+# HELP gcm_queue_wait_seconds Time a frame waited for the model.
+# TYPE gcm_queue_wait_seconds histogram
+gcm_queue_wait_seconds_bucket{le="0.0005"} 0
+gcm_queue_wait_seconds_bucket{le="0.001"} 2
+gcm_queue_wait_seconds_bucket{le="0.002"} 2
+gcm_queue_wait_seconds_bucket{le="0.005"} 4
+gcm_queue_wait_seconds_bucket{le="0.01"} 4
+gcm_queue_wait_seconds_bucket{le="0.015"} 4
+gcm_queue_wait_seconds_bucket{le="0.02"} 4
+gcm_queue_wait_seconds_bucket{le="0.033"} 6
+gcm_queue_wait_seconds_bucket{le="0.05"} 6
+gcm_queue_wait_seconds_bucket{le="0.075"} 6
+gcm_queue_wait_seconds_bucket{le="0.1"} 6
+gcm_queue_wait_seconds_bucket{le="0.2"} 8
+gcm_queue_wait_seconds_bucket{le="0.5"} 8
+gcm_queue_wait_seconds_bucket{le="1"} 8
+gcm_queue_wait_seconds_bucket{le="2.5"} 8
+gcm_queue_wait_seconds_bucket{le="10"} 10
+gcm_queue_wait_seconds_bucket{le="+Inf"} 12
+gcm_queue_wait_seconds_sum 132.4152
+gcm_queue_wait_seconds_count 12
+# HELP gcm_preprocess_seconds Frame preparation (decode, crop, resize, scaling).
+# TYPE gcm_preprocess_seconds histogram
+gcm_preprocess_seconds_bucket{le="0.0005"} 0
+gcm_preprocess_seconds_bucket{le="0.001"} 3
+gcm_preprocess_seconds_bucket{le="0.002"} 3
+gcm_preprocess_seconds_bucket{le="0.005"} 6
+gcm_preprocess_seconds_bucket{le="0.01"} 6
+gcm_preprocess_seconds_bucket{le="0.015"} 6
+gcm_preprocess_seconds_bucket{le="0.02"} 6
+gcm_preprocess_seconds_bucket{le="0.033"} 6
+gcm_preprocess_seconds_bucket{le="0.05"} 9
+gcm_preprocess_seconds_bucket{le="0.075"} 9
+gcm_preprocess_seconds_bucket{le="0.1"} 9
+gcm_preprocess_seconds_bucket{le="0.2"} 9
+gcm_preprocess_seconds_bucket{le="0.5"} 12
+gcm_preprocess_seconds_bucket{le="1"} 12
+gcm_preprocess_seconds_bucket{le="2.5"} 12
+gcm_preprocess_seconds_bucket{le="10"} 15
+gcm_preprocess_seconds_bucket{le="+Inf"} 18
+gcm_preprocess_seconds_sum 297.9342
+gcm_preprocess_seconds_count 18
+# HELP gcm_infer_seconds Network forward pass and decision.
+# TYPE gcm_infer_seconds histogram
+gcm_infer_seconds_bucket{le="0.0005"} 0
+gcm_infer_seconds_bucket{le="0.001"} 0
+gcm_infer_seconds_bucket{le="0.002"} 4
+gcm_infer_seconds_bucket{le="0.005"} 4
+gcm_infer_seconds_bucket{le="0.01"} 8
+gcm_infer_seconds_bucket{le="0.015"} 8
+gcm_infer_seconds_bucket{le="0.02"} 8
+gcm_infer_seconds_bucket{le="0.033"} 8
+gcm_infer_seconds_bucket{le="0.05"} 12
+gcm_infer_seconds_bucket{le="0.075"} 12
+gcm_infer_seconds_bucket{le="0.1"} 12
+gcm_infer_seconds_bucket{le="0.2"} 12
+gcm_infer_seconds_bucket{le="0.5"} 16
+gcm_infer_seconds_bucket{le="1"} 16
+gcm_infer_seconds_bucket{le="2.5"} 16
+gcm_infer_seconds_bucket{le="10"} 16
+gcm_infer_seconds_bucket{le="+Inf"} 24
+gcm_infer_seconds_sum 529.6608
+gcm_infer_seconds_count 24
+# HELP gcm_sinks_seconds Checks, evidence and log line for one decision.
+# TYPE gcm_sinks_seconds histogram
+gcm_sinks_seconds_bucket{le="0.0005"} 0
+gcm_sinks_seconds_bucket{le="0.001"} 0
+gcm_sinks_seconds_bucket{le="0.002"} 5
+gcm_sinks_seconds_bucket{le="0.005"} 5
+gcm_sinks_seconds_bucket{le="0.01"} 10
+gcm_sinks_seconds_bucket{le="0.015"} 10
+gcm_sinks_seconds_bucket{le="0.02"} 10
+gcm_sinks_seconds_bucket{le="0.033"} 10
+gcm_sinks_seconds_bucket{le="0.05"} 10
+gcm_sinks_seconds_bucket{le="0.075"} 15
+gcm_sinks_seconds_bucket{le="0.1"} 15
+gcm_sinks_seconds_bucket{le="0.2"} 15
+gcm_sinks_seconds_bucket{le="0.5"} 20
+gcm_sinks_seconds_bucket{le="1"} 20
+gcm_sinks_seconds_bucket{le="2.5"} 20
+gcm_sinks_seconds_bucket{le="10"} 20
+gcm_sinks_seconds_bucket{le="+Inf"} 30
+gcm_sinks_seconds_sum 827.595
+gcm_sinks_seconds_count 30
+# HELP gcm_model_info The model in use (sha256 of its weights).
+# TYPE gcm_model_info gauge
+gcm_model_info{model="sha256:ab\"cd"} 1
+# HELP gcm_uptime_seconds Seconds since the daemon started.
+# TYPE gcm_uptime_seconds gauge
+gcm_uptime_seconds UPTIME
+"#;
+
     #[test]
     fn render_has_per_class_decisions() {
         let m = Metrics::new();
