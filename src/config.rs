@@ -402,123 +402,26 @@ impl DaemonConfig {
         }
     }
 
-    fn check(&self) -> std::result::Result<(), (String, String)> {
-        let err = |k: &str, m: String| Err((k.to_string(), m));
+    /// The value checks, section by section in the file's order; the first
+    /// failure is the one reported.
+    fn check(&self) -> Checked {
+        self.check_model()?;
+        self.source.check()?;
+        if let Some(roi) = &self.preprocess.roi {
+            roi.check()?;
+        }
+        self.pipeline.check()?;
+        self.output.log.check()?;
+        self.evidence.check()?;
+        self.checks.check()?;
+        self.metrics.check()
+    }
+
+    fn check_model(&self) -> Checked {
         if self.model.trim().is_empty() {
-            return err(
-                "model",
-                "must name a model directory or builtin:demo".into(),
-            );
+            return fail("model", "must name a model directory or builtin:demo");
         }
         crate::device::parse(&self.device).map_err(|m| ("device".to_string(), m))?;
-        match &self.source {
-            SourceConfig::V4l2(v) => {
-                within("source.v4l2.width_px", v.width_px, 1, MAX_SIDE_PX)?;
-                within("source.v4l2.height_px", v.height_px, 1, MAX_SIDE_PX)?;
-                within("source.v4l2.fps", v.fps, 1, 1000)?;
-                within("source.v4l2.buffer_count", v.buffer_count, 2, 32)?;
-                within(
-                    "source.v4l2.dequeue_timeout_ms",
-                    v.dequeue_timeout_ms,
-                    1,
-                    MAX_WAIT_MS,
-                )?;
-                within(
-                    "source.v4l2.reconnect_initial_backoff_ms",
-                    v.reconnect_initial_backoff_ms,
-                    1,
-                    MAX_WAIT_MS,
-                )?;
-                within(
-                    "source.v4l2.reconnect_max_backoff_ms",
-                    v.reconnect_max_backoff_ms,
-                    v.reconnect_initial_backoff_ms,
-                    MAX_WAIT_MS,
-                )?;
-            }
-            SourceConfig::Replay(r) => rate("source.replay.fps", r.fps)?,
-            SourceConfig::Synthetic(s) => {
-                rate("source.synthetic.fps", s.fps)?;
-                within("source.synthetic.size_px", s.size_px, 8, 4096)?;
-                crate::data::synth::parse_kinds(&s.classes.join(","))
-                    .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
-            }
-        }
-        if let Some(r) = &self.preprocess.roi {
-            within("preprocess.roi.x_px", r.x_px, 0, MAX_SIDE_PX - 1)?;
-            within("preprocess.roi.y_px", r.y_px, 0, MAX_SIDE_PX - 1)?;
-            within(
-                "preprocess.roi.width_px",
-                r.width_px,
-                1,
-                MAX_SIDE_PX - r.x_px,
-            )?;
-            within(
-                "preprocess.roi.height_px",
-                r.height_px,
-                1,
-                MAX_SIDE_PX - r.y_px,
-            )?;
-        }
-        within(
-            "pipeline.queue_capacity_frames",
-            self.pipeline.queue_capacity_frames,
-            1,
-            1024,
-        )?;
-        within(
-            "pipeline.sink_queue_capacity_decisions",
-            self.pipeline.sink_queue_capacity_decisions,
-            1,
-            65_536,
-        )?;
-        let log = &self.output.log;
-        within("output.log.rotate_bytes", log.rotate_bytes, 4096, MAX_BYTES)?;
-        within(
-            "output.log.fsync_every_lines",
-            log.fsync_every_lines,
-            0,
-            1_000_000,
-        )?;
-        within(
-            "output.log.fsync_every_ms",
-            log.fsync_every_ms,
-            0,
-            MAX_WAIT_MS,
-        )?;
-        within(
-            "evidence.quota_bytes",
-            self.evidence.quota_bytes,
-            0,
-            MAX_BYTES,
-        )?;
-        if let Some(m) = self.evidence.margin_below {
-            if !m.is_finite() {
-                return err(
-                    "evidence.margin_below",
-                    format!("{m} is not a finite number"),
-                );
-            }
-        }
-        let tol = self.checks.reference_tolerance;
-        if !(tol.is_finite() && tol >= 0.0) {
-            return err(
-                "checks.reference_tolerance",
-                format!("{tol} is not a finite number >= 0"),
-            );
-        }
-        if self.metrics.enabled {
-            self.metrics
-                .listen
-                .parse::<SocketAddr>()
-                .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
-        }
-        within(
-            "metrics.healthy_within_ms",
-            self.metrics.healthy_within_ms,
-            1,
-            MAX_WAIT_MS,
-        )?;
         Ok(())
     }
 
@@ -574,13 +477,15 @@ const MAX_BYTES: u64 = 1 << 50;
 /// The range of a frame rate: 0 (unpaced) or one frame an hour to 10,000 fps.
 const FPS_RANGE: (f64, f64) = (1.0 / 3600.0, 10_000.0);
 
+/// A value check: `Err((key, what is wrong))` for the first value refused.
+type Checked = std::result::Result<(), (String, String)>;
+
+fn fail(key: &str, msg: impl Into<String>) -> Checked {
+    Err((key.to_string(), msg.into()))
+}
+
 /// `value` must lie in `lo..=hi`; the error names the key and the range.
-fn within<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    lo: T,
-    hi: T,
-) -> std::result::Result<(), (String, String)> {
+fn within<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Checked {
     if value < lo || value > hi {
         return Err((
             key.to_string(),
@@ -591,7 +496,7 @@ fn within<T: PartialOrd + std::fmt::Display>(
 }
 
 /// A frame rate: 0 (unpaced) or within [`FPS_RANGE`].
-fn rate(key: &str, fps: f64) -> std::result::Result<(), (String, String)> {
+fn rate(key: &str, fps: f64) -> Checked {
     let (lo, hi) = FPS_RANGE;
     if fps == 0.0 || (fps.is_finite() && (lo..=hi).contains(&fps)) {
         return Ok(());
@@ -600,6 +505,123 @@ fn rate(key: &str, fps: f64) -> std::result::Result<(), (String, String)> {
         key.to_string(),
         format!("{fps} is not a frame rate (0 for unpaced, or between one frame an hour, {lo:.6}, and {hi})"),
     ))
+}
+
+impl SourceConfig {
+    fn check(&self) -> Checked {
+        match self {
+            SourceConfig::V4l2(v) => v.check(),
+            SourceConfig::Replay(r) => rate("source.replay.fps", r.fps),
+            SourceConfig::Synthetic(s) => s.check(),
+        }
+    }
+}
+
+impl V4l2Config {
+    fn check(&self) -> Checked {
+        within("source.v4l2.width_px", self.width_px, 1, MAX_SIDE_PX)?;
+        within("source.v4l2.height_px", self.height_px, 1, MAX_SIDE_PX)?;
+        within("source.v4l2.fps", self.fps, 1, 1000)?;
+        within("source.v4l2.buffer_count", self.buffer_count, 2, 32)?;
+        let timeout = self.dequeue_timeout_ms;
+        within("source.v4l2.dequeue_timeout_ms", timeout, 1, MAX_WAIT_MS)?;
+        let first = self.reconnect_initial_backoff_ms;
+        within(
+            "source.v4l2.reconnect_initial_backoff_ms",
+            first,
+            1,
+            MAX_WAIT_MS,
+        )?;
+        within(
+            "source.v4l2.reconnect_max_backoff_ms",
+            self.reconnect_max_backoff_ms,
+            first,
+            MAX_WAIT_MS,
+        )
+    }
+}
+
+impl SyntheticConfig {
+    fn check(&self) -> Checked {
+        rate("source.synthetic.fps", self.fps)?;
+        within("source.synthetic.size_px", self.size_px, 8, 4096)?;
+        crate::data::synth::parse_kinds(&self.classes.join(","))
+            .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
+        Ok(())
+    }
+}
+
+impl RoiConfig {
+    /// Inside the largest frame: the corner, then the size from there.
+    fn check(&self) -> Checked {
+        within("preprocess.roi.x_px", self.x_px, 0, MAX_SIDE_PX - 1)?;
+        within("preprocess.roi.y_px", self.y_px, 0, MAX_SIDE_PX - 1)?;
+        let (w, h) = (self.width_px, self.height_px);
+        within("preprocess.roi.width_px", w, 1, MAX_SIDE_PX - self.x_px)?;
+        within("preprocess.roi.height_px", h, 1, MAX_SIDE_PX - self.y_px)
+    }
+}
+
+impl PipelineConfig {
+    fn check(&self) -> Checked {
+        let frames = self.queue_capacity_frames;
+        within("pipeline.queue_capacity_frames", frames, 1, 1024)?;
+        within(
+            "pipeline.sink_queue_capacity_decisions",
+            self.sink_queue_capacity_decisions,
+            1,
+            65_536,
+        )
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Checked {
+        let rotate = self.rotate_bytes;
+        within("output.log.rotate_bytes", rotate, 4096, MAX_BYTES)?;
+        let (lines, ms) = (self.fsync_every_lines, self.fsync_every_ms);
+        within("output.log.fsync_every_lines", lines, 0, 1_000_000)?;
+        within("output.log.fsync_every_ms", ms, 0, MAX_WAIT_MS)
+    }
+}
+
+impl EvidenceConfig {
+    fn check(&self) -> Checked {
+        within("evidence.quota_bytes", self.quota_bytes, 0, MAX_BYTES)?;
+        match self.margin_below {
+            Some(m) if !m.is_finite() => fail(
+                "evidence.margin_below",
+                format!("{m} is not a finite number"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ChecksConfig {
+    fn check(&self) -> Checked {
+        let tol = self.reference_tolerance;
+        if !(tol.is_finite() && tol >= 0.0) {
+            return fail(
+                "checks.reference_tolerance",
+                format!("{tol} is not a finite number >= 0"),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    /// The address only when it is to be served.
+    fn check(&self) -> Checked {
+        if self.enabled {
+            self.listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
+        }
+        let stall = self.healthy_within_ms;
+        within("metrics.healthy_within_ms", stall, 1, MAX_WAIT_MS)
+    }
 }
 
 impl Loaded {
