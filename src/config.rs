@@ -393,12 +393,7 @@ impl DaemonConfig {
     pub fn validate(self, text: &str, origin: &Path) -> Result<Self> {
         match self.check() {
             Ok(()) => Ok(self),
-            Err((key, msg)) => {
-                let at = line_of_key(text, &key)
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default();
-                Err(Error::config(origin, format!("{key}{at}: {msg}")))
-            }
+            Err((key, msg)) => Err(key_error(origin, text, &key, msg)),
         }
     }
 
@@ -434,12 +429,7 @@ impl DaemonConfig {
         origin: &Path,
         text: &str,
     ) -> Result<()> {
-        let fail = |key: &str, msg: String| {
-            let at = line_of_key(text, key)
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            Err(Error::config(origin, format!("{key}{at}: {msg}")))
-        };
+        let fail = |key: &str, msg: String| Err(key_error(origin, text, key, msg));
         if let Some(c) = self.evidence.classes.iter().find(|c| !classes.contains(c)) {
             return fail(
                 "evidence.classes",
@@ -716,16 +706,11 @@ impl Loaded {
         };
         if let Err(e) = std::fs::create_dir_all(dir) {
             if not_a_folder(&e) {
-                let at = line_of_key(&self.text, key)
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default();
-                return Err(Error::config(
-                    &self.origin,
-                    format!(
-                        "{key}{at}: {} cannot be a folder: {e} (a part of the path is a file)",
-                        dir.display()
-                    ),
-                ));
+                let msg = format!(
+                    "{} cannot be a folder: {e} (a part of the path is a file)",
+                    dir.display()
+                );
+                return Err(key_error(&self.origin, &self.text, key, msg));
             }
             return Err(Error::io(dir, e));
         }
@@ -771,6 +756,15 @@ fn default_dir(systemd_var: &str, sub: Option<&str>, leaf: &str) -> Option<PathB
         return Some(PathBuf::from(x).join("gcm-inspect").join(leaf));
     }
     nonempty("HOME").map(|h| PathBuf::from(h).join(".local/state/gcm-inspect").join(leaf))
+}
+
+/// A config error that names the key, and its line when `text` sets it:
+/// `key (line L): msg`.
+fn key_error(origin: &Path, text: &str, key: &str, msg: String) -> Error {
+    let at = line_of_key(text, key)
+        .map(|l| format!(" (line {l})"))
+        .unwrap_or_default();
+    Error::config(origin, format!("{key}{at}: {msg}"))
 }
 
 /// serde_yaml's message, which carries the key path and `at line L column C`.
