@@ -137,35 +137,24 @@ pub struct V4l2Config {
     /// `YUYV`, `MJPEG` or `GREY`.
     pub pixel_format: PixelFormat,
     /// mmap buffers shared with the driver.
-    #[serde(default = "V4l2Config::default_buffer_count")]
+    #[serde(default = "number::<_, 4>")]
     pub buffer_count: u32,
     /// A dequeue that waits longer than this counts as a lost camera.
-    #[serde(default = "V4l2Config::default_dequeue_timeout_ms")]
+    #[serde(default = "number::<_, 2000>")]
     pub dequeue_timeout_ms: u64,
     /// First wait before reopening a lost camera; doubled after each failure.
-    #[serde(default = "V4l2Config::default_reconnect_initial_backoff_ms")]
+    #[serde(default = "number::<_, 250>")]
     pub reconnect_initial_backoff_ms: u64,
     /// The longest wait between reopening attempts.
-    #[serde(default = "V4l2Config::default_reconnect_max_backoff_ms")]
+    #[serde(default = "number::<_, 10_000>")]
     pub reconnect_max_backoff_ms: u64,
 }
 
-/// The values of the optional camera keys. The required ones (device,
-/// size, rate, format) have none, so serde cannot take these from an
-/// `impl Default` as it does for the other sections: each is one function.
-impl V4l2Config {
-    fn default_buffer_count() -> u32 {
-        4
-    }
-    fn default_dequeue_timeout_ms() -> u64 {
-        2000
-    }
-    fn default_reconnect_initial_backoff_ms() -> u64 {
-        250
-    }
-    fn default_reconnect_max_backoff_ms() -> u64 {
-        10_000
-    }
+/// The default of a numeric key, written in its `#[serde(default = ...)]`
+/// as `number::<_, N>`: for the keys of a struct that also holds required
+/// keys, so that serde cannot take their defaults from an `impl Default`.
+fn number<T: From<u32>, const N: u32>() -> T {
+    T::from(N)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
