@@ -36,6 +36,30 @@ impl Gauge {
     }
 }
 
+/// Counters by the value of one label (`reason`, `class`), each made at its
+/// first count.
+#[derive(Debug, Default)]
+pub struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabelledCounter {
+    fn counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.0.lock().expect("metrics lock")
+    }
+    pub fn inc(&self, label: &str) {
+        *self.counts().entry(label.to_string()).or_default() += 1;
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.counts().get(label).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.counts().values().sum()
+    }
+    /// Every label counted so far with its count, in label order.
+    fn samples(&self) -> Vec<(String, u64)> {
+        self.counts().iter().map(|(l, n)| (l.clone(), *n)).collect()
+    }
+}
+
 /// Bucket upper bounds in seconds: 0.5 ms to 10 s.
 const LATENCY_BOUNDS_S: [f64; 16] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.033, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5,
@@ -94,10 +118,10 @@ pub struct Metrics {
     pub start: Instant,
     pub frames_captured: Counter,
     pub frames_dropped: Counter,
-    skipped: Mutex<BTreeMap<String, u64>>,
+    skipped: LabelledCounter,
     pub source_errors: Counter,
     pub source_reconnects: Counter,
-    decisions: Mutex<BTreeMap<String, u64>>,
+    decisions: LabelledCounter,
     pub evidence_checks: Counter,
     pub evidence_divergent: Counter,
     pub reference_checks: Counter,
@@ -140,10 +164,10 @@ impl Metrics {
             start: Instant::now(),
             frames_captured: Counter::default(),
             frames_dropped: Counter::default(),
-            skipped: Mutex::default(),
+            skipped: LabelledCounter::default(),
             source_errors: Counter::default(),
             source_reconnects: Counter::default(),
-            decisions: Mutex::default(),
+            decisions: LabelledCounter::default(),
             evidence_checks: Counter::default(),
             evidence_divergent: Counter::default(),
             reference_checks: Counter::default(),
@@ -174,34 +198,23 @@ impl Metrics {
 
     /// A frame skipped before the model, by reason (one of [`Skip::REASONS`]).
     pub fn skip(&self, reason: &str) {
-        *self
-            .skipped
-            .lock()
-            .expect("metrics lock")
-            .entry(reason.to_string())
-            .or_default() += 1;
+        self.skipped.inc(reason);
     }
 
     pub fn skipped(&self, reason: &str) -> u64 {
-        let m = self.skipped.lock().expect("metrics lock");
-        m.get(reason).copied().unwrap_or(0)
+        self.skipped.get(reason)
     }
 
     pub fn skipped_total(&self) -> u64 {
-        self.skipped.lock().expect("metrics lock").values().sum()
+        self.skipped.total()
     }
 
     pub fn decided(&self, class: &str) {
-        *self
-            .decisions
-            .lock()
-            .expect("metrics lock")
-            .entry(class.to_string())
-            .or_default() += 1;
+        self.decisions.inc(class);
     }
 
     pub fn decisions_total(&self) -> u64 {
-        self.decisions.lock().expect("metrics lock").values().sum()
+        self.decisions.total()
     }
 
     pub fn set_model(&self, id: &str) {
@@ -262,12 +275,6 @@ impl Metrics {
             .collect()
     }
 
-    /// `gcm_decisions_total`: the classes decided so far, by name.
-    fn decisions_by_class(&self) -> Vec<(String, u64)> {
-        let m = self.decisions.lock().expect("metrics lock");
-        m.iter().map(|(c, n)| (c.clone(), *n)).collect()
-    }
-
     /// `gcm_model_info`: the model in use, always 1.
     fn model_info(&self) -> Vec<(String, u64)> {
         vec![(self.model.lock().expect("metrics lock").clone(), 1)]
@@ -301,7 +308,7 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
     ("gcm_frames_skipped_total", "counter", "Frames skipped before the model, by reason.", By("reason", Metrics::skipped_by_reason)),
     ("gcm_source_errors_total", "counter", "Capture errors (lost camera, timeouts, failed reopen attempts).", One(|m| m.source_errors.get())),
     ("gcm_source_reconnects_total", "counter", "Times a lost camera was reopened.", One(|m| m.source_reconnects.get())),
-    ("gcm_decisions_total", "counter", "Decisions, by decided class.", By("class", Metrics::decisions_by_class)),
+    ("gcm_decisions_total", "counter", "Decisions, by decided class.", By("class", |m| m.decisions.samples())),
     ("gcm_checks_total", "counter", "Divergence checks run.", By("check", |m| labels([("evidence", &m.evidence_checks), ("reference", &m.reference_checks)]))),
     ("gcm_divergences_total", "counter", "Divergence checks that failed.", By("check", |m| labels([("evidence", &m.evidence_divergent), ("reference", &m.reference_divergent)]))),
     ("gcm_evidence_written_total", "counter", "Evidence folders written.", One(|m| m.evidence_written.get())),
