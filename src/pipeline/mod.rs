@@ -32,7 +32,6 @@ pub mod convert;
 pub mod frame;
 pub mod http;
 pub mod infer;
-pub mod journald;
 pub mod metrics;
 pub mod model;
 pub mod notify;
