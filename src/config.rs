@@ -6,6 +6,8 @@
 //! are part of every field's name (`fps`, `_ms`, `_bytes`, `_px`, `_frames`).
 //! Every field is documented here and in `config/default.yaml`, which is
 //! embedded into the binary and used when `run` is given no `--config`.
+//! Each section's `impl Default` holds its defaults (serde fills absent keys
+//! from it); tests hold `config/default.yaml` to those values and to every key.
 //!
 //! What can change on SIGHUP: the model, the device, preprocessing, evidence
 //! policy and checks. The source, the output folders and the metrics address
@@ -34,7 +36,7 @@ pub struct DaemonConfig {
     /// `builtin:demo`, the demo model bundled in the binary.
     pub model: String,
     /// Compute device for inference: `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "default_device")]
+    #[serde(default = "DaemonConfig::default_device")]
     pub device: String,
     /// Where frames come from.
     #[serde(with = "serde_yaml::with::singleton_map")]
@@ -57,10 +59,6 @@ pub struct DaemonConfig {
     /// Prometheus `/metrics` and `/healthz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
-}
-
-fn default_device() -> String {
-    "cpu".into()
 }
 
 /// A frame source: one key naming its kind (`v4l2`, `replay` or `synthetic`)
@@ -139,30 +137,24 @@ pub struct V4l2Config {
     /// `YUYV`, `MJPEG` or `GREY`.
     pub pixel_format: PixelFormat,
     /// mmap buffers shared with the driver.
-    #[serde(default = "default_buffers")]
+    #[serde(default = "number::<_, 4>")]
     pub buffer_count: u32,
     /// A dequeue that waits longer than this counts as a lost camera.
-    #[serde(default = "default_dequeue_timeout")]
+    #[serde(default = "number::<_, 2000>")]
     pub dequeue_timeout_ms: u64,
     /// First wait before reopening a lost camera; doubled after each failure.
-    #[serde(default = "default_backoff_initial")]
+    #[serde(default = "number::<_, 250>")]
     pub reconnect_initial_backoff_ms: u64,
     /// The longest wait between reopening attempts.
-    #[serde(default = "default_backoff_max")]
+    #[serde(default = "number::<_, 10_000>")]
     pub reconnect_max_backoff_ms: u64,
 }
 
-fn default_buffers() -> u32 {
-    4
-}
-fn default_dequeue_timeout() -> u64 {
-    2000
-}
-fn default_backoff_initial() -> u64 {
-    250
-}
-fn default_backoff_max() -> u64 {
-    10_000
+/// The default of a numeric key, written in its `#[serde(default = ...)]`
+/// as `number::<_, N>`: for the keys of a struct that also holds required
+/// keys, so that serde cannot take their defaults from an `impl Default`.
+fn number<T: From<u32>, const N: u32>() -> T {
+    T::from(N)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,34 +174,28 @@ pub struct ReplayConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyntheticConfig {
     /// Pacing in frames per second (frames the model cannot keep up with are
     /// dropped and counted). 0: as fast as the model takes them, never dropping.
-    #[serde(default = "default_synth_fps")]
     pub fps: f64,
     /// Generator seed: the same seed gives the same frames.
-    #[serde(default)]
     pub seed: u64,
     /// Frame side in pixels (square grey frames).
-    #[serde(default = "default_synth_size")]
     pub size_px: usize,
     /// Kinds of cell to draw, in turn: `ok`, `crack`, `inactive`, `spot`.
-    #[serde(default = "default_synth_classes")]
     pub classes: Vec<String>,
 }
 
-fn default_synth_fps() -> f64 {
-    30.0
-}
-fn default_synth_size() -> usize {
-    64
-}
-fn default_synth_classes() -> Vec<String> {
-    ["ok", "crack", "inactive", "spot"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            fps: 30.0,
+            seed: 0,
+            size_px: 64,
+            classes: ["ok", "crack", "inactive", "spot"].map(String::from).into(),
+        }
+    }
 }
 
 /// A region of interest in frame pixels.
@@ -225,131 +211,91 @@ pub struct RoiConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PreprocessConfig {
     /// Crop to this region before resizing to the model's input size; the
     /// whole frame when absent. A frame smaller than the region is skipped
     /// and counted.
-    #[serde(default)]
     pub roi: Option<RoiConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Frames waiting between capture and the model. A live source (camera,
     /// paced replay or synthetic) drops the oldest waiting frame when full and
     /// counts it; an unpaced source waits.
-    #[serde(default = "default_queue")]
     pub queue_capacity_frames: usize,
     /// Decisions waiting between the model and the sinks (log, evidence,
     /// checks). Decisions are never dropped: when full, the model waits.
-    #[serde(default = "default_sink_queue")]
     pub sink_queue_capacity_decisions: usize,
-}
-
-fn default_queue() -> usize {
-    4
-}
-fn default_sink_queue() -> usize {
-    64
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            queue_capacity_frames: default_queue(),
-            sink_queue_capacity_decisions: default_sink_queue(),
+            queue_capacity_frames: 4,
+            sink_queue_capacity_decisions: 64,
         }
     }
 }
 
 /// Log durability: how often written lines are forced to disk (fsync).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Rotate `decisions.jsonl` to `decisions.NNNNNN.jsonl` once it is this large.
-    #[serde(default = "default_rotate")]
     pub rotate_bytes: u64,
     /// fsync after this many lines (1: every line; 0: no line count).
-    #[serde(default = "default_fsync_lines")]
     pub fsync_every_lines: u64,
     /// fsync when the oldest unsynced line is this old (0: no time limit).
-    #[serde(default = "default_fsync_ms")]
     pub fsync_every_ms: u64,
-}
-
-fn default_rotate() -> u64 {
-    64 << 20
-}
-fn default_fsync_lines() -> u64 {
-    30
-}
-fn default_fsync_ms() -> u64 {
-    1000
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            rotate_bytes: default_rotate(),
-            fsync_every_lines: default_fsync_lines(),
-            fsync_every_ms: default_fsync_ms(),
+            rotate_bytes: 64 << 20,
+            fsync_every_lines: 30,
+            fsync_every_ms: 1000,
         }
     }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
     /// Folder of the decision log. Default: `$LOGS_DIRECTORY` (systemd's
     /// `LogsDirectory=`), else `$XDG_STATE_HOME/gcm-inspect/log`, else
     /// `~/.local/state/gcm-inspect/log`.
-    #[serde(default)]
     pub log_dir: Option<PathBuf>,
     /// Folder of the evidence. Default: `$STATE_DIRECTORY/evidence`
     /// (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/gcm-inspect/evidence`,
     /// else `~/.local/state/gcm-inspect/evidence`.
-    #[serde(default)]
     pub evidence_dir: Option<PathBuf>,
     /// Rotation and durability of the decision log.
-    #[serde(default)]
     pub log: LogConfig,
 }
 
 /// Which frames keep their evidence: a frame is kept when any rule selects it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EvidenceConfig {
     /// Every frame.
-    #[serde(default)]
     pub all_frames: bool,
     /// Frames decided as one of these classes.
-    #[serde(default)]
     pub classes: Vec<String>,
     /// Frames whose margin (decided score minus runner-up) is below this.
-    #[serde(default)]
     pub margin_below: Option<f32>,
     /// Frames whose divergence checks failed.
-    #[serde(default = "yes")]
     pub divergent: bool,
     /// Every Nth frame (by frame id); 0: off.
-    #[serde(default)]
     pub every_nth_frame: u64,
     /// Heatmaps for every class, not only the decided one.
-    #[serde(default)]
     pub heatmaps_all_classes: bool,
     /// Disk the evidence folder may use; the oldest evidence is deleted first.
     /// The decision log is never touched.
-    #[serde(default = "default_quota")]
     pub quota_bytes: u64,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_quota() -> u64 {
-    1 << 30
 }
 
 impl Default for EvidenceConfig {
@@ -361,76 +307,53 @@ impl Default for EvidenceConfig {
             divergent: true,
             every_nth_frame: 0,
             heatmaps_all_classes: false,
-            quota_bytes: default_quota(),
+            quota_bytes: 1 << 30,
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChecksConfig {
     /// Check (a), evidence reproduction. Kept evidence is always checked as
     /// written; on every Nth other frame (1: all; 0: none) the evidence's
     /// quantised CCMs are checked in memory, without writing files.
-    #[serde(default = "one")]
     pub evidence_every_nth_frame: u64,
     /// Check (b), reference cross-check: every Nth frame is scored again on
     /// the CPU by the reference (unfolded) network; 0: off.
-    #[serde(default = "default_reference_n")]
     pub reference_every_nth_frame: u64,
     /// Largest |score - reference score| accepted by check (b).
-    #[serde(default = "default_reference_tol")]
     pub reference_tolerance: f32,
-}
-
-fn one() -> u64 {
-    1
-}
-fn default_reference_n() -> u64 {
-    100
-}
-fn default_reference_tol() -> f32 {
-    1e-3
 }
 
 impl Default for ChecksConfig {
     fn default() -> Self {
         ChecksConfig {
             evidence_every_nth_frame: 1,
-            reference_every_nth_frame: default_reference_n(),
-            reference_tolerance: default_reference_tol(),
+            reference_every_nth_frame: 100,
+            reference_tolerance: 1e-3,
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve `/metrics` and `/healthz`.
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Address to listen on; loopback by default. Port 0 picks a free port
     /// (the address is logged).
-    #[serde(default = "default_listen")]
     pub listen: String,
     /// `/healthz` answers 503 when the inference loop has not turned for this long.
-    #[serde(default = "default_stall")]
     pub healthy_within_ms: u64,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9464".into()
-}
-fn default_stall() -> u64 {
-    10_000
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             enabled: true,
-            listen: default_listen(),
-            healthy_within_ms: default_stall(),
+            listen: "127.0.0.1:9464".into(),
+            healthy_within_ms: 10_000,
         }
     }
 }
@@ -444,6 +367,12 @@ pub struct Loaded {
 }
 
 impl DaemonConfig {
+    /// The device when none is set. (The config has required keys, so it
+    /// has no `impl Default`; each section has its own.)
+    fn default_device() -> String {
+        "cpu".into()
+    }
+
     /// Parses YAML; unknown keys and wrong types are refused with the key and line.
     pub fn from_yaml(text: &str, origin: &Path) -> Result<Self> {
         serde_yaml::from_str(text).map_err(|e| Error::config(origin, yaml_message(&e)))
@@ -453,132 +382,30 @@ impl DaemonConfig {
     pub fn validate(self, text: &str, origin: &Path) -> Result<Self> {
         match self.check() {
             Ok(()) => Ok(self),
-            Err((key, msg)) => {
-                let at = line_of_key(text, &key)
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default();
-                Err(Error::config(origin, format!("{key}{at}: {msg}")))
-            }
+            Err((key, msg)) => Err(key_error(origin, text, &key, msg)),
         }
     }
 
-    fn check(&self) -> std::result::Result<(), (String, String)> {
-        let err = |k: &str, m: String| Err((k.to_string(), m));
+    /// The value checks, section by section in the file's order; the first
+    /// failure is the one reported.
+    fn check(&self) -> Checked {
+        self.check_model()?;
+        self.source.check()?;
+        if let Some(roi) = &self.preprocess.roi {
+            roi.check()?;
+        }
+        self.pipeline.check()?;
+        self.output.log.check()?;
+        self.evidence.check()?;
+        self.checks.check()?;
+        self.metrics.check()
+    }
+
+    fn check_model(&self) -> Checked {
         if self.model.trim().is_empty() {
-            return err(
-                "model",
-                "must name a model directory or builtin:demo".into(),
-            );
+            return fail("model", "must name a model directory or builtin:demo");
         }
         crate::device::parse(&self.device).map_err(|m| ("device".to_string(), m))?;
-        match &self.source {
-            SourceConfig::V4l2(v) => {
-                within("source.v4l2.width_px", v.width_px, 1, MAX_SIDE_PX)?;
-                within("source.v4l2.height_px", v.height_px, 1, MAX_SIDE_PX)?;
-                within("source.v4l2.fps", v.fps, 1, 1000)?;
-                within("source.v4l2.buffer_count", v.buffer_count, 2, 32)?;
-                within(
-                    "source.v4l2.dequeue_timeout_ms",
-                    v.dequeue_timeout_ms,
-                    1,
-                    MAX_WAIT_MS,
-                )?;
-                within(
-                    "source.v4l2.reconnect_initial_backoff_ms",
-                    v.reconnect_initial_backoff_ms,
-                    1,
-                    MAX_WAIT_MS,
-                )?;
-                within(
-                    "source.v4l2.reconnect_max_backoff_ms",
-                    v.reconnect_max_backoff_ms,
-                    v.reconnect_initial_backoff_ms,
-                    MAX_WAIT_MS,
-                )?;
-            }
-            SourceConfig::Replay(r) => rate("source.replay.fps", r.fps)?,
-            SourceConfig::Synthetic(s) => {
-                rate("source.synthetic.fps", s.fps)?;
-                within("source.synthetic.size_px", s.size_px, 8, 4096)?;
-                crate::data::synth::parse_kinds(&s.classes.join(","))
-                    .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
-            }
-        }
-        if let Some(r) = &self.preprocess.roi {
-            within("preprocess.roi.x_px", r.x_px, 0, MAX_SIDE_PX - 1)?;
-            within("preprocess.roi.y_px", r.y_px, 0, MAX_SIDE_PX - 1)?;
-            within(
-                "preprocess.roi.width_px",
-                r.width_px,
-                1,
-                MAX_SIDE_PX - r.x_px,
-            )?;
-            within(
-                "preprocess.roi.height_px",
-                r.height_px,
-                1,
-                MAX_SIDE_PX - r.y_px,
-            )?;
-        }
-        within(
-            "pipeline.queue_capacity_frames",
-            self.pipeline.queue_capacity_frames,
-            1,
-            1024,
-        )?;
-        within(
-            "pipeline.sink_queue_capacity_decisions",
-            self.pipeline.sink_queue_capacity_decisions,
-            1,
-            65_536,
-        )?;
-        let log = &self.output.log;
-        within("output.log.rotate_bytes", log.rotate_bytes, 4096, MAX_BYTES)?;
-        within(
-            "output.log.fsync_every_lines",
-            log.fsync_every_lines,
-            0,
-            1_000_000,
-        )?;
-        within(
-            "output.log.fsync_every_ms",
-            log.fsync_every_ms,
-            0,
-            MAX_WAIT_MS,
-        )?;
-        within(
-            "evidence.quota_bytes",
-            self.evidence.quota_bytes,
-            0,
-            MAX_BYTES,
-        )?;
-        if let Some(m) = self.evidence.margin_below {
-            if !m.is_finite() {
-                return err(
-                    "evidence.margin_below",
-                    format!("{m} is not a finite number"),
-                );
-            }
-        }
-        let tol = self.checks.reference_tolerance;
-        if !(tol.is_finite() && tol >= 0.0) {
-            return err(
-                "checks.reference_tolerance",
-                format!("{tol} is not a finite number >= 0"),
-            );
-        }
-        if self.metrics.enabled {
-            self.metrics
-                .listen
-                .parse::<SocketAddr>()
-                .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
-        }
-        within(
-            "metrics.healthy_within_ms",
-            self.metrics.healthy_within_ms,
-            1,
-            MAX_WAIT_MS,
-        )?;
         Ok(())
     }
 
@@ -591,12 +418,7 @@ impl DaemonConfig {
         origin: &Path,
         text: &str,
     ) -> Result<()> {
-        let fail = |key: &str, msg: String| {
-            let at = line_of_key(text, key)
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            Err(Error::config(origin, format!("{key}{at}: {msg}")))
-        };
+        let fail = |key: &str, msg: String| Err(key_error(origin, text, key, msg));
         if let Some(c) = self.evidence.classes.iter().find(|c| !classes.contains(c)) {
             return fail(
                 "evidence.classes",
@@ -634,13 +456,15 @@ const MAX_BYTES: u64 = 1 << 50;
 /// The range of a frame rate: 0 (unpaced) or one frame an hour to 10,000 fps.
 const FPS_RANGE: (f64, f64) = (1.0 / 3600.0, 10_000.0);
 
+/// A value check: `Err((key, what is wrong))` for the first value refused.
+type Checked = std::result::Result<(), (String, String)>;
+
+fn fail(key: &str, msg: impl Into<String>) -> Checked {
+    Err((key.to_string(), msg.into()))
+}
+
 /// `value` must lie in `lo..=hi`; the error names the key and the range.
-fn within<T: PartialOrd + std::fmt::Display>(
-    key: &str,
-    value: T,
-    lo: T,
-    hi: T,
-) -> std::result::Result<(), (String, String)> {
+fn within<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Checked {
     if value < lo || value > hi {
         return Err((
             key.to_string(),
@@ -651,7 +475,7 @@ fn within<T: PartialOrd + std::fmt::Display>(
 }
 
 /// A frame rate: 0 (unpaced) or within [`FPS_RANGE`].
-fn rate(key: &str, fps: f64) -> std::result::Result<(), (String, String)> {
+fn rate(key: &str, fps: f64) -> Checked {
     let (lo, hi) = FPS_RANGE;
     if fps == 0.0 || (fps.is_finite() && (lo..=hi).contains(&fps)) {
         return Ok(());
@@ -660,6 +484,123 @@ fn rate(key: &str, fps: f64) -> std::result::Result<(), (String, String)> {
         key.to_string(),
         format!("{fps} is not a frame rate (0 for unpaced, or between one frame an hour, {lo:.6}, and {hi})"),
     ))
+}
+
+impl SourceConfig {
+    fn check(&self) -> Checked {
+        match self {
+            SourceConfig::V4l2(v) => v.check(),
+            SourceConfig::Replay(r) => rate("source.replay.fps", r.fps),
+            SourceConfig::Synthetic(s) => s.check(),
+        }
+    }
+}
+
+impl V4l2Config {
+    fn check(&self) -> Checked {
+        within("source.v4l2.width_px", self.width_px, 1, MAX_SIDE_PX)?;
+        within("source.v4l2.height_px", self.height_px, 1, MAX_SIDE_PX)?;
+        within("source.v4l2.fps", self.fps, 1, 1000)?;
+        within("source.v4l2.buffer_count", self.buffer_count, 2, 32)?;
+        let timeout = self.dequeue_timeout_ms;
+        within("source.v4l2.dequeue_timeout_ms", timeout, 1, MAX_WAIT_MS)?;
+        let first = self.reconnect_initial_backoff_ms;
+        within(
+            "source.v4l2.reconnect_initial_backoff_ms",
+            first,
+            1,
+            MAX_WAIT_MS,
+        )?;
+        within(
+            "source.v4l2.reconnect_max_backoff_ms",
+            self.reconnect_max_backoff_ms,
+            first,
+            MAX_WAIT_MS,
+        )
+    }
+}
+
+impl SyntheticConfig {
+    fn check(&self) -> Checked {
+        rate("source.synthetic.fps", self.fps)?;
+        within("source.synthetic.size_px", self.size_px, 8, 4096)?;
+        crate::data::synth::parse_kinds(&self.classes.join(","))
+            .map_err(|m| ("source.synthetic.classes".to_string(), m))?;
+        Ok(())
+    }
+}
+
+impl RoiConfig {
+    /// Inside the largest frame: the corner, then the size from there.
+    fn check(&self) -> Checked {
+        within("preprocess.roi.x_px", self.x_px, 0, MAX_SIDE_PX - 1)?;
+        within("preprocess.roi.y_px", self.y_px, 0, MAX_SIDE_PX - 1)?;
+        let (w, h) = (self.width_px, self.height_px);
+        within("preprocess.roi.width_px", w, 1, MAX_SIDE_PX - self.x_px)?;
+        within("preprocess.roi.height_px", h, 1, MAX_SIDE_PX - self.y_px)
+    }
+}
+
+impl PipelineConfig {
+    fn check(&self) -> Checked {
+        let frames = self.queue_capacity_frames;
+        within("pipeline.queue_capacity_frames", frames, 1, 1024)?;
+        within(
+            "pipeline.sink_queue_capacity_decisions",
+            self.sink_queue_capacity_decisions,
+            1,
+            65_536,
+        )
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Checked {
+        let rotate = self.rotate_bytes;
+        within("output.log.rotate_bytes", rotate, 4096, MAX_BYTES)?;
+        let (lines, ms) = (self.fsync_every_lines, self.fsync_every_ms);
+        within("output.log.fsync_every_lines", lines, 0, 1_000_000)?;
+        within("output.log.fsync_every_ms", ms, 0, MAX_WAIT_MS)
+    }
+}
+
+impl EvidenceConfig {
+    fn check(&self) -> Checked {
+        within("evidence.quota_bytes", self.quota_bytes, 0, MAX_BYTES)?;
+        match self.margin_below {
+            Some(m) if !m.is_finite() => fail(
+                "evidence.margin_below",
+                format!("{m} is not a finite number"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ChecksConfig {
+    fn check(&self) -> Checked {
+        let tol = self.reference_tolerance;
+        if !(tol.is_finite() && tol >= 0.0) {
+            return fail(
+                "checks.reference_tolerance",
+                format!("{tol} is not a finite number >= 0"),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    /// The address only when it is to be served.
+    fn check(&self) -> Checked {
+        if self.enabled {
+            self.listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ("metrics.listen".to_string(), format!("{e} (want IP:PORT)")))?;
+        }
+        let stall = self.healthy_within_ms;
+        within("metrics.healthy_within_ms", stall, 1, MAX_WAIT_MS)
+    }
 }
 
 impl Loaded {
@@ -754,16 +695,11 @@ impl Loaded {
         };
         if let Err(e) = std::fs::create_dir_all(dir) {
             if not_a_folder(&e) {
-                let at = line_of_key(&self.text, key)
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default();
-                return Err(Error::config(
-                    &self.origin,
-                    format!(
-                        "{key}{at}: {} cannot be a folder: {e} (a part of the path is a file)",
-                        dir.display()
-                    ),
-                ));
+                let msg = format!(
+                    "{} cannot be a folder: {e} (a part of the path is a file)",
+                    dir.display()
+                );
+                return Err(key_error(&self.origin, &self.text, key, msg));
             }
             return Err(Error::io(dir, e));
         }
@@ -809,6 +745,15 @@ fn default_dir(systemd_var: &str, sub: Option<&str>, leaf: &str) -> Option<PathB
         return Some(PathBuf::from(x).join("gcm-inspect").join(leaf));
     }
     nonempty("HOME").map(|h| PathBuf::from(h).join(".local/state/gcm-inspect").join(leaf))
+}
+
+/// A config error that names the key, and its line when `text` sets it:
+/// `key (line L): msg`.
+fn key_error(origin: &Path, text: &str, key: &str, msg: String) -> Error {
+    let at = line_of_key(text, key)
+        .map(|l| format!(" (line {l})"))
+        .unwrap_or_default();
+    Error::config(origin, format!("{key}{at}: {msg}"))
 }
 
 /// serde_yaml's message, which carries the key path and `at line L column C`.
@@ -873,6 +818,72 @@ mod tests {
         assert_eq!(l.config.model, "builtin:demo");
         assert_eq!(l.config.source.kind(), "synthetic");
         assert_eq!(l.config.metrics.listen, "127.0.0.1:9464");
+    }
+
+    /// `config/default.yaml` documents the defaults: it parses to exactly
+    /// the values the code takes for absent keys, but for the few it sets on
+    /// purpose, listed here.
+    #[test]
+    fn default_yaml_is_the_defaults() {
+        let parsed = DaemonConfig::from_yaml(DEFAULT_YAML, Path::new(DEFAULT_NAME)).unwrap();
+        let expected = DaemonConfig {
+            // Required keys, no defaults: the bundled demo model ...
+            model: "builtin:demo".into(),
+            device: DaemonConfig::default_device(),
+            // ... and a source that needs no camera and no files.
+            source: SourceConfig::Synthetic(SyntheticConfig::default()),
+            preprocess: PreprocessConfig::default(),
+            pipeline: PipelineConfig::default(),
+            output: OutputConfig::default(),
+            evidence: EvidenceConfig {
+                // The demo keeps a frame's evidence every 10 s (at 30 fps) so
+                // that a first run shows some; a config of one's own keeps
+                // only what its rules select.
+                every_nth_frame: 300,
+                ..EvidenceConfig::default()
+            },
+            checks: ChecksConfig::default(),
+            metrics: MetricsConfig::default(),
+        };
+        assert_eq!(parsed, expected);
+    }
+
+    /// Every key has its line in `config/default.yaml`, so that the test
+    /// above compares every default (an absent key would pass unseen).
+    #[test]
+    fn default_yaml_sets_every_key() {
+        fn leaves(v: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
+            match v.as_mapping() {
+                Some(m) if !m.is_empty() => {
+                    for (k, v) in m {
+                        let k = k.as_str().expect("string keys");
+                        let sub = if path.is_empty() {
+                            k.to_string()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        leaves(v, sub, out);
+                    }
+                }
+                _ => out.push(path),
+            }
+        }
+        let config = Loaded::builtin().unwrap().config;
+        let mut keys = Vec::new();
+        leaves(
+            &serde_yaml::to_value(&config).unwrap(),
+            String::new(),
+            &mut keys,
+        );
+        assert!(keys.len() > 25, "{keys:?}");
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| line_of_key(DEFAULT_YAML, k).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in config/default.yaml: {missing:?}"
+        );
     }
 
     #[test]

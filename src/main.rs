@@ -18,7 +18,7 @@ fn main() {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    gcm_inspect::cli::init_tracing(cli.verbose);
+    gcm_inspect::cli::logging::init_tracing(cli.verbose);
     match spin {
         Some(v) => tracing::debug!("candle pool spin limit {v}"),
         None => tracing::debug!("candle pool spin limit left to the environment"),

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod check_config;
 pub mod eval;
 pub mod explain;
+pub mod logging;
 pub mod paint;
 pub mod run;
 pub mod synth;
@@ -90,29 +91,4 @@ pub fn seconds(s: &str) -> std::result::Result<f64, String> {
         Ok(v) => Err(format!("{v} is not a number of seconds >= 0")),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Logs to stderr; `RUST_LOG` wins over `-v`. Under systemd (stderr is the
-/// journal) lines carry their syslog priority and no timestamp or colour.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    if crate::pipeline::journald::stderr_is_journal() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .event_format(crate::pipeline::journald::JournalFormat)
-            .try_init();
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

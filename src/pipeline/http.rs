@@ -339,12 +339,18 @@ mod tests {
         r.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 
+    /// `m`, its inference loop just turned, served on a free loopback port;
+    /// healthy for a minute.
+    fn serve_ticked(m: &Arc<Metrics>) -> Server {
+        m.tick();
+        serve("127.0.0.1:0", m.clone(), Duration::from_secs(60)).unwrap()
+    }
+
     #[test]
     fn serves_metrics_and_health_on_loopback() {
         let m = Arc::new(Metrics::new());
         m.frames_captured.add(7);
-        m.tick();
-        let s = serve("127.0.0.1:0", m.clone(), Duration::from_secs(60)).unwrap();
+        let s = serve_ticked(&m);
         let r = get(s.addr, "/metrics");
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
         assert!(
@@ -383,8 +389,7 @@ mod tests {
     #[test]
     fn healthz_reports_a_degraded_daemon_with_its_reason() {
         let m = Arc::new(Metrics::new());
-        m.tick();
-        let s = serve("127.0.0.1:0", m.clone(), Duration::from_secs(60)).unwrap();
+        let s = serve_ticked(&m);
         m.set_degraded(Some("decision log: cannot write: disk full".into()));
         let h = get(s.addr, "/healthz");
         assert!(h.starts_with("HTTP/1.1 503"), "{h}");
@@ -403,9 +408,7 @@ mod tests {
 
     #[test]
     fn only_get_and_head_are_served_and_unknown_paths_are_404() {
-        let m = Arc::new(Metrics::new());
-        m.tick();
-        let s = serve("127.0.0.1:0", m, Duration::from_secs(60)).unwrap();
+        let s = serve_ticked(&Arc::new(Metrics::new()));
         let h = exchange(s.addr, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(
             h.starts_with("HTTP/1.1 200 OK") && body(&h).is_empty(),
@@ -436,9 +439,7 @@ mod tests {
 
     #[test]
     fn an_oversized_header_is_refused_not_buffered() {
-        let m = Arc::new(Metrics::new());
-        m.tick();
-        let s = serve("127.0.0.1:0", m, Duration::from_secs(60)).unwrap();
+        let s = serve_ticked(&Arc::new(Metrics::new()));
         let mut req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
         req.resize(req.len() + (1 << 20), b'a');
         req.extend_from_slice(b"\r\n\r\n");
@@ -492,6 +493,23 @@ mod limit_tests {
         c
     }
 
+    /// [`small`] limits but for the timeouts, which no test here meets.
+    fn without_timeouts() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            connection_deadline: Duration::from_secs(30),
+            ..small()
+        }
+    }
+
+    /// A server with [`small`] limits and a connection to it, opened now.
+    fn start_and_connect() -> (Server, TcpStream, Instant) {
+        let s = start(small());
+        let t0 = Instant::now();
+        let c = connect(s.addr);
+        (s, c, t0)
+    }
+
     /// Reads until the server closes; what came, and when.
     fn until_closed(c: &mut TcpStream, t0: Instant) -> (String, Duration) {
         let mut out = Vec::new();
@@ -511,9 +529,7 @@ mod limit_tests {
 
     #[test]
     fn a_connection_that_never_sends_is_closed_after_the_header_timeout() {
-        let s = start(small());
-        let t0 = Instant::now();
-        let mut c = connect(s.addr);
+        let (s, mut c, t0) = start_and_connect();
         let (got, after) = until_closed(&mut c, t0);
         assert!(got.is_empty(), "{got}");
         assert!(after >= Duration::from_millis(250), "{after:?}");
@@ -523,9 +539,7 @@ mod limit_tests {
 
     #[test]
     fn a_header_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
-        let s = start(small());
-        let t0 = Instant::now();
-        let mut c = connect(s.addr);
+        let (s, mut c, t0) = start_and_connect();
         c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
         let mut cut = None;
         while t0.elapsed() < Duration::from_secs(3) {
@@ -542,11 +556,7 @@ mod limit_tests {
 
     #[test]
     fn at_the_connection_limit_the_oldest_idle_connection_makes_room() {
-        let s = start(Limits {
-            header_read_timeout: Duration::from_secs(30),
-            connection_deadline: Duration::from_secs(30),
-            ..small()
-        });
+        let s = start(without_timeouts());
         let t0 = Instant::now();
         let mut idle: Vec<TcpStream> = (0..10).map(|_| connect(s.addr)).collect();
         // Each request is served although 10 idle connections came first.
@@ -609,9 +619,7 @@ mod limit_tests {
 
     #[test]
     fn a_connection_is_closed_at_its_deadline_whatever_it_waits_for() {
-        let s = start(small());
-        let t0 = Instant::now();
-        let mut c = connect(s.addr);
+        let (s, mut c, t0) = start_and_connect();
         write!(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let (got, after) = until_closed(&mut c, t0);
         assert!(got.is_empty(), "{got}");
@@ -621,11 +629,7 @@ mod limit_tests {
 
     #[test]
     fn shutdown_is_prompt_with_idle_connections_open() {
-        let s = start(Limits {
-            header_read_timeout: Duration::from_secs(30),
-            connection_deadline: Duration::from_secs(30),
-            ..small()
-        });
+        let s = start(without_timeouts());
         let mut idle: Vec<TcpStream> = (0..3).map(|_| connect(s.addr)).collect();
         std::thread::sleep(Duration::from_millis(100));
         let t0 = Instant::now();

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::preprocess::Skip;
+
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
@@ -31,6 +33,30 @@ impl Gauge {
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters by the value of one label (`reason`, `class`), each made at its
+/// first count.
+#[derive(Debug, Default)]
+pub struct LabelledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabelledCounter {
+    fn counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.0.lock().expect("metrics lock")
+    }
+    pub fn inc(&self, label: &str) {
+        *self.counts().entry(label.to_string()).or_default() += 1;
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.counts().get(label).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.counts().values().sum()
+    }
+    /// Every label counted so far with its count, in label order.
+    fn samples(&self) -> Vec<(String, u64)> {
+        self.counts().iter().map(|(l, n)| (l.clone(), *n)).collect()
     }
 }
 
@@ -72,8 +98,8 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    /// The samples: cumulative buckets, sum and count.
+    fn render(&self, out: &mut String, name: &str) {
         let mut cum = 0;
         for (b, c) in LATENCY_BOUNDS_S.iter().zip(&self.buckets) {
             cum += c.load(Ordering::Relaxed);
@@ -92,10 +118,10 @@ pub struct Metrics {
     pub start: Instant,
     pub frames_captured: Counter,
     pub frames_dropped: Counter,
-    skipped: Mutex<BTreeMap<String, u64>>,
+    skipped: LabelledCounter,
     pub source_errors: Counter,
     pub source_reconnects: Counter,
-    decisions: Mutex<BTreeMap<String, u64>>,
+    decisions: LabelledCounter,
     pub evidence_checks: Counter,
     pub evidence_divergent: Counter,
     pub reference_checks: Counter,
@@ -138,10 +164,10 @@ impl Metrics {
             start: Instant::now(),
             frames_captured: Counter::default(),
             frames_dropped: Counter::default(),
-            skipped: Mutex::default(),
+            skipped: LabelledCounter::default(),
             source_errors: Counter::default(),
             source_reconnects: Counter::default(),
-            decisions: Mutex::default(),
+            decisions: LabelledCounter::default(),
             evidence_checks: Counter::default(),
             evidence_divergent: Counter::default(),
             reference_checks: Counter::default(),
@@ -170,36 +196,25 @@ impl Metrics {
         }
     }
 
-    /// A frame skipped before the model, by reason (`corrupt`, `roi`, `channels`).
+    /// A frame skipped before the model, by reason (one of [`Skip::REASONS`]).
     pub fn skip(&self, reason: &str) {
-        *self
-            .skipped
-            .lock()
-            .expect("metrics lock")
-            .entry(reason.to_string())
-            .or_default() += 1;
+        self.skipped.inc(reason);
     }
 
     pub fn skipped(&self, reason: &str) -> u64 {
-        let m = self.skipped.lock().expect("metrics lock");
-        m.get(reason).copied().unwrap_or(0)
+        self.skipped.get(reason)
     }
 
     pub fn skipped_total(&self) -> u64 {
-        self.skipped.lock().expect("metrics lock").values().sum()
+        self.skipped.total()
     }
 
     pub fn decided(&self, class: &str) {
-        *self
-            .decisions
-            .lock()
-            .expect("metrics lock")
-            .entry(class.to_string())
-            .or_default() += 1;
+        self.decisions.inc(class);
     }
 
     pub fn decisions_total(&self) -> u64 {
-        self.decisions.lock().expect("metrics lock").values().sum()
+        self.decisions.total()
     }
 
     pub fn set_model(&self, id: &str) {
@@ -229,170 +244,93 @@ impl Metrics {
         self.degraded.lock().expect("metrics lock").clone()
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: every family of [`FAMILIES`], in order.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(8192);
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut o,
-            "gcm_frames_captured_total",
-            "Frames delivered by the source.",
-            self.frames_captured.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_frames_dropped_total",
-            "Frames dropped because the model was busy (the queue keeps the latest).",
-            self.frames_dropped.get(),
-        );
-        let _ = writeln!(o, "# HELP gcm_frames_skipped_total Frames skipped before the model, by reason.\n# TYPE gcm_frames_skipped_total counter");
-        for reason in ["corrupt", "roi", "channels"] {
-            let _ = writeln!(
-                o,
-                "gcm_frames_skipped_total{{reason=\"{reason}\"}} {}",
-                self.skipped(reason)
-            );
+        for (name, kind, help, samples) in FAMILIES {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            match samples {
+                One(value) => {
+                    let _ = writeln!(o, "{name} {}", value(self));
+                }
+                By(label, values) => {
+                    for (v, n) in values(self) {
+                        let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {n}", escape(&v));
+                    }
+                }
+                Latency(h) => h(self).render(&mut o, name),
+                Seconds(value) => {
+                    let _ = writeln!(o, "{name} {}", value(self));
+                }
+            }
         }
-        counter(
-            &mut o,
-            "gcm_source_errors_total",
-            "Capture errors (lost camera, timeouts, failed reopen attempts).",
-            self.source_errors.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_source_reconnects_total",
-            "Times a lost camera was reopened.",
-            self.source_reconnects.get(),
-        );
-        let _ = writeln!(o, "# HELP gcm_decisions_total Decisions, by decided class.\n# TYPE gcm_decisions_total counter");
-        for (c, n) in self.decisions.lock().expect("metrics lock").iter() {
-            let _ = writeln!(o, "gcm_decisions_total{{class=\"{}\"}} {n}", escape(c));
-        }
-        let _ = writeln!(
-            o,
-            "# HELP gcm_checks_total Divergence checks run.\n# TYPE gcm_checks_total counter"
-        );
-        let _ = writeln!(
-            o,
-            "gcm_checks_total{{check=\"evidence\"}} {}",
-            self.evidence_checks.get()
-        );
-        let _ = writeln!(
-            o,
-            "gcm_checks_total{{check=\"reference\"}} {}",
-            self.reference_checks.get()
-        );
-        let _ = writeln!(o, "# HELP gcm_divergences_total Divergence checks that failed.\n# TYPE gcm_divergences_total counter");
-        let _ = writeln!(
-            o,
-            "gcm_divergences_total{{check=\"evidence\"}} {}",
-            self.evidence_divergent.get()
-        );
-        let _ = writeln!(
-            o,
-            "gcm_divergences_total{{check=\"reference\"}} {}",
-            self.reference_divergent.get()
-        );
-        counter(
-            &mut o,
-            "gcm_evidence_written_total",
-            "Evidence folders written.",
-            self.evidence_written.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_evidence_deleted_total",
-            "Evidence folders deleted to stay within the quota.",
-            self.evidence_deleted.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_evidence_over_quota_total",
-            "Evidence not written because it alone exceeds the quota.",
-            self.evidence_over_quota.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_evidence_write_failures_total",
-            "Evidence that was to be kept but could not be written (a full disk, an I/O error).",
-            self.evidence_write_failures.get(),
-        );
-        let _ = writeln!(o, "# HELP gcm_evidence_bytes Disk used by the evidence folder (allocated blocks).\n# TYPE gcm_evidence_bytes gauge\ngcm_evidence_bytes {}", self.evidence_bytes.get());
-        counter(
-            &mut o,
-            "gcm_log_lines_written_total",
-            "Decision log lines written.",
-            self.log_lines_written.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_log_lines_synced_total",
-            "Decision log lines known to be on disk (fsynced).",
-            self.log_lines_synced.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_log_rotations_total",
-            "Decision log rotations.",
-            self.log_rotations.get(),
-        );
-        counter(
-            &mut o,
-            "gcm_log_write_failures_total",
-            "Failed writes and fsyncs of the decision log (a full disk, an I/O error).",
-            self.log_write_failures.get(),
-        );
-        let _ = writeln!(o, "# HELP gcm_log_backlog_lines Decision lines waiting in memory for the log to be writable.\n# TYPE gcm_log_backlog_lines gauge\ngcm_log_backlog_lines {}", self.log_backlog_lines.get());
-        counter(
-            &mut o,
-            "gcm_decisions_unlogged_total",
-            "Decisions made but never written to the decision log (backlog full, or waiting at the stop).",
-            self.decisions_unlogged.get(),
-        );
-        let _ = writeln!(o, "# HELP gcm_config_reloads_total Configuration reloads (SIGHUP), by result.\n# TYPE gcm_config_reloads_total counter");
-        let _ = writeln!(
-            o,
-            "gcm_config_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.get()
-        );
-        let _ = writeln!(
-            o,
-            "gcm_config_reloads_total{{result=\"error\"}} {}",
-            self.reloads_failed.get()
-        );
-        self.latency_capture_to_decision.render(
-            &mut o,
-            "gcm_capture_to_decision_seconds",
-            "From capture to the decision.",
-        );
-        self.latency_queue.render(
-            &mut o,
-            "gcm_queue_wait_seconds",
-            "Time a frame waited for the model.",
-        );
-        self.latency_preprocess.render(
-            &mut o,
-            "gcm_preprocess_seconds",
-            "Frame preparation (decode, crop, resize, scaling).",
-        );
-        self.latency_infer.render(
-            &mut o,
-            "gcm_infer_seconds",
-            "Network forward pass and decision.",
-        );
-        self.latency_sinks.render(
-            &mut o,
-            "gcm_sinks_seconds",
-            "Checks, evidence and log line for one decision.",
-        );
-        let _ = writeln!(o, "# HELP gcm_model_info The model in use (sha256 of its weights).\n# TYPE gcm_model_info gauge\ngcm_model_info{{model=\"{}\"}} 1", escape(&self.model.lock().expect("metrics lock")));
-        let _ = writeln!(o, "# HELP gcm_uptime_seconds Seconds since the daemon started.\n# TYPE gcm_uptime_seconds gauge\ngcm_uptime_seconds {}", self.start.elapsed().as_secs_f64());
         o
     }
+
+    /// `gcm_frames_skipped_total`: every reason, counted or not.
+    fn skipped_by_reason(&self) -> Vec<(String, u64)> {
+        Skip::REASONS
+            .iter()
+            .map(|r| (r.to_string(), self.skipped(r)))
+            .collect()
+    }
+
+    /// `gcm_model_info`: the model in use, always 1.
+    fn model_info(&self) -> Vec<(String, u64)> {
+        vec![(self.model.lock().expect("metrics lock").clone(), 1)]
+    }
 }
+
+/// Where a family's samples come from.
+enum Samples {
+    /// One sample: `name N`.
+    One(fn(&Metrics) -> u64),
+    /// One sample per value of the label: `name{label="value"} N`.
+    By(&'static str, fn(&Metrics) -> Vec<(String, u64)>),
+    /// A latency histogram: `name_bucket{le="..."}`, `name_sum`, `name_count`.
+    Latency(fn(&Metrics) -> &Histogram),
+    /// One sample in seconds: `name S`.
+    Seconds(fn(&Metrics) -> f64),
+}
+use Samples::{By, Latency, One, Seconds};
+
+/// Fixed label values, each with its counter.
+fn labels<const N: usize>(pairs: [(&str, &Counter); N]) -> Vec<(String, u64)> {
+    pairs.map(|(l, c)| (l.to_string(), c.get())).into()
+}
+
+/// Everything `/metrics` shows, in the order shown: name, Prometheus type,
+/// help text, samples. A new metric is a new row.
+#[rustfmt::skip]
+const FAMILIES: &[(&str, &str, &str, Samples)] = &[
+    ("gcm_frames_captured_total", "counter", "Frames delivered by the source.", One(|m| m.frames_captured.get())),
+    ("gcm_frames_dropped_total", "counter", "Frames dropped because the model was busy (the queue keeps the latest).", One(|m| m.frames_dropped.get())),
+    ("gcm_frames_skipped_total", "counter", "Frames skipped before the model, by reason.", By("reason", Metrics::skipped_by_reason)),
+    ("gcm_source_errors_total", "counter", "Capture errors (lost camera, timeouts, failed reopen attempts).", One(|m| m.source_errors.get())),
+    ("gcm_source_reconnects_total", "counter", "Times a lost camera was reopened.", One(|m| m.source_reconnects.get())),
+    ("gcm_decisions_total", "counter", "Decisions, by decided class.", By("class", |m| m.decisions.samples())),
+    ("gcm_checks_total", "counter", "Divergence checks run.", By("check", |m| labels([("evidence", &m.evidence_checks), ("reference", &m.reference_checks)]))),
+    ("gcm_divergences_total", "counter", "Divergence checks that failed.", By("check", |m| labels([("evidence", &m.evidence_divergent), ("reference", &m.reference_divergent)]))),
+    ("gcm_evidence_written_total", "counter", "Evidence folders written.", One(|m| m.evidence_written.get())),
+    ("gcm_evidence_deleted_total", "counter", "Evidence folders deleted to stay within the quota.", One(|m| m.evidence_deleted.get())),
+    ("gcm_evidence_over_quota_total", "counter", "Evidence not written because it alone exceeds the quota.", One(|m| m.evidence_over_quota.get())),
+    ("gcm_evidence_write_failures_total", "counter", "Evidence that was to be kept but could not be written (a full disk, an I/O error).", One(|m| m.evidence_write_failures.get())),
+    ("gcm_evidence_bytes", "gauge", "Disk used by the evidence folder (allocated blocks).", One(|m| m.evidence_bytes.get())),
+    ("gcm_log_lines_written_total", "counter", "Decision log lines written.", One(|m| m.log_lines_written.get())),
+    ("gcm_log_lines_synced_total", "counter", "Decision log lines known to be on disk (fsynced).", One(|m| m.log_lines_synced.get())),
+    ("gcm_log_rotations_total", "counter", "Decision log rotations.", One(|m| m.log_rotations.get())),
+    ("gcm_log_write_failures_total", "counter", "Failed writes and fsyncs of the decision log (a full disk, an I/O error).", One(|m| m.log_write_failures.get())),
+    ("gcm_log_backlog_lines", "gauge", "Decision lines waiting in memory for the log to be writable.", One(|m| m.log_backlog_lines.get())),
+    ("gcm_decisions_unlogged_total", "counter", "Decisions made but never written to the decision log (backlog full, or waiting at the stop).", One(|m| m.decisions_unlogged.get())),
+    ("gcm_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.", By("result", |m| labels([("ok", &m.reloads_ok), ("error", &m.reloads_failed)]))),
+    ("gcm_capture_to_decision_seconds", "histogram", "From capture to the decision.", Latency(|m| &m.latency_capture_to_decision)),
+    ("gcm_queue_wait_seconds", "histogram", "Time a frame waited for the model.", Latency(|m| &m.latency_queue)),
+    ("gcm_preprocess_seconds", "histogram", "Frame preparation (decode, crop, resize, scaling).", Latency(|m| &m.latency_preprocess)),
+    ("gcm_infer_seconds", "histogram", "Network forward pass and decision.", Latency(|m| &m.latency_infer)),
+    ("gcm_sinks_seconds", "histogram", "Checks, evidence and log line for one decision.", Latency(|m| &m.latency_sinks)),
+    ("gcm_model_info", "gauge", "The model in use (sha256 of its weights).", By("model", Metrics::model_info)),
+    ("gcm_uptime_seconds", "gauge", "Seconds since the daemon started.", Seconds(|m| m.start.elapsed().as_secs_f64())),
+];
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -411,13 +349,107 @@ mod tests {
         h.observe(Duration::from_millis(12));
         h.observe(Duration::from_secs(30));
         let mut s = String::new();
-        h.render(&mut s, "x", "help");
+        h.render(&mut s, "x");
         assert!(s.contains("x_bucket{le=\"0.0005\"} 1\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"0.015\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"10\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count 3\n"), "{s}");
     }
+
+    /// Every counter, gauge, labelled family and histogram of `m` set to a
+    /// value of its own.
+    fn every_metric_set() -> Metrics {
+        let m = Metrics::new();
+        let counters = [
+            &m.frames_captured,
+            &m.frames_dropped,
+            &m.source_errors,
+            &m.source_reconnects,
+            &m.evidence_checks,
+            &m.evidence_divergent,
+            &m.reference_checks,
+            &m.reference_divergent,
+            &m.evidence_written,
+            &m.evidence_deleted,
+            &m.evidence_over_quota,
+            &m.log_lines_written,
+            &m.log_lines_synced,
+            &m.log_rotations,
+            &m.log_write_failures,
+            &m.decisions_unlogged,
+            &m.evidence_write_failures,
+            &m.reloads_ok,
+            &m.reloads_failed,
+        ];
+        for (i, c) in counters.into_iter().enumerate() {
+            c.add(101 + i as u64);
+        }
+        m.evidence_bytes.set(7_340_032);
+        m.log_backlog_lines.set(77);
+        for (reason, n) in [("corrupt", 3), ("roi", 5), ("channels", 7), ("other", 9)] {
+            for _ in 0..n {
+                m.skip(reason);
+            }
+        }
+        for (class, n) in [("ok", 11), ("crack", 13), ("we\"ird\\\n", 2)] {
+            for _ in 0..n {
+                m.decided(class);
+            }
+        }
+        let histograms = [
+            &m.latency_capture_to_decision,
+            &m.latency_queue,
+            &m.latency_preprocess,
+            &m.latency_infer,
+            &m.latency_sinks,
+        ];
+        for (i, h) in histograms.into_iter().enumerate() {
+            for us in [300, 1_500, 12_000, 90_000, 3_000_000, 30_000_000] {
+                for _ in 0..=i {
+                    h.observe(Duration::from_micros(us * (i as u64 + 1)));
+                }
+            }
+        }
+        m.set_model("sha256:ab\"cd");
+        m
+    }
+
+    /// The exposition with the uptime's value (the one thing that moves)
+    /// replaced by `UPTIME`, after checking that it is a number.
+    fn render_without_uptime(m: &Metrics) -> String {
+        let s = m.render();
+        let (head, value) = s.trim_end().rsplit_once("gcm_uptime_seconds ").unwrap();
+        value.parse::<f64>().expect("uptime is a number");
+        format!("{head}gcm_uptime_seconds UPTIME\n")
+    }
+
+    #[test]
+    fn every_family_has_its_own_name_and_a_type_its_samples_fit() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len(), "a family name repeats");
+        for (name, kind, help, samples) in FAMILIES {
+            assert!(name.starts_with("gcm_") && !help.is_empty(), "{name}");
+            let histogram = matches!(samples, Latency(_));
+            assert_eq!(*kind == "histogram", histogram, "{name}");
+            assert!(["counter", "gauge", "histogram"].contains(kind), "{name}");
+            assert_eq!(name.ends_with("_total"), *kind == "counter", "{name}");
+        }
+    }
+
+    #[test]
+    fn render_is_the_documented_exposition() {
+        let got = render_without_uptime(&every_metric_set());
+        if got != EXPOSITION {
+            panic!("render changed; it now gives:\n{got}");
+        }
+    }
+
+    /// `render` of [`every_metric_set`], as the daemon has always written it
+    /// (the uptime's value aside).
+    const EXPOSITION: &str = include_str!("../../tests/data/metrics.prom");
 
     #[test]
     fn render_has_per_class_decisions() {

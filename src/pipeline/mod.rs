@@ -25,14 +25,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
 
-use crate::config::Loaded;
+use crate::config::{Loaded, MetricsConfig, PipelineConfig};
 use crate::error::{Error, Result};
 
 pub mod convert;
 pub mod frame;
 pub mod http;
 pub mod infer;
-pub mod journald;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -226,258 +225,421 @@ fn reload(current: &Loaded) -> Result<(Loaded, Bundle)> {
 pub fn run(loaded: Loaded, opts: RunOptions) -> Result<Summary> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Signals first, so that a stop during a slow start is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| Error::Runtime(format!("cannot install signal handlers: {e}")))?;
-    let signals_handle = signals.handle();
-    let notifier = Arc::new(Notifier::from_env());
-    let metrics = Arc::new(Metrics::new());
-    let cfg = loaded.config.clone();
+    let daemon = Daemon {
+        metrics: Arc::new(Metrics::new()),
+        notifier: Arc::new(Notifier::from_env()),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let bundle = daemon.open_model(&loaded)?;
+    let outputs = daemon.open_outputs(&loaded)?;
+    let source = daemon.open_source(&loaded)?;
+    let http = daemon.serve_metrics(&loaded.config.metrics)?;
 
-    let bundle = Arc::new(Bundle::open(&loaded)?);
-    metrics.set_model(bundle.model_id());
-    tracing::info!("serving {}", bundle.describe());
-    tracing::info!(
-        "reference cross-check: every {} frame(s) against {}{}",
-        cfg.checks.reference_every_nth_frame,
-        bundle.reference.describe(),
-        if cfg.device == "cpu" {
-            " (same device as serving, different code path)"
-        } else {
-            ""
+    let (events_tx, events) = crossbeam_channel::unbounded::<Event>();
+    let signals = SignalForwarder::start(signals, events_tx.clone())?;
+    // Everything is open: say so before the stage threads start pinging the watchdog.
+    let status = status_line(&daemon.metrics, &bundle);
+    daemon.notifier.ready(&format!("serving; {status}"));
+    tracing::info!("ready");
+    let (pipeline, max_frames) = (&loaded.config.pipeline, opts.max_frames);
+    let (stages, reload) =
+        daemon.start_stages(pipeline, outputs, source, &bundle, &events_tx, max_frames)?;
+    drop(events_tx);
+
+    let mut supervisor = Supervisor::new(&daemon, loaded, bundle, reload);
+    supervisor.watch(&events, &stages.capture);
+    let end = daemon.drain(stages, signals, http)?;
+    Ok(daemon.summary(ended_by(supervisor.ended_by, end)))
+}
+
+/// What the steps of a run share.
+struct Daemon {
+    metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
+    /// Raised to stop the source (a signal, a failed stage); the stages then drain.
+    stop: Arc<AtomicBool>,
+}
+
+/// The decision log and the evidence store, open, and the id of the first
+/// frame of this run (after every frame either holds).
+struct Outputs {
+    log: sink::log::DecisionLog,
+    store: sink::evidence_store::EvidenceStore,
+    first_id: u64,
+}
+
+/// The stage threads: capture -> infer -> sinks.
+struct Stages {
+    capture: JoinHandle<Result<CaptureEnd>>,
+    infer: JoinHandle<Result<()>>,
+    sinks: JoinHandle<Result<()>>,
+}
+
+impl Daemon {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn open_model(&self, loaded: &Loaded) -> Result<Arc<Bundle>> {
+        let bundle = Bundle::open(loaded)?;
+        self.metrics.set_model(bundle.model_id());
+        tracing::info!("serving {}", bundle.describe());
+        tracing::info!(
+            "reference cross-check: every {} frame(s) against {}{}",
+            loaded.config.checks.reference_every_nth_frame,
+            bundle.reference.describe(),
+            if loaded.config.device == "cpu" {
+                " (same device as serving, different code path)"
+            } else {
+                ""
+            }
+        );
+        Ok(Arc::new(bundle))
+    }
+
+    fn open_outputs(&self, loaded: &Loaded) -> Result<Outputs> {
+        let cfg = &loaded.config;
+        let (log_dir, evidence_dir) = loaded.prepare_output_dirs()?;
+        let (log, rec) =
+            sink::log::DecisionLog::open(&log_dir, &cfg.output.log, self.metrics.clone())?;
+        let quota = cfg.evidence.quota_bytes;
+        let store =
+            sink::evidence_store::EvidenceStore::open(&evidence_dir, quota, self.metrics.clone())?;
+        let first_id = [rec.last_frame, store.last_frame()]
+            .into_iter()
+            .flatten()
+            .max()
+            .map_or(0, |l| l + 1);
+        tracing::info!(
+            "decision log {} ({} lines kept{}), evidence in {} ({} bytes of {}); first frame id {first_id}",
+            log.path().display(),
+            rec.lines,
+            if rec.cut_bytes > 0 { format!(", torn tail of {} bytes cut", rec.cut_bytes) } else { String::new() },
+            store.dir().display(),
+            store.total_bytes(),
+            quota
+        );
+        Ok(Outputs {
+            log,
+            store,
+            first_id,
+        })
+    }
+
+    fn open_source(&self, loaded: &Loaded) -> Result<Box<dyn FrameSource>> {
+        let source = source::open(loaded, &self.metrics)?;
+        tracing::info!(
+            "source: {} ({})",
+            source.describe(),
+            if source.live() {
+                "live: drops the oldest frame when the model is busy"
+            } else {
+                "waits for the model"
+            }
+        );
+        Ok(source)
+    }
+
+    fn serve_metrics(&self, cfg: &MetricsConfig) -> Result<Option<http::Server>> {
+        if !cfg.enabled {
+            return Ok(None);
         }
-    );
-
-    let (log_dir, evidence_dir) = loaded.prepare_output_dirs()?;
-    let (log, rec) = sink::log::DecisionLog::open(&log_dir, &cfg.output.log, metrics.clone())?;
-    let store = sink::evidence_store::EvidenceStore::open(
-        &evidence_dir,
-        cfg.evidence.quota_bytes,
-        metrics.clone(),
-    )?;
-    let first_id = [rec.last_frame, store.last_frame()]
-        .into_iter()
-        .flatten()
-        .max()
-        .map_or(0, |l| l + 1);
-    tracing::info!(
-        "decision log {} ({} lines kept{}), evidence in {} ({} bytes of {}); first frame id {first_id}",
-        log.path().display(),
-        rec.lines,
-        if rec.cut_bytes > 0 { format!(", torn tail of {} bytes cut", rec.cut_bytes) } else { String::new() },
-        store.dir().display(),
-        store.total_bytes(),
-        cfg.evidence.quota_bytes
-    );
-
-    let source = source::open(&loaded, &metrics)?;
-    let live = source.live();
-    tracing::info!(
-        "source: {} ({})",
-        source.describe(),
-        if live {
-            "live: drops the oldest frame when the model is busy"
-        } else {
-            "waits for the model"
-        }
-    );
-
-    let http = if cfg.metrics.enabled {
-        let s = http::serve(
-            &cfg.metrics.listen,
-            metrics.clone(),
-            Duration::from_millis(cfg.metrics.healthy_within_ms),
-        )?;
+        let healthy_within = Duration::from_millis(cfg.healthy_within_ms);
+        let s = http::serve(&cfg.listen, self.metrics.clone(), healthy_within)?;
         tracing::info!(
             "metrics: listening on http://{}/metrics and /healthz",
             s.addr
         );
-        Some(s)
-    } else {
-        None
-    };
+        Ok(Some(s))
+    }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (events_tx, events) = crossbeam_channel::unbounded::<Event>();
-    let (frame_tx, frame_rx) = bounded::<Frame>(cfg.pipeline.queue_capacity_frames);
-    let (dec_tx, dec_rx) = bounded(cfg.pipeline.sink_queue_capacity_decisions);
-    let (reload_tx, reload_rx) = bounded::<Arc<Bundle>>(1);
+    /// Starts the sinks, then infer, then capture, each on its queue; with
+    /// them, the way to hand the infer stage a reloaded model.
+    fn start_stages(
+        &self,
+        cfg: &PipelineConfig,
+        outputs: Outputs,
+        source: Box<dyn FrameSource>,
+        bundle: &Arc<Bundle>,
+        events: &Sender<Event>,
+        max_frames: Option<u64>,
+    ) -> Result<(Stages, Sender<Arc<Bundle>>)> {
+        let (frame_tx, frame_rx) = bounded::<Frame>(cfg.queue_capacity_frames);
+        let (dec_tx, dec_rx) = bounded(cfg.sink_queue_capacity_decisions);
+        let (reload_tx, reload) = bounded::<Arc<Bundle>>(1);
+        let sinks = sink::Sinks {
+            rx: dec_rx,
+            log: outputs.log,
+            store: outputs.store,
+            metrics: self.metrics.clone(),
+            evidence_failing: None,
+        };
+        let sinks = stage("sinks", &self.stop, events, move || sinks.run())?;
+        let infer = infer::Infer {
+            rx: frame_rx.clone(),
+            tx: dec_tx,
+            reload,
+            bundle: bundle.clone(),
+            metrics: self.metrics.clone(),
+            notifier: self.notifier.clone(),
+        };
+        let infer = stage("infer", &self.stop, events, move || infer.run())?;
+        let capture = Capture {
+            drop_oldest: source.live().then_some(frame_rx),
+            source,
+            tx: frame_tx,
+            stop: self.stop.clone(),
+            max_frames,
+            next_id: outputs.first_id,
+            metrics: self.metrics.clone(),
+        };
+        let capture = stage("capture", &self.stop, events, move || capture.run())?;
+        let stages = Stages {
+            capture,
+            infer,
+            sinks,
+        };
+        Ok((stages, reload_tx))
+    }
 
-    let signal_thread = {
-        let events_tx = events_tx.clone();
-        std::thread::Builder::new()
+    /// Stops the source, lets every stage drain and end, then the signal
+    /// thread and the metrics server. The first failure downstream is the
+    /// cause of the ones upstream, so it is the one returned.
+    fn drain(
+        &self,
+        stages: Stages,
+        signals: SignalForwarder,
+        http: Option<http::Server>,
+    ) -> Result<CaptureEnd> {
+        if !self.stopping() {
+            self.notifier.stopping();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let captured = join("capture", stages.capture);
+        let inferred = join("infer", stages.infer);
+        let sunk = join("sinks", stages.sinks);
+        signals.close();
+        if let Some(h) = http {
+            h.shutdown();
+        }
+        sunk?;
+        inferred?;
+        captured
+    }
+
+    /// The run's summary, also logged (an error if decisions or evidence were lost).
+    fn summary(&self, ended_by: String) -> Summary {
+        let m = &self.metrics;
+        let summary = Summary {
+            frames_captured: m.frames_captured.get(),
+            frames_dropped: m.frames_dropped.get(),
+            frames_skipped: m.skipped_total(),
+            decisions: m.decisions_total(),
+            log_lines_written: m.log_lines_written.get(),
+            log_lines_synced: m.log_lines_synced.get(),
+            divergences: m.evidence_divergent.get() + m.reference_divergent.get(),
+            evidence_written: m.evidence_written.get(),
+            evidence_write_failures: m.evidence_write_failures.get(),
+            evidence_bytes: m.evidence_bytes.get(),
+            decisions_unlogged: m.decisions_unlogged.get(),
+            source_reconnects: m.source_reconnects.get(),
+            ended_by,
+        };
+        tracing::info!(
+            "stopped ({}): {} decisions, {} frames captured, {} dropped, {} skipped",
+            summary.ended_by,
+            summary.decisions,
+            summary.frames_captured,
+            summary.frames_dropped,
+            summary.frames_skipped
+        );
+        if summary.decisions_unlogged > 0 || summary.evidence_write_failures > 0 {
+            tracing::error!(
+                "{} decisions were not written to the decision log and {} kept frames' evidence was not written (see the errors above)",
+                summary.decisions_unlogged,
+                summary.evidence_write_failures
+            );
+        }
+        summary
+    }
+}
+
+/// Why the run ended: what the supervision saw first (a signal, a stage
+/// that ended), or when that was the capture stage, why capture ended.
+fn ended_by(seen: String, end: CaptureEnd) -> String {
+    if !seen.is_empty() && seen != "capture ended" {
+        return seen;
+    }
+    match end {
+        CaptureEnd::Source => "source ended",
+        CaptureEnd::MaxFrames => "max frames",
+        CaptureEnd::Stopped => "stopped",
+        CaptureEnd::Downstream => "pipeline ended",
+    }
+    .into()
+}
+
+/// The thread that turns signals into [`Event::Signal`]s for the main loop.
+struct SignalForwarder {
+    handle: signal_hook::iterator::Handle,
+    thread: JoinHandle<()>,
+}
+
+impl SignalForwarder {
+    fn start(
+        mut signals: signal_hook::iterator::Signals,
+        events: Sender<Event>,
+    ) -> Result<SignalForwarder> {
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for s in signals.forever() {
-                    if events_tx.send(Event::Signal(s)).is_err() {
+                    if events.send(Event::Signal(s)).is_err() {
                         break;
                     }
                 }
             })
-            .map_err(|e| Error::Runtime(format!("cannot start the signal thread: {e}")))?
-    };
+            .map_err(|e| Error::Runtime(format!("cannot start the signal thread: {e}")))?;
+        Ok(SignalForwarder { handle, thread })
+    }
 
-    // Everything is open: say so before the stage threads start pinging the watchdog.
-    notifier.ready(&format!("serving; {}", status_line(&metrics, &bundle)));
-    tracing::info!("ready");
-    let sinks = sink::Sinks {
-        rx: dec_rx,
-        log,
-        store,
-        metrics: metrics.clone(),
-        evidence_failing: None,
-    };
-    let sink_h = stage("sinks", &stop, &events_tx, move || sinks.run())?;
-    let infer = infer::Infer {
-        rx: frame_rx.clone(),
-        tx: dec_tx,
-        reload: reload_rx,
-        bundle: bundle.clone(),
-        metrics: metrics.clone(),
-        notifier: notifier.clone(),
-    };
-    let infer_h = stage("infer", &stop, &events_tx, move || infer.run())?;
-    let capture = Capture {
-        source,
-        tx: frame_tx,
-        drop_oldest: live.then_some(frame_rx),
-        stop: stop.clone(),
-        max_frames: opts.max_frames,
-        next_id: first_id,
-        metrics: metrics.clone(),
-    };
-    let capture_h = stage("capture", &stop, &events_tx, move || capture.run())?;
-    drop(events_tx);
+    fn close(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
 
-    let mut loaded = loaded;
-    let mut bundle = bundle;
-    let mut ended_by = String::new();
-    let mut last_drops = 0;
-    let mut last_status = Instant::now();
-    let mut last_degraded = None;
-    loop {
-        match events.recv_timeout(Duration::from_secs(1)) {
-            Ok(Event::Signal(s)) if s == SIGHUP => {
-                notifier.reloading();
-                tracing::info!("SIGHUP: reloading {}", loaded.origin.display());
-                match reload(&loaded) {
-                    Ok((fresh, b)) => {
-                        let b = Arc::new(b);
-                        // The infer thread takes it between two frames.
-                        if reload_tx.send(b.clone()).is_ok() {
-                            tracing::info!("reload accepted: {}", b.describe());
-                            metrics.reloads_ok.inc();
-                            loaded = fresh;
-                            bundle = b;
-                        }
-                    }
-                    Err(e) => {
-                        metrics.reloads_failed.inc();
-                        tracing::error!(
-                            "reload failed, still serving the previous config and model: {e}"
-                        );
+/// The main thread while the stages run: stop signals, reloads (SIGHUP),
+/// and the status told to systemd.
+struct Supervisor<'a> {
+    daemon: &'a Daemon,
+    loaded: Loaded,
+    bundle: Arc<Bundle>,
+    /// To the infer thread, which takes a new model between two frames.
+    reload: Sender<Arc<Bundle>>,
+    /// Why the run ends, once that is known (empty before).
+    ended_by: String,
+    last_drops: u64,
+    last_status: Instant,
+    last_degraded: Option<bool>,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(
+        daemon: &'a Daemon,
+        loaded: Loaded,
+        bundle: Arc<Bundle>,
+        reload: Sender<Arc<Bundle>>,
+    ) -> Self {
+        Supervisor {
+            daemon,
+            loaded,
+            bundle,
+            reload,
+            ended_by: String::new(),
+            last_drops: 0,
+            last_status: Instant::now(),
+            last_degraded: None,
+        }
+    }
+
+    /// Handles events until the capture stage has ended (or every sender is gone).
+    fn watch(&mut self, events: &Receiver<Event>, capture: &JoinHandle<Result<CaptureEnd>>) {
+        use signal_hook::consts::SIGHUP;
+        loop {
+            match events.recv_timeout(Duration::from_secs(1)) {
+                Ok(Event::Signal(s)) if s == SIGHUP => self.reload(),
+                Ok(Event::Signal(s)) => self.stop_on(s),
+                Ok(Event::StageEnded(name)) => {
+                    if self.stage_ended(name) {
+                        break;
                     }
                 }
-                notifier.ready(&status_line(&metrics, &bundle));
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
-            Ok(Event::Signal(s)) => {
-                if ended_by.is_empty() {
-                    ended_by = format!("signal {}", signal_name(s));
-                    tracing::info!(
-                        "{}: stopping the source, draining the pipeline",
-                        signal_name(s)
-                    );
-                    notifier.stopping();
-                    stop.store(true, Ordering::SeqCst);
-                } else {
-                    tracing::info!("{}: already stopping", signal_name(s));
+            if self.daemon.stopping() && capture.is_finished() {
+                break;
+            }
+            self.tell_status();
+        }
+    }
+
+    /// SIGHUP: a new config and model, or the running ones if they fail.
+    fn reload(&mut self) {
+        let (metrics, notifier) = (&self.daemon.metrics, &self.daemon.notifier);
+        notifier.reloading();
+        tracing::info!("SIGHUP: reloading {}", self.loaded.origin.display());
+        match reload(&self.loaded) {
+            Ok((fresh, b)) => {
+                let b = Arc::new(b);
+                // The infer thread takes it between two frames.
+                if self.reload.send(b.clone()).is_ok() {
+                    tracing::info!("reload accepted: {}", b.describe());
+                    metrics.reloads_ok.inc();
+                    self.loaded = fresh;
+                    self.bundle = b;
                 }
             }
-            Ok(Event::StageEnded(name)) => {
-                if ended_by.is_empty() {
-                    ended_by = format!("{name} ended");
-                }
-                if name == "capture" || stop.load(Ordering::SeqCst) {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        if stop.load(Ordering::SeqCst) && capture_h.is_finished() {
-            break;
-        }
-        // A change of health is told to systemd at once, not at the next 10 s status.
-        let degraded = metrics.degraded().is_some();
-        if last_status.elapsed() >= Duration::from_secs(10) || last_degraded != Some(degraded) {
-            last_degraded = Some(degraded);
-            last_status = Instant::now();
-            notifier.status(&status_line(&metrics, &bundle));
-            let drops = metrics.frames_dropped.get();
-            if drops > last_drops {
-                tracing::warn!(
-                    "{} frames dropped in the last 10 s: the model does not keep up with the source",
-                    drops - last_drops
-                );
-                last_drops = drops;
+            Err(e) => {
+                metrics.reloads_failed.inc();
+                tracing::error!("reload failed, still serving the previous config and model: {e}");
             }
         }
+        notifier.ready(&status_line(metrics, &self.bundle));
     }
-    if !stop.load(Ordering::SeqCst) {
-        notifier.stopping();
-    }
-    stop.store(true, Ordering::SeqCst);
-    let captured = join("capture", capture_h);
-    let inferred = join("infer", infer_h);
-    let sunk = join("sinks", sink_h);
-    signals_handle.close();
-    let _ = signal_thread.join();
-    if let Some(h) = http {
-        h.shutdown();
-    }
-    // The first failure downstream is the cause of the ones upstream.
-    sunk?;
-    inferred?;
-    let end = captured?;
-    if ended_by.is_empty() || ended_by == "capture ended" {
-        ended_by = match end {
-            CaptureEnd::Source => "source ended",
-            CaptureEnd::MaxFrames => "max frames",
-            CaptureEnd::Stopped => "stopped",
-            CaptureEnd::Downstream => "pipeline ended",
+
+    /// SIGTERM, SIGINT: stop the source and drain; a second one changes nothing.
+    fn stop_on(&mut self, s: i32) {
+        if !self.ended_by.is_empty() {
+            tracing::info!("{}: already stopping", signal_name(s));
+            return;
         }
-        .into();
-    }
-    let summary = Summary {
-        frames_captured: metrics.frames_captured.get(),
-        frames_dropped: metrics.frames_dropped.get(),
-        frames_skipped: metrics.skipped_total(),
-        decisions: metrics.decisions_total(),
-        log_lines_written: metrics.log_lines_written.get(),
-        log_lines_synced: metrics.log_lines_synced.get(),
-        divergences: metrics.evidence_divergent.get() + metrics.reference_divergent.get(),
-        evidence_written: metrics.evidence_written.get(),
-        evidence_write_failures: metrics.evidence_write_failures.get(),
-        evidence_bytes: metrics.evidence_bytes.get(),
-        decisions_unlogged: metrics.decisions_unlogged.get(),
-        source_reconnects: metrics.source_reconnects.get(),
-        ended_by,
-    };
-    tracing::info!(
-        "stopped ({}): {} decisions, {} frames captured, {} dropped, {} skipped",
-        summary.ended_by,
-        summary.decisions,
-        summary.frames_captured,
-        summary.frames_dropped,
-        summary.frames_skipped
-    );
-    if summary.decisions_unlogged > 0 || summary.evidence_write_failures > 0 {
-        tracing::error!(
-            "{} decisions were not written to the decision log and {} kept frames' evidence was not written (see the errors above)",
-            summary.decisions_unlogged,
-            summary.evidence_write_failures
+        self.ended_by = format!("signal {}", signal_name(s));
+        tracing::info!(
+            "{}: stopping the source, draining the pipeline",
+            signal_name(s)
         );
+        self.daemon.notifier.stopping();
+        self.daemon.stop.store(true, Ordering::SeqCst);
     }
-    Ok(summary)
+
+    /// A stage thread ended; true when supervision is over (the capture
+    /// stage ended, or the run is stopping).
+    fn stage_ended(&mut self, name: &str) -> bool {
+        if self.ended_by.is_empty() {
+            self.ended_by = format!("{name} ended");
+        }
+        name == "capture" || self.daemon.stopping()
+    }
+
+    /// Every 10 s, and at once when the health changes: the status to
+    /// systemd, and a warning if frames were dropped meanwhile.
+    fn tell_status(&mut self) {
+        let metrics = &self.daemon.metrics;
+        let degraded = metrics.degraded().is_some();
+        if self.last_status.elapsed() < Duration::from_secs(10)
+            && self.last_degraded == Some(degraded)
+        {
+            return;
+        }
+        self.last_degraded = Some(degraded);
+        self.last_status = Instant::now();
+        self.daemon
+            .notifier
+            .status(&status_line(metrics, &self.bundle));
+        let drops = metrics.frames_dropped.get();
+        if drops > self.last_drops {
+            tracing::warn!(
+                "{} frames dropped in the last 10 s: the model does not keep up with the source",
+                drops - self.last_drops
+            );
+            self.last_drops = drops;
+        }
+    }
 }
 
 #[cfg(test)]

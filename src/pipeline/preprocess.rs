@@ -54,6 +54,10 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Every [`Skip::reason`], in the order `/metrics` lists them (each is
+    /// shown, counted or not).
+    pub const REASONS: [&'static str; 3] = ["corrupt", "roi", "channels"];
+
     /// The `reason` label of `gcm_frames_skipped_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -285,6 +289,18 @@ mod tests {
         assert!(p.planar.data.iter().all(|&b| b == 77));
         let p = prepare(&yuyv, &spec(3, None)).unwrap();
         assert_eq!(p.planar.data.len(), 48);
+    }
+
+    #[test]
+    fn every_skip_reason_is_listed() {
+        // One of each variant: a new variant belongs here and in REASONS.
+        let every = [
+            Skip::Corrupt(String::new()),
+            Skip::Roi(String::new()),
+            Skip::Channels(String::new()),
+        ];
+        let reasons: Vec<&str> = every.iter().map(Skip::reason).collect();
+        assert_eq!(reasons, Skip::REASONS);
     }
 
     #[test]

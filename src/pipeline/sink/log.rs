@@ -82,7 +82,9 @@ impl Checks {
     }
 }
 
-/// One line of the decision log.
+/// One line of the decision log. (A type of its own, though it repeats
+/// fields of `infer::Decided`: it is the log's file format, which must not
+/// change when the pipeline's types do.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogLine {
@@ -588,6 +590,14 @@ mod tests {
         }
     }
 
+    /// A log's text: the decision line of each frame.
+    fn jsonl(frames: impl IntoIterator<Item = u64>) -> String {
+        frames
+            .into_iter()
+            .map(|f| serde_json::to_string(&line(f)).unwrap() + "\n")
+            .collect()
+    }
+
     fn cfg(rotate: u64, lines: u64) -> LogConfig {
         LogConfig {
             rotate_bytes: rotate,
@@ -639,11 +649,7 @@ mod tests {
     fn a_foreign_json_line_is_kept_and_ids_continue_after_the_last_decision() {
         let d = tempfile::tempdir().unwrap();
         let m = Arc::new(Metrics::new());
-        let mut text = String::new();
-        for f in 40..43 {
-            text += &serde_json::to_string(&line(f)).unwrap();
-            text.push('\n');
-        }
+        let mut text = jsonl(40..43);
         let foreign = "{\"note\":\"shift change\",\"by\":\"ops\"}\n";
         text += foreign;
         std::fs::write(d.path().join(ACTIVE), &text).unwrap();
@@ -661,18 +667,14 @@ mod tests {
         let m = Arc::new(Metrics::new());
         // A rotated file whose last decision (frame 900) sits before more
         // than a read block of foreign lines; an active file with lower ids.
-        let mut old = String::new();
-        for f in 898..901 {
-            old += &serde_json::to_string(&line(f)).unwrap();
-            old.push('\n');
-        }
+        let mut old = jsonl(898..901);
         let filler = format!("{{\"note\":\"{}\"}}\n", "x".repeat(1000));
         for _ in 0..600 {
             old += &filler;
         }
         assert!(old.len() > 512 << 10);
         std::fs::write(d.path().join("decisions.000001.jsonl"), &old).unwrap();
-        let active = serde_json::to_string(&line(5)).unwrap() + "\n";
+        let active = jsonl([5]);
         std::fs::write(d.path().join(ACTIVE), active).unwrap();
         let (_, rec) = DecisionLog::open(d.path(), &cfg(1 << 20, 1), m).unwrap();
         assert_eq!(rec.last_frame, Some(900));

@@ -1,8 +1,9 @@
-//! Logs that read well in the journal. Under systemd (stderr connected to
-//! the journal, `$JOURNAL_STREAM`), each line starts with its syslog priority
-//! (`<3>` error ... `<7>` debug), which journald turns into the entry's
-//! priority, and carries no timestamp or colour, which journald adds or
-//! would show as noise. Elsewhere the usual human format is kept.
+//! The command line's logs, on stderr, made to read well in the journal.
+//! Under systemd (stderr connected to the journal, `$JOURNAL_STREAM`), each
+//! line starts with its syslog priority (`<3>` error ... `<7>` debug), which
+//! journald turns into the entry's priority, and carries no timestamp or
+//! colour, which journald adds or would show as noise. Elsewhere the usual
+//! human format is kept.
 
 use std::fmt;
 
@@ -10,6 +11,31 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
+
+/// Logs to stderr; `RUST_LOG` wins over `-v`. Under systemd (stderr is the
+/// journal) lines carry their syslog priority and no timestamp or colour.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if stderr_is_journal() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(JournalFormat)
+            .try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
 
 /// Is stderr the journal? (`$JOURNAL_STREAM` is `DEV:INODE` of that stream.)
 pub fn stderr_is_journal() -> bool {
