@@ -35,24 +35,25 @@ impl std::fmt::Display for ConvertError {
     }
 }
 
-fn need(bytes: &[u8], n: usize) -> Result<(), ConvertError> {
-    if bytes.len() < n {
-        Err(ConvertError::Short {
+/// The `height` rows of a buffer, each `packed` bytes long, `bytes_per_line`
+/// apart (the packed length when the driver says 0); a buffer too short for
+/// them is refused.
+fn rows(
+    bytes: &[u8],
+    packed: usize,
+    height: u32,
+    bytes_per_line: usize,
+) -> Result<impl Iterator<Item = &[u8]>, ConvertError> {
+    let h = height as usize;
+    let s = bytes_per_line.max(packed);
+    let need = s * (h.max(1) - 1) + packed;
+    if bytes.len() < need {
+        return Err(ConvertError::Short {
             have: bytes.len(),
-            need: n,
-        })
-    } else {
-        Ok(())
+            need,
+        });
     }
-}
-
-/// The row stride: `bytes_per_line`, or the packed width when the driver says 0.
-fn stride(bytes_per_line: usize, packed: usize) -> usize {
-    if bytes_per_line >= packed {
-        bytes_per_line
-    } else {
-        packed
-    }
+    Ok((0..h).map(move |r| &bytes[r * s..r * s + packed]))
 }
 
 /// 8-bit grey, `width x height`, rows `bytes_per_line` apart.
@@ -62,13 +63,11 @@ pub fn grey(
     height: u32,
     bytes_per_line: usize,
 ) -> Result<GrayImage, ConvertError> {
-    let (w, h) = (width as usize, height as usize);
-    let s = stride(bytes_per_line, w);
-    need(bytes, s * (h.max(1) - 1) + w)?;
-    let mut out = Vec::with_capacity(w * h);
-    for r in 0..h {
-        out.extend_from_slice(&bytes[r * s..r * s + w]);
-    }
+    let w = width as usize;
+    let out: Vec<u8> = rows(bytes, w, height, bytes_per_line)?
+        .flatten()
+        .copied()
+        .collect();
     Ok(GrayImage::from_raw(width, height, out).expect("sized"))
 }
 
@@ -79,14 +78,10 @@ pub fn yuyv_to_grey(
     height: u32,
     bytes_per_line: usize,
 ) -> Result<GrayImage, ConvertError> {
-    let (w, h) = (width as usize, height as usize);
-    let s = stride(bytes_per_line, 2 * w);
-    need(bytes, s * (h.max(1) - 1) + 2 * w)?;
-    let mut out = Vec::with_capacity(w * h);
-    for r in 0..h {
-        let row = &bytes[r * s..r * s + 2 * w];
-        out.extend(row.iter().step_by(2));
-    }
+    let w = width as usize;
+    let out: Vec<u8> = rows(bytes, 2 * w, height, bytes_per_line)?
+        .flat_map(|row| row.iter().step_by(2).copied())
+        .collect();
     Ok(GrayImage::from_raw(width, height, out).expect("sized"))
 }
 
@@ -110,12 +105,9 @@ pub fn yuyv_to_rgb(
     height: u32,
     bytes_per_line: usize,
 ) -> Result<RgbImage, ConvertError> {
-    let (w, h) = (width as usize, height as usize);
-    let s = stride(bytes_per_line, 2 * w);
-    need(bytes, s * (h.max(1) - 1) + 2 * w)?;
-    let mut out = Vec::with_capacity(3 * w * h);
-    for r in 0..h {
-        let row = &bytes[r * s..r * s + 2 * w];
+    let w = width as usize;
+    let mut out = Vec::with_capacity(3 * w * height as usize);
+    for row in rows(bytes, 2 * w, height, bytes_per_line)? {
         for (i, px) in row.chunks_exact(2).enumerate() {
             // The pair's chroma sits in the pair's second half of the quad.
             let quad = i / 2 * 4;
