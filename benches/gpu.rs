@@ -36,7 +36,7 @@ use gcm_inspect::model::checkpoint::{new_card, save};
 use gcm_inspect::model::config::ModelConfig;
 use gcm_inspect::model::gcm::{varmap_tensors, Gcm};
 use gcm_inspect::model::score::gcm_score;
-use gcm_inspect::model::Predictor;
+use gcm_inspect::model::{Input, Predictor};
 use gcm_inspect::rng::Rng;
 use serde_json::{json, Value};
 
@@ -280,7 +280,7 @@ fn bench_model(dev: &Device, out_dir: &std::path::Path, rng: &mut Rng) -> Res<Va
         .affine(0.5, 0.5)?
         .to_device(dev)?;
     let lat = time_it(dev, 21, || {
-        let s = p.forward(&x1)?.scores.to_vec2::<f32>()?;
+        let s = p.forward(Input::Raw(&x1))?.scores.to_vec2::<f32>()?;
         drop(s);
         Ok(())
     })?;
@@ -299,7 +299,7 @@ fn bench_model(dev: &Device, out_dir: &std::path::Path, rng: &mut Rng) -> Res<Va
     let x64 = uniform(rng, &[64, 1, 256, 256], &Device::Cpu)?.affine(0.5, 0.5)?;
     let x64d = x64.to_device(dev)?;
     let thr = time_it(dev, 9, || {
-        p.forward(&x64d)?;
+        p.forward(Input::Raw(&x64d))?;
         Ok(())
     })?;
     let ips = 64.0 / thr.median;
@@ -310,7 +310,10 @@ fn bench_model(dev: &Device, out_dir: &std::path::Path, rng: &mut Rng) -> Res<Va
         cam_lat.median * 1e3
     );
     // For the PyTorch twin: the same inputs and our scores.
-    let scores = p.forward(&x64d)?.scores.to_device(&Device::Cpu)?;
+    let scores = p
+        .forward(Input::Raw(&x64d))?
+        .scores
+        .to_device(&Device::Cpu)?;
     let mut ts = HashMap::new();
     ts.insert("x".to_string(), x64);
     candle_core::safetensors::save(&ts, out_dir.join("input.safetensors"))?;

@@ -19,7 +19,7 @@ use gcm_inspect::model::checkpoint::{new_card, save};
 use gcm_inspect::model::config::{InputScaling, ModelConfig};
 use gcm_inspect::model::gcm::{varmap_tensors, Gcm};
 use gcm_inspect::model::score::gcm_score;
-use gcm_inspect::model::Predictor;
+use gcm_inspect::model::{Input, Predictor};
 use gcm_inspect::rng::Rng;
 
 /// GPU 0, or a loud failure: these tests must never pass without one.
@@ -439,8 +439,8 @@ fn gpu_whole_model_matches_cpu() {
         let cpu = Predictor::load(dir.path(), &Device::Cpu).unwrap();
         let gpu = Predictor::load(dir.path(), &dev).unwrap();
         let x = uniform(&mut rng, &[4, d, r, c], 0.0, 1.0);
-        let want = cpu.forward(&x).unwrap();
-        let got = gpu.forward(&x).unwrap();
+        let want = cpu.forward(Input::Raw(&x)).unwrap();
+        let got = gpu.forward(Input::Raw(&x)).unwrap();
         assert!(got.scores.device().is_cuda());
         for (what, g, w) in [
             ("CWM", &got.cwm, &want.cwm),
