@@ -98,18 +98,30 @@ pub(crate) fn channel_stats(x: &[f32], (b, c, hw): (usize, usize, usize)) -> (Ve
         .unzip()
 }
 
+/// A batch's normalisation: its per-channel `mean` and `inv_std = 1 /
+/// sqrt(var + eps)`, and whether a ReLU follows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BnNorm<'a> {
+    pub mean: &'a [f32],
+    pub inv_std: &'a [f32],
+    pub relu: bool,
+}
+
 /// `relu?(x * a + s)` per channel, with `a = gamma / std` and `s = beta -
-/// mean * a`: BatchNorm's output for the batch statistics `mean` and
-/// `inv_std = 1 / sqrt(var + eps)`. `x`: NCHW with `c` channels of `hw`.
+/// mean * a`: BatchNorm's output for the batch statistics of `norm`. `x`:
+/// NCHW with `c` channels of `hw`.
 pub(crate) fn bn_apply(
     x: &[f32],
     (c, hw): (usize, usize),
     gamma: &[f32],
     beta: &[f32],
-    mean: &[f32],
-    inv_std: &[f32],
-    relu: bool,
+    norm: BnNorm,
 ) -> Vec<f32> {
+    let BnNorm {
+        mean,
+        inv_std,
+        relu,
+    } = norm;
     par_new(x.len(), hw, |bc| {
         let ch = bc % c;
         let a = gamma[ch] * inv_std[ch];
@@ -127,17 +139,19 @@ pub(crate) fn bn_apply(
 
 /// Backward of [`bn_apply`] with batch statistics: given its input `x`, its
 /// output `y` and the output gradient `g`, returns `(dx, dgamma, dbeta)`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_backward(
     x: &[f32],
     y: &[f32],
     g: &[f32],
     (b, c, hw): (usize, usize, usize),
     gamma: &[f32],
-    mean: &[f32],
-    inv_std: &[f32],
-    relu: bool,
+    norm: BnNorm,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let BnNorm {
+        mean,
+        inv_std,
+        relu,
+    } = norm;
     let n = (b * hw) as f32;
     // g' = g * relu'(y); per channel sum(g') and sum(g' * xhat).
     let (sg, sgx): (Vec<f32>, Vec<f32>) = (0..c)
@@ -189,6 +203,16 @@ struct BnTrain {
     relu: bool,
 }
 
+impl BnTrain {
+    fn norm(&self) -> BnNorm<'_> {
+        BnNorm {
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+            relu: self.relu,
+        }
+    }
+}
+
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "engine-batch-norm-train"
@@ -207,15 +231,7 @@ impl CustomOp3 for BnTrain {
         let gamma = f32_slice(s2, l2, self.name())?;
         let beta = f32_slice(s3, l3, self.name())?;
         let (_, c, h, w) = l1.shape().dims4()?;
-        let y = bn_apply(
-            x,
-            (c, h * w),
-            gamma,
-            beta,
-            &self.mean,
-            &self.inv_std,
-            self.relu,
-        );
+        let y = bn_apply(x, (c, h * w), gamma, beta, self.norm());
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -232,16 +248,7 @@ impl CustomOp3 for BnTrain {
         let (dx, dgamma, dbeta) = with_f32(x, |x| {
             with_f32(y, |y| {
                 with_f32(g, |g| {
-                    Ok(bn_backward(
-                        x,
-                        y,
-                        g,
-                        (b, c, h * w),
-                        &gam,
-                        &self.mean,
-                        &self.inv_std,
-                        self.relu,
-                    ))
+                    Ok(bn_backward(x, y, g, (b, c, h * w), &gam, self.norm()))
                 })
             })
         })?;

@@ -15,8 +15,9 @@
 
 use rayon::prelude::*;
 
+use super::geom::{ConvGeom, LayerConv};
 pub(crate) use super::kernels::OutPtr;
-use super::kernels::{conv_tile, wgrad_kernel, ConvFn, ConvJob, WgradJob};
+use super::kernels::{conv_tile, wgrad_kernel, ConvFn, ConvJob, WgradFn, WgradJob};
 use super::simd::Isa;
 
 fn round_up(x: usize, m: usize) -> usize {
@@ -226,191 +227,219 @@ pub struct ConvPlan {
     pub ow: usize,
 }
 
+/// Where a plan reads and writes, before its weights are packed: the
+/// prepared input, and per part its placement and the kernel index
+/// (`ky * k + kx`) of each tap.
+struct Placement {
+    prep: Prep,
+    parts: Vec<(Part, Vec<usize>)>,
+    row_step: usize,
+    row_span: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// The prepared input of a strided convolution with `rows x cols`
+/// prepared rows and columns per phase.
+fn strided_prep(g: &ConvGeom, rows: usize, cols: usize) -> Prep {
+    Prep {
+        cin: g.cin,
+        h: g.h,
+        w: g.w,
+        step: g.stride(),
+        phases: g.stride().min(g.k),
+        rows,
+        cols,
+        pad_top: g.pad(),
+        pad_left: g.pad(),
+    }
+}
+
+/// Offsets into a [`strided_prep`] input of the `k * k` taps, in
+/// `ky * k + kx` order.
+fn strided_taps(k: usize, stride: usize, rows: usize, cols: usize) -> Vec<usize> {
+    let mut taps = Vec::with_capacity(k * k);
+    for ky in 0..k {
+        for kx in 0..k {
+            taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
+        }
+    }
+    taps
+}
+
+/// A convolution as one part over its phase-split input.
+fn conv_placement(g: &ConvGeom, lanes: usize) -> Placement {
+    let (k, stride, pad) = (g.k, g.stride(), g.pad());
+    assert!(
+        g.h + 2 * pad >= k && g.w + 2 * pad >= k,
+        "input smaller than the kernel"
+    );
+    let oh = (g.h + 2 * pad - k) / stride + 1;
+    let ow = (g.w + 2 * pad - k) / stride + 1;
+    let rows = (oh - 1) * stride + k;
+    let cols = round_up(ow, lanes) + (k - 1) / stride + 1;
+    let part = Part {
+        taps: strided_taps(k, stride, rows, cols),
+        w: Vec::new(),
+        oh,
+        ow,
+        x_row: stride * cols,
+        out_off: 0,
+        out_row: ow,
+        out_col: 1,
+    };
+    Placement {
+        prep: strided_prep(g, rows, cols),
+        parts: vec![(part, (0..k * k).collect())],
+        row_step: stride,
+        row_span: k,
+        oh,
+        ow,
+    }
+}
+
+/// A transposed convolution as `stride * stride` output phases, each a
+/// direct convolution of the unstrided input with the taps that reach it.
+fn transpose_placement(g: &ConvGeom, (oph, opw): (usize, usize), lanes: usize) -> Placement {
+    let (k, stride) = (g.k, g.stride());
+    assert!(
+        oph < stride && opw < stride,
+        "output padding not below the stride"
+    );
+    let full = |n: usize, op: usize| ((n - 1) * stride + k + op) as isize - 2 * g.pad() as isize;
+    assert!(
+        full(g.h, oph) > 0 && full(g.w, opw) > 0,
+        "empty transposed-convolution output"
+    );
+    let (oh, ow) = (full(g.h, oph) as usize, full(g.w, opw) as usize);
+    let (s, p) = (stride as isize, g.pad() as isize);
+    // Taps of phase r along one axis: (kernel index, input offset).
+    let axis_taps = |r: usize| -> Vec<(usize, isize)> {
+        (0..k)
+            .filter(|&kk| (r as isize + p - kk as isize).rem_euclid(s) == 0)
+            .map(|kk| (kk, (r as isize + p - kk as isize).div_euclid(s)))
+            .collect()
+    };
+    let phase_taps: Vec<Vec<(usize, isize)>> = (0..stride).map(axis_taps).collect();
+    let min_d = phase_taps.iter().flatten().map(|t| t.1).min().unwrap_or(0);
+    let max_d = phase_taps.iter().flatten().map(|t| t.1).max().unwrap_or(0);
+    let pad0 = (-min_d).max(0) as usize;
+    let span = (max_d + pad0 as isize).max(0) as usize;
+    let count = |n: usize, r: usize| if r < n { (n - r).div_ceil(stride) } else { 0 };
+    let rows = count(oh, 0) + span;
+    let cols = round_up(count(ow, 0), lanes) + span;
+    let mut parts = Vec::new();
+    for ry in 0..stride {
+        for rx in 0..stride {
+            let (ph, pw) = (count(oh, ry), count(ow, rx));
+            if ph == 0 || pw == 0 {
+                continue;
+            }
+            let mut taps = Vec::new();
+            let mut kidx = Vec::new();
+            for &(ky, dy) in &phase_taps[ry] {
+                for &(kx, dx) in &phase_taps[rx] {
+                    let r = (dy + pad0 as isize) as usize;
+                    let c = (dx + pad0 as isize) as usize;
+                    taps.push(r * cols + c);
+                    kidx.push(ky * k + kx);
+                }
+            }
+            let part = Part {
+                taps,
+                w: Vec::new(),
+                oh: ph,
+                ow: pw,
+                x_row: cols,
+                out_off: ry * ow + rx,
+                out_row: stride * ow,
+                out_col: stride,
+            };
+            parts.push((part, kidx));
+        }
+    }
+    let prep = Prep {
+        step: 1,
+        phases: 1,
+        pad_top: pad0,
+        pad_left: pad0,
+        ..strided_prep(g, rows, cols)
+    };
+    Placement {
+        prep,
+        parts,
+        row_step: 1,
+        row_span: span + 1,
+        oh,
+        ow,
+    }
+}
+
 impl ConvPlan {
-    /// `conv2d` with weight `[cout, cin, k, k]` (PyTorch layout), symmetric
-    /// zero padding `pad`, then `+ bias` and ReLU when asked.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv(
+    /// Plans `g.conv` (PyTorch's layouts: weight `[cout, cin, k, k]` for a
+    /// convolution, `[cin, cout, k, k]` for a transposed one), then
+    /// `+ bias` and ReLU when asked.
+    pub fn new(isa: Isa, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Self {
+        let out_pad = match g.conv {
+            LayerConv::Transpose { out_pad, .. } => (out_pad, out_pad),
+            LayerConv::Conv { .. } => (0, 0),
+        };
+        Self::with_out_pad(isa, g, out_pad, weight, bias, relu)
+    }
+
+    /// [`ConvPlan::new`] with a transposed convolution's output padding
+    /// given per axis (the adjoint of a strided convolution may need two
+    /// different ones); `out_pad` is not read for a convolution.
+    pub fn with_out_pad(
         isa: Isa,
-        (cin, h, w): (usize, usize, usize),
+        g: &ConvGeom,
+        out_pad: (usize, usize),
         weight: &[f32],
-        (cout, k): (usize, usize),
-        stride: usize,
-        pad: usize,
         bias: Option<&[f32]>,
         relu: bool,
-    ) -> ConvPlan {
-        assert!(stride >= 1 && k >= 1);
-        assert_eq!(weight.len(), cout * cin * k * k, "conv weight size");
-        assert!(
-            h + 2 * pad >= k && w + 2 * pad >= k,
-            "input smaller than the kernel"
-        );
-        let oh = (h + 2 * pad - k) / stride + 1;
-        let ow = (w + 2 * pad - k) / stride + 1;
-        let l = isa.lanes();
-        let phases = stride.min(k);
-        let rows = (oh - 1) * stride + k;
-        let cols = round_up(ow, l) + (k - 1) / stride + 1;
-        let prep = Prep {
-            cin,
-            h,
-            w,
-            step: stride,
-            phases,
-            rows,
-            cols,
-            pad_top: pad,
-            pad_left: pad,
+    ) -> Self {
+        assert!(g.stride() >= 1 && g.k >= 1);
+        assert_eq!(weight.len(), g.cout * g.cin * g.k * g.k, "weight size");
+        let lanes = isa.lanes();
+        let (placement, transposed) = match g.conv {
+            LayerConv::Conv { .. } => (conv_placement(g, lanes), false),
+            LayerConv::Transpose { .. } => (transpose_placement(g, out_pad, lanes), true),
         };
-        let mut taps = Vec::with_capacity(k * k);
-        for ky in 0..k {
-            for kx in 0..k {
-                taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
-            }
-        }
+        let (cin, cout, kk) = (g.cin, g.cout, g.k * g.k);
         let (ocb, nv, kernel) = conv_tile(isa, cout);
-        let wp = pack(cout, cin, k * k, ocb, |o, ci, t| {
-            weight[(o * cin + ci) * k * k + t]
-        });
-        let parts = vec![Part {
-            taps,
-            w: wp,
-            oh,
-            ow,
-            x_row: stride * cols,
-            out_off: 0,
-            out_row: ow,
-            out_col: 1,
-        }];
+        let parts: Vec<Part> = placement
+            .parts
+            .into_iter()
+            .map(|(part, kidx)| Part {
+                w: pack(cout, cin, kidx.len(), ocb, |o, ci, t| {
+                    let first = if transposed {
+                        ci * cout + o
+                    } else {
+                        o * cin + ci
+                    };
+                    weight[first * kk + kidx[t]]
+                }),
+                ..part
+            })
+            .collect();
         ConvPlan {
             kernel,
             ocb,
-            min_task_rows: min_task_rows(&parts, nv, l),
-            prep,
+            min_task_rows: min_task_rows(&parts, nv, lanes),
+            prep: placement.prep,
             parts,
             bias: bias.map(|b| b.to_vec()),
             relu,
-            row_step: stride,
-            row_span: k,
+            row_step: placement.row_step,
+            row_span: placement.row_span,
             cin,
             cout,
-            h,
-            w,
-            oh,
-            ow,
+            h: g.h,
+            w: g.w,
+            oh: placement.oh,
+            ow: placement.ow,
         }
     }
-
-    /// `conv_transpose2d` with weight `[cin, cout, k, k]` (PyTorch layout):
-    /// output size `(h - 1) * stride - 2 * pad + k + out_pad` per axis.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv_transpose(
-        isa: Isa,
-        (cin, h, w): (usize, usize, usize),
-        weight: &[f32],
-        (cout, k): (usize, usize),
-        stride: usize,
-        pad: usize,
-        (out_pad_h, out_pad_w): (usize, usize),
-        bias: Option<&[f32]>,
-        relu: bool,
-    ) -> ConvPlan {
-        assert!(stride >= 1 && k >= 1 && out_pad_h < stride && out_pad_w < stride);
-        assert_eq!(
-            weight.len(),
-            cout * cin * k * k,
-            "conv_transpose weight size"
-        );
-        let full = |n: usize, op: usize| ((n - 1) * stride + k + op) as isize - 2 * pad as isize;
-        assert!(
-            full(h, out_pad_h) > 0 && full(w, out_pad_w) > 0,
-            "empty transposed-convolution output"
-        );
-        let (oh, ow) = (full(h, out_pad_h) as usize, full(w, out_pad_w) as usize);
-        let l = isa.lanes();
-        let s = stride as isize;
-        let p = pad as isize;
-        // Taps of phase r along one axis: (kernel index, input offset).
-        let axis_taps = |r: usize| -> Vec<(usize, isize)> {
-            (0..k)
-                .filter(|&kk| (r as isize + p - kk as isize).rem_euclid(s) == 0)
-                .map(|kk| (kk, (r as isize + p - kk as isize).div_euclid(s)))
-                .collect()
-        };
-        let phase_taps: Vec<Vec<(usize, isize)>> = (0..stride).map(axis_taps).collect();
-        let min_d = phase_taps.iter().flatten().map(|t| t.1).min().unwrap_or(0);
-        let max_d = phase_taps.iter().flatten().map(|t| t.1).max().unwrap_or(0);
-        let pad0 = (-min_d).max(0) as usize;
-        let span = (max_d + pad0 as isize).max(0) as usize;
-        let count = |n: usize, r: usize| if r < n { (n - r).div_ceil(stride) } else { 0 };
-        let qh = count(oh, 0);
-        let qw = count(ow, 0);
-        let rows = qh + span;
-        let cols = round_up(qw, l) + span;
-        let prep = Prep {
-            cin,
-            h,
-            w,
-            step: 1,
-            phases: 1,
-            rows,
-            cols,
-            pad_top: pad0,
-            pad_left: pad0,
-        };
-        let (ocb, nv, kernel) = conv_tile(isa, cout);
-        let mut parts = Vec::new();
-        for ry in 0..stride {
-            for rx in 0..stride {
-                let (ph, pw) = (count(oh, ry), count(ow, rx));
-                if ph == 0 || pw == 0 {
-                    continue;
-                }
-                let mut taps = Vec::new();
-                let mut kidx = Vec::new();
-                for &(ky, dy) in &phase_taps[ry] {
-                    for &(kx, dx) in &phase_taps[rx] {
-                        let r = (dy + pad0 as isize) as usize;
-                        let c = (dx + pad0 as isize) as usize;
-                        taps.push(r * cols + c);
-                        kidx.push(ky * k + kx);
-                    }
-                }
-                let wp = pack(cout, cin, taps.len(), ocb, |o, ci, t| {
-                    weight[(ci * cout + o) * k * k + kidx[t]]
-                });
-                parts.push(Part {
-                    taps,
-                    w: wp,
-                    oh: ph,
-                    ow: pw,
-                    x_row: cols,
-                    out_off: ry * ow + rx,
-                    out_row: stride * ow,
-                    out_col: stride,
-                });
-            }
-        }
-        ConvPlan {
-            kernel,
-            ocb,
-            min_task_rows: min_task_rows(&parts, nv, l),
-            prep,
-            parts,
-            bias: bias.map(|b| b.to_vec()),
-            relu,
-            row_step: 1,
-            row_span: span + 1,
-            cin,
-            cout,
-            h,
-            w,
-            oh,
-            ow,
-        }
-    }
-
     /// Floats of prepared input per image (scratch for [`ConvPlan::run_image`]).
     pub fn scratch_len(&self) -> usize {
         self.prep.img_len()
@@ -584,41 +613,35 @@ impl ConvPlan {
     }
 }
 
-/// Weight gradient of `conv2d(x, w, stride, pad)` for output gradient `g`:
-/// `g`: `[b, cout, oh, ow]`, `x`: `[b, cin, h, w]` -> `[cout, cin, k, k]`.
-#[allow(clippy::too_many_arguments)]
+/// Weight gradient of the convolution `geom` (its kind must be
+/// [`LayerConv::Conv`]) for the output gradient `g` `[batch, cout, oh, ow]`
+/// and the input `x` `[batch, cin, h, w]` -> `[cout, cin, k, k]`. The
+/// output size is the caller's (the adjoint use, a transposed
+/// convolution's weight gradient, states one that is not the
+/// convolution's own).
 pub fn conv2d_weight_grad(
     isa: Isa,
     g: &[f32],
     x: &[f32],
-    (batch, cin, h, w): (usize, usize, usize, usize),
-    (cout, oh, ow): (usize, usize, usize),
-    k: usize,
-    stride: usize,
-    pad: usize,
+    batch: usize,
+    geom: &ConvGeom,
+    (oh, ow): (usize, usize),
 ) -> Vec<f32> {
-    assert_eq!(x.len(), batch * cin * h * w, "input size");
-    assert_eq!(g.len(), batch * cout * oh * ow, "gradient size");
+    assert!(
+        matches!(geom.conv, LayerConv::Conv { .. }),
+        "a convolution's geometry"
+    );
+    assert_eq!(x.len(), batch * geom.in_len(), "input size");
+    assert_eq!(g.len(), batch * geom.cout * oh * ow, "gradient size");
+    let (cin, cout, k, stride) = (geom.cin, geom.cout, geom.k, geom.stride());
     let l = isa.lanes();
-    let phases = stride.min(k);
-    let rows = ((oh.max(1) - 1) * stride + k).max(h + pad);
+    let rows = ((oh.max(1) - 1) * stride + k).max(geom.h + geom.pad());
     let owp = round_up(ow, l);
     let cols = owp + (k - 1) / stride + 1;
-    let prep = Prep {
-        cin,
-        h,
-        w,
-        step: stride,
-        phases,
-        rows,
-        cols,
-        pad_top: pad,
-        pad_left: pad,
-    };
+    let prep = strided_prep(geom, rows, cols);
     let nt = k * k;
-    let mut out = vec![0f32; cout * cin * nt];
     if batch == 0 || oh == 0 || ow == 0 {
-        return out;
+        return vec![0f32; cout * cin * nt];
     }
     let per_image = batch >= IMAGES_PER_THREAD * rayon::current_num_threads();
     let mut xp = Vec::new();
@@ -636,12 +659,7 @@ pub fn conv2d_weight_grad(
             .for_each(|(d, s)| d[..ow].copy_from_slice(s));
         std::borrow::Cow::Owned(v)
     };
-    let mut taps = Vec::with_capacity(nt);
-    for ky in 0..k {
-        for kx in 0..k {
-            taps.push((kx % stride) * rows * cols + ky * cols + kx / stride);
-        }
-    }
+    let taps = strided_taps(k, stride, rows, cols);
     let job = WgradJob {
         g: &gp,
         g_img: cout * oh * owp,
@@ -658,70 +676,94 @@ pub fn conv2d_weight_grad(
         row_vecs: owp / l,
     };
     let kernel = wgrad_kernel(isa, nt);
-    let n = out.len();
-    let in_img = cin * h * w;
-    // Each group of WGRAD_GROUP consecutive images is summed into a partial
-    // of its own (images in order), and the partials are added to `out` in
-    // group order: the same additions in the same order whatever the
-    // thread count or the split between tasks, so training gives the same
-    // weights on 1 or 16 threads.
-    let groups = batch.div_ceil(WGRAD_GROUP);
-    let images = |g: usize| g * WGRAD_GROUP..((g + 1) * WGRAD_GROUP).min(batch);
     if per_image {
-        // One task per group: each image is prepared once for all channels.
-        let mut partials = vec![0f32; groups * n];
-        partials.par_chunks_mut(n).enumerate().for_each(|(g, acc)| {
-            with_prep(prep.img_len(), |buf| {
-                for b in images(g) {
-                    prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
-                    let job = WgradJob {
-                        x: buf,
-                        x_img: 0,
-                        ..job.clone()
-                    };
-                    for ci in 0..cin {
-                        // SAFETY: `kernel` matches the detected ISA; `buf`
-                        // holds image `b` prepared for every tap.
-                        unsafe { kernel(&job, b, ci, acc) };
-                    }
-                }
-            });
-        });
-        for p in partials.chunks(n) {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
-            }
-        }
+        wgrad_per_image(kernel, &job, &prep, x, batch)
     } else {
-        // One task per (group, input channel), each into a `[cout][taps]`
-        // partial: the kernel sees a one-channel job whose input starts at
-        // channel `ci`. The same per-element order as above.
-        let m = cout * nt;
-        let mut partials = vec![0f32; groups * cin * m];
-        partials
-            .par_chunks_mut(m)
-            .enumerate()
-            .for_each(|(gc, acc)| {
-                let (g, ci) = (gc / cin, gc % cin);
+        wgrad_per_channel(kernel, &job, batch)
+    }
+}
+
+// Each group of WGRAD_GROUP consecutive images is summed into a partial of
+// its own (images in order), and the partials are added to the result in
+// group order: the same additions in the same order whatever the thread
+// count or the split between tasks, so training gives the same weights on
+// 1 or 16 threads. Both ways below keep that per-element order.
+
+/// The images of group `g` of a batch of `batch`.
+fn wgrad_group(g: usize, batch: usize) -> std::ops::Range<usize> {
+    g * WGRAD_GROUP..((g + 1) * WGRAD_GROUP).min(batch)
+}
+
+/// Weight gradient with one task per group of images: each image is
+/// prepared once (from `x`, NCHW) for all channels.
+fn wgrad_per_image(
+    kernel: WgradFn,
+    job: &WgradJob,
+    prep: &Prep,
+    x: &[f32],
+    batch: usize,
+) -> Vec<f32> {
+    let n = job.cout * job.cin * job.taps.len();
+    let in_img = prep.cin * prep.h * prep.w;
+    let mut partials = vec![0f32; batch.div_ceil(WGRAD_GROUP) * n];
+    partials.par_chunks_mut(n).enumerate().for_each(|(g, acc)| {
+        with_prep(prep.img_len(), |buf| {
+            for b in wgrad_group(g, batch) {
+                prep.fill_image(&x[b * in_img..(b + 1) * in_img], buf);
                 let job = WgradJob {
-                    x: &xp[ci * job.x_ch..],
-                    cin: 1,
+                    x: buf,
+                    x_img: 0,
                     ..job.clone()
                 };
-                for b in images(g) {
-                    // SAFETY: `kernel` matches the detected ISA; `job.x` starts
-                    // at channel `ci` of the prepared input, so image `b`'s
-                    // channel 0 is `ci` and every tap of it is in bounds.
-                    unsafe { kernel(&job, b, 0, acc) };
+                for ci in 0..job.cin {
+                    // SAFETY: `kernel` matches the detected ISA; `buf`
+                    // holds image `b` prepared for every tap.
+                    unsafe { kernel(&job, b, ci, acc) };
                 }
-            });
-        for (gc, p) in partials.chunks(m).enumerate() {
-            let ci = gc % cin;
-            for o in 0..cout {
-                let dst = &mut out[(o * cin + ci) * nt..(o * cin + ci + 1) * nt];
-                for (d, v) in dst.iter_mut().zip(&p[o * nt..(o + 1) * nt]) {
-                    *d += v;
-                }
+            }
+        });
+    });
+    let mut out = vec![0f32; n];
+    for p in partials.chunks(n) {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Weight gradient with one task per (group, input channel) over the
+/// whole batch's prepared input `job.x`, each into a `[cout][taps]`
+/// partial: the kernel sees a one-channel job whose input starts at
+/// channel `ci`.
+fn wgrad_per_channel(kernel: WgradFn, job: &WgradJob, batch: usize) -> Vec<f32> {
+    let (cin, cout, nt) = (job.cin, job.cout, job.taps.len());
+    let m = cout * nt;
+    let mut partials = vec![0f32; batch.div_ceil(WGRAD_GROUP) * cin * m];
+    partials
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(gc, acc)| {
+            let (g, ci) = (gc / cin, gc % cin);
+            let job = WgradJob {
+                x: &job.x[ci * job.x_ch..],
+                cin: 1,
+                ..job.clone()
+            };
+            for b in wgrad_group(g, batch) {
+                // SAFETY: `kernel` matches the detected ISA; `job.x` starts
+                // at channel `ci` of the prepared input, so image `b`'s
+                // channel 0 is `ci` and every tap of it is in bounds.
+                unsafe { kernel(&job, b, 0, acc) };
+            }
+        });
+    let mut out = vec![0f32; cout * cin * nt];
+    for (gc, p) in partials.chunks(m).enumerate() {
+        let ci = gc % cin;
+        for o in 0..cout {
+            let dst = &mut out[(o * cin + ci) * nt..(o * cin + ci + 1) * nt];
+            for (d, v) in dst.iter_mut().zip(&p[o * nt..(o + 1) * nt]) {
+                *d += v;
             }
         }
     }
@@ -811,10 +853,9 @@ mod tests {
                 let bias = rand(&mut rng, cout);
                 let (use_bias, relu) = (rng.bool(0.5), rng.bool(0.5));
                 let bias = use_bias.then_some(&bias[..]);
-                let plan =
-                    ConvPlan::conv(isa, (cin, h, w), &wt, (cout, k), stride, pad, bias, relu);
-                let (mut want, oh, ow) =
-                    reference::conv2d(&x, (b, cin, h, w), &wt, (cout, k), stride, pad);
+                let g = conv_geom((cin, h, w), cout, k, (stride, pad));
+                let plan = ConvPlan::new(isa, &g, &wt, bias, relu);
+                let (mut want, oh, ow) = reference::conv(&x, b, &g, &wt);
                 bias_relu(&mut want, bias, relu, oh * ow);
                 let what = format!(
                     "{isa:?} case {case}: b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad}"
@@ -846,29 +887,23 @@ mod tests {
                 let bias = rand(&mut rng, cout);
                 let (use_bias, relu) = (rng.bool(0.5), rng.bool(0.5));
                 let bias = use_bias.then_some(&bias[..]);
-                let plan = ConvPlan::conv_transpose(
-                    isa,
-                    (cin, h, w),
-                    &wt,
-                    (cout, k),
-                    stride,
-                    pad,
-                    (oph, opw),
-                    bias,
-                    relu,
-                );
                 // The reference takes one output padding: compare on the
                 // larger output and crop.
                 let op = oph.max(opw);
-                let (full, fh, fw) = reference::conv_transpose2d(
-                    &x,
-                    (b, cin, h, w),
-                    &wt,
-                    (cout, k),
-                    stride,
-                    pad,
-                    op,
-                );
+                let g = ConvGeom {
+                    cin,
+                    h,
+                    w,
+                    cout,
+                    k,
+                    conv: LayerConv::Transpose {
+                        stride,
+                        pad,
+                        out_pad: op,
+                    },
+                };
+                let plan = ConvPlan::with_out_pad(isa, &g, (oph, opw), &wt, bias, relu);
+                let (full, fh, fw) = reference::conv(&x, b, &g, &wt);
                 let (oh, ow) = (fh - (op - oph), fw - (op - opw));
                 let mut want = Vec::with_capacity(b * cout * oh * ow);
                 for bo in 0..b * cout {
@@ -890,12 +925,12 @@ mod tests {
     fn naive_wgrad(
         g: &[f32],
         x: &[f32],
-        (b, ci, h, w): (usize, usize, usize, usize),
-        (co, oh, ow): (usize, usize, usize),
-        k: usize,
-        s: usize,
-        p: usize,
+        b: usize,
+        geom: &ConvGeom,
+        (oh, ow): (usize, usize),
     ) -> Vec<f32> {
+        let (ci, h, w, co, k) = (geom.cin, geom.h, geom.w, geom.cout, geom.k);
+        let (s, p) = (geom.stride(), geom.pad());
         let mut out = vec![0f64; co * ci * k * k];
         for bi in 0..b {
             for o in 0..co {
@@ -924,6 +959,15 @@ mod tests {
         out.into_iter().map(|v| v as f32).collect()
     }
 
+    fn conv_geom(
+        shape: (usize, usize, usize),
+        cout: usize,
+        k: usize,
+        (stride, pad): (usize, usize),
+    ) -> ConvGeom {
+        ConvGeom::new(shape, cout, k, LayerConv::Conv { stride, pad })
+    }
+
     /// Training gives the same weights on any thread count: the weight
     /// gradient, the one reduction across images, has the same bits whether
     /// a batch runs one image per task or (for few images per thread) one
@@ -941,14 +985,13 @@ mod tests {
             let (oh, ow) = ((hw + 2 * p - k) / s + 1, (hw + 2 * p - k) / s + 1);
             let x = rand(&mut rng, b * ci * hw * hw);
             let g = rand(&mut rng, b * co * oh * ow);
+            let geom = conv_geom((ci, hw, hw), co, k, (s, p));
             let run = |threads: usize| {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
                     .unwrap()
-                    .install(|| {
-                        conv2d_weight_grad(isa, &g, &x, (b, ci, hw, hw), (co, oh, ow), k, s, p)
-                    })
+                    .install(|| conv2d_weight_grad(isa, &g, &x, b, &geom, (oh, ow)))
             };
             let want: Vec<u32> = run(1).iter().map(|v| v.to_bits()).collect();
             for threads in [1, 2, 3, 5, 2, 3] {
@@ -980,8 +1023,9 @@ mod tests {
                 let ow = (w + 2 * p - k) / s + 1 + rng.below(2);
                 let x = rand(&mut rng, b * ci * h * w);
                 let g = rand(&mut rng, b * co * oh * ow);
-                let got = conv2d_weight_grad(isa, &g, &x, (b, ci, h, w), (co, oh, ow), k, s, p);
-                let want = naive_wgrad(&g, &x, (b, ci, h, w), (co, oh, ow), k, s, p);
+                let geom = conv_geom((ci, h, w), co, k, (s, p));
+                let got = conv2d_weight_grad(isa, &g, &x, b, &geom, (oh, ow));
+                let want = naive_wgrad(&g, &x, b, &geom, (oh, ow));
                 let what = format!("{isa:?} case {case}: b{b} {ci}->{co} {h}x{w} k{k} s{s} p{p}");
                 for (i, (x, y)) in got.iter().zip(&want).enumerate() {
                     assert!(

@@ -24,22 +24,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::bn::{bn_apply, bn_backward, channel_stats, inv_std};
+use super::bn::{bn_apply, bn_backward, channel_stats, inv_std, BnNorm};
 use super::conv::ConvPlan;
-use super::ops::{conv_grads, f32_slice, with_f32, Conv2d, ConvTranspose2d};
-
-/// The convolution of a training layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerConv {
-    /// `conv2d` with this stride and padding.
-    Conv { stride: usize, pad: usize },
-    /// `conv_transpose2d` with this stride, padding and output padding.
-    Transpose {
-        stride: usize,
-        pad: usize,
-        out_pad: usize,
-    },
-}
+use super::geom::{ConvGeom, LayerConv};
+use super::ops::{conv_grads, f32_slice, with_f32, Conv};
 
 /// One layer of a chain, as the op sees it.
 #[derive(Clone, Copy, Debug)]
@@ -55,10 +43,7 @@ impl LayerDesc {
     /// The weight's shape: `[cout, cin, k, k]`, or `[cin, cout, k, k]` for
     /// a transposed convolution.
     fn weight_shape(&self) -> (usize, usize, usize, usize) {
-        match self.conv {
-            LayerConv::Conv { .. } => (self.cout, self.cin, self.k, self.k),
-            LayerConv::Transpose { .. } => (self.cin, self.cout, self.k, self.k),
-        }
+        self.geom((1, 1)).weight_dims()
     }
 
     /// Floats of this layer in the flat parameters: weight, gamma, beta.
@@ -70,20 +55,18 @@ impl LayerDesc {
     fn plan(&self, (h, w): (usize, usize), weight: &[f32]) -> Result<ConvPlan> {
         let xl = Layout::contiguous((1, self.cin, h, w));
         let wl = Layout::contiguous(self.weight_shape());
-        match self.conv {
-            LayerConv::Conv { stride, pad } => {
-                Conv2d { stride, pad }.plan(&xl, weight, &wl, None, false)
-            }
-            LayerConv::Transpose {
-                stride,
-                pad,
-                out_pad,
-            } => ConvTranspose2d {
-                stride,
-                pad,
-                out_pad,
-            }
-            .plan(&xl, weight, &wl, None, false),
+        Conv(self.conv).plan(&xl, weight, &wl, None, false)
+    }
+
+    /// The convolution's geometry on `[cin, h, w]` inputs.
+    fn geom(&self, (h, w): (usize, usize)) -> ConvGeom {
+        ConvGeom {
+            cin: self.cin,
+            h,
+            w,
+            cout: self.cout,
+            k: self.k,
+            conv: self.conv,
         }
     }
 }
@@ -159,7 +142,12 @@ impl CustomOp2 for ChainTrain {
             let hw = plan.oh * plan.ow;
             let (mean, var) = channel_stats(&z, (b, d.cout, hw));
             let inv = inv_std(&var, d.eps);
-            let y = bn_apply(&z, (d.cout, hw), gamma, beta, &mean, &inv, true);
+            let norm = BnNorm {
+                mean: &mean,
+                inv_std: &inv,
+                relu: true,
+            };
+            let y = bn_apply(&z, (d.cout, hw), gamma, beta, norm);
             (h, w) = (plan.oh, plan.ow);
             let y = if l + 1 == self.layers.len() {
                 out = Some(y);
@@ -217,27 +205,17 @@ impl CustomOp2 for ChainTrain {
                             }
                         };
                         let (b, co, oh, ow) = s.dims;
-                        let (dz, dgamma, dbeta) = bn_backward(
-                            &s.z,
-                            y,
-                            carried.as_deref().unwrap_or(gs),
-                            (b, co, oh * ow),
-                            gamma,
-                            &s.mean,
-                            &s.inv_std,
-                            true,
-                        );
+                        let norm = BnNorm {
+                            mean: &s.mean,
+                            inv_std: &s.inv_std,
+                            relu: true,
+                        };
+                        let g = carried.as_deref().unwrap_or(gs);
+                        let (dz, dgamma, dbeta) =
+                            bn_backward(&s.z, y, g, (b, co, oh * ow), gamma, norm);
                         let dx_needed = l > 0 || input_grad;
-                        let (dw, dx) = conv_grads(
-                            d.conv,
-                            input,
-                            (b, d.cin, h, w),
-                            wt,
-                            &dz,
-                            (co, oh, ow),
-                            d.k,
-                            dx_needed,
-                        )?;
+                        let geom = d.geom((h, w));
+                        let (dw, dx) = conv_grads(&geom, b, input, wt, &dz, dx_needed)?;
                         let dst = &mut dp[start..end];
                         let (dws, dgb) = dst.split_at_mut(dw.len());
                         dws.copy_from_slice(&dw);
@@ -299,10 +277,7 @@ pub fn train_chain(layers: &[TrainLayer], x: &Tensor) -> Result<(Tensor, Vec<Bat
             candle_core::bail!("train_chain: the engine runs CPU f32 tensors only")
         }
         let (a, b, k, k2) = l.weight.dims4()?;
-        let (cin, cout) = match l.conv {
-            LayerConv::Conv { .. } => (b, a),
-            LayerConv::Transpose { .. } => (a, b),
-        };
+        let (cin, cout) = l.conv.channels((a, b));
         if (k, k2) != (l.k, l.k) {
             candle_core::bail!(
                 "train_chain: weight {:?} for a {}x{} kernel",

@@ -18,13 +18,15 @@ use candle_core::{DType, Result, Tensor};
 
 pub mod bn;
 pub mod conv;
+pub mod geom;
 mod kernels;
 mod layer;
 pub(crate) mod ops;
 pub mod reference;
 pub mod simd;
 
-pub use layer::{train_chain, BatchStats, LayerConv, TrainLayer};
+pub use geom::{ConvGeom, LayerConv};
+pub use layer::{train_chain, BatchStats, TrainLayer};
 pub use ops::with_f32;
 pub use simd::Isa;
 
@@ -81,7 +83,7 @@ pub fn uses_engine(x: &Tensor, w: &Tensor) -> bool {
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     if uses_engine(x, w) {
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, ops::Conv2d { stride, pad })
+            .apply_op2(&w.contiguous()?, ops::Conv(LayerConv::Conv { stride, pad }))
     } else {
         x.conv2d(w, pad, stride, 1, 1)
     }
@@ -98,14 +100,12 @@ pub fn conv_transpose2d(
     out_pad: usize,
 ) -> Result<Tensor> {
     if uses_engine(x, w) {
-        x.contiguous()?.apply_op2(
-            &w.contiguous()?,
-            ops::ConvTranspose2d {
-                stride,
-                pad,
-                out_pad,
-            },
-        )
+        let conv = LayerConv::Transpose {
+            stride,
+            pad,
+            out_pad,
+        };
+        x.contiguous()?.apply_op2(&w.contiguous()?, ops::Conv(conv))
     } else {
         x.conv_transpose2d(w, pad, out_pad, stride, 1)
     }
@@ -121,14 +121,7 @@ pub fn conv2d_bias_relu(
     relu: bool,
 ) -> Result<Tensor> {
     if uses_engine(x, w) && b.dtype() == DType::F32 {
-        x.contiguous()?.apply_op3_no_bwd(
-            &w.contiguous()?,
-            &b.contiguous()?,
-            &ops::Conv2dBiasRelu {
-                conv: ops::Conv2d { stride, pad },
-                relu,
-            },
-        )
+        engine_bias_relu(x, w, b, LayerConv::Conv { stride, pad }, relu)
     } else {
         bias_relu(conv2d(x, w, stride, pad)?, b, relu)
     }
@@ -145,21 +138,31 @@ pub fn conv_transpose2d_bias_relu(
     relu: bool,
 ) -> Result<Tensor> {
     if uses_engine(x, w) && b.dtype() == DType::F32 {
-        x.contiguous()?.apply_op3_no_bwd(
-            &w.contiguous()?,
-            &b.contiguous()?,
-            &ops::ConvTranspose2dBiasRelu {
-                conv: ops::ConvTranspose2d {
-                    stride,
-                    pad,
-                    out_pad,
-                },
-                relu,
-            },
-        )
+        let conv = LayerConv::Transpose {
+            stride,
+            pad,
+            out_pad,
+        };
+        engine_bias_relu(x, w, b, conv, relu)
     } else {
         bias_relu(conv_transpose2d(x, w, stride, pad, out_pad)?, b, relu)
     }
+}
+
+/// The engine's fused `relu?(conv(x, w) + b)`.
+fn engine_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    conv: LayerConv,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = ops::ConvBiasRelu {
+        conv: ops::Conv(conv),
+        relu,
+    };
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &op)
 }
 
 fn bias_relu(y: Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {

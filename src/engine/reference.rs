@@ -2,10 +2,24 @@
 //! `f64` accumulation. The fast kernels are tested against these; nothing in
 //! the product runs them.
 
+use super::geom::{ConvGeom, LayerConv};
+
+/// The convolution `g` of the `b` images `x` with the weight `wt` (PyTorch's
+/// layouts). Returns the output and its `(oh, ow)`.
+pub fn conv(x: &[f32], b: usize, g: &ConvGeom, wt: &[f32]) -> (Vec<f32>, usize, usize) {
+    let dims = (b, g.cin, g.h, g.w);
+    match g.conv {
+        LayerConv::Conv { stride, pad } => conv2d(x, dims, wt, (g.cout, g.k), stride, pad),
+        LayerConv::Transpose {
+            stride,
+            pad,
+            out_pad,
+        } => conv_transpose2d(x, dims, wt, (g.cout, g.k), (stride, pad, out_pad)),
+    }
+}
+
 /// `conv2d`: `x` `[b, ci, h, w]`, `w` `[co, ci, k, k]`, symmetric `pad`.
-/// Returns the output and its `(oh, ow)`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d(
+fn conv2d(
     x: &[f32],
     (b, ci, h, w): (usize, usize, usize, usize),
     wt: &[f32],
@@ -45,15 +59,12 @@ pub fn conv2d(
 
 /// `conv_transpose2d`: `x` `[b, ci, h, w]`, `w` `[ci, co, k, k]` (PyTorch
 /// semantics), output `(h - 1) * stride - 2 * pad + k + out_pad`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d(
+fn conv_transpose2d(
     x: &[f32],
     (b, ci, h, w): (usize, usize, usize, usize),
     wt: &[f32],
     (co, k): (usize, usize),
-    stride: usize,
-    pad: usize,
-    out_pad: usize,
+    (stride, pad, out_pad): (usize, usize, usize),
 ) -> (Vec<f32>, usize, usize) {
     let oh = (h - 1) * stride + k + out_pad - 2 * pad;
     let ow = (w - 1) * stride + k + out_pad - 2 * pad;

@@ -28,7 +28,7 @@ use super::layers::{ConvBnRelu, Op};
 use super::score::gcm_score;
 use crate::engine;
 use crate::engine::conv::{ConvPlan, OutPtr, Split};
-use crate::engine::Isa;
+use crate::engine::{ConvGeom, Isa, LayerConv};
 
 /// One folded layer: convolution (or transposed convolution) + bias + ReLU.
 #[derive(Clone, Debug)]
@@ -254,35 +254,18 @@ impl Executor {
             for l in layers {
                 let w = l.weight.flatten_all()?.to_vec1::<f32>()?;
                 let bias = l.bias.to_vec1::<f32>()?;
-                let p = match l.op {
-                    Op::Conv { stride } => {
-                        let cout = l.weight.dim(0)?;
-                        ConvPlan::conv(
-                            isa,
-                            shape,
-                            &w,
-                            (cout, l.k),
-                            stride,
-                            l.k / 2,
-                            Some(&bias),
-                            true,
-                        )
-                    }
-                    Op::Deconv => {
-                        let cout = l.weight.dim(1)?;
-                        ConvPlan::conv_transpose(
-                            isa,
-                            shape,
-                            &w,
-                            (cout, l.k),
-                            2,
-                            l.k / 2,
-                            (1, 1),
-                            Some(&bias),
-                            true,
-                        )
-                    }
+                let pad = l.k / 2;
+                let conv = match l.op {
+                    Op::Conv { stride } => LayerConv::Conv { stride, pad },
+                    Op::Deconv => LayerConv::Transpose {
+                        stride: 2,
+                        pad,
+                        out_pad: 1,
+                    },
                 };
+                let (_, cout) = conv.channels((l.weight.dim(0)?, l.weight.dim(1)?));
+                let g = ConvGeom::new(shape, cout, l.k, conv);
+                let p = ConvPlan::new(isa, &g, &w, Some(&bias), true);
                 shape = (p.cout, p.oh, p.ow);
                 out.push(p);
             }
@@ -310,7 +293,12 @@ impl Executor {
                 } else {
                     (&hw[j * per..(j + 1) * per], &hb[j..j + 1], 1)
                 };
-                let head = ConvPlan::conv(isa, s, w, (cout, k), 1, k / 2, Some(b), net.cfg.clipped);
+                let conv = LayerConv::Conv {
+                    stride: 1,
+                    pad: k / 2,
+                };
+                let g = ConvGeom::new(s, cout, k, conv);
+                let head = ConvPlan::new(isa, &g, w, Some(b), net.cfg.clipped);
                 if (head.oh, head.ow) != (r, c) {
                     candle_core::bail!("planned CWM is {}x{}, input {r}x{c}", head.oh, head.ow)
                 }
