@@ -136,6 +136,15 @@ impl Canvas {
     fn at(&mut self, x: usize, y: usize) -> &mut f32 {
         &mut self.v[y * self.n + x]
     }
+
+    /// Calls `f` with each pixel and its centre `(x + 0.5, y + 0.5)`, row
+    /// by row.
+    fn each(&mut self, mut f: impl FnMut(&mut f32, f32, f32)) {
+        for (i, v) in self.v.iter_mut().enumerate() {
+            let (x, y) = (i % self.n, i / self.n);
+            f(v, x as f32 + 0.5, y as f32 + 0.5);
+        }
+    }
 }
 
 /// Smooth value noise on a `g x g` lattice, bilinear, in [-1, 1].
@@ -221,15 +230,26 @@ fn draw_segments(c: &mut Canvas, segs: &[Segment], width: f32, depth: f32) {
 /// Draws one cell. The cell, its defect and the sensor noise come from three
 /// streams of `cell_seed`, so the same cell can be drawn with and without a defect.
 fn render(n: usize, kind: Kind, cell_seed: u64) -> Vec<u8> {
-    let nf = n as f32;
-    let rng = &mut Rng::derive(cell_seed, 0);
+    let mut c = draw_cell(n, &mut Rng::derive(cell_seed, 0));
+    let rng = &mut Rng::derive(cell_seed, 1);
+    match kind {
+        Kind::Ok => {}
+        Kind::Crack => draw_crack(&mut c, rng),
+        Kind::Inactive => draw_inactive(&mut c, rng),
+        Kind::Spot => draw_spots(&mut c, rng),
+    }
+    sense(&c, &mut Rng::derive(cell_seed, 2))
+}
+
+/// A defect-free cell: texture, vignetting, busbars and fingers, and the
+/// cut corners of a monocrystalline wafer.
+fn draw_cell(n: usize, rng: &mut Rng) -> Canvas {
     let mono = rng.bool(0.5);
     let base = rng.range(0.5, 0.72) as f32;
     let mut c = Canvas {
         n,
         v: vec![base; n * n],
     };
-
     // Texture: grains (poly) or smooth swirls (mono).
     if mono {
         let lf = value_noise(rng, n, 3);
@@ -238,48 +258,70 @@ fn render(n: usize, kind: Kind, cell_seed: u64) -> Vec<u8> {
             *v *= 1.0 + amp * t;
         }
     } else {
-        let k = rng.range(12.0, 36.0) as usize;
-        let seeds: Vec<(f32, f32, f32)> = (0..k)
-            .map(|_| {
-                (
-                    rng.range(0.0, nf as f64) as f32,
-                    rng.range(0.0, nf as f64) as f32,
-                    (rng.normal() * 0.07) as f32,
-                )
-            })
-            .collect();
-        let edge = rng.range(0.02, 0.06) as f32;
-        for y in 0..n {
-            for x in 0..n {
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let (mut d1, mut d2, mut off) = (f32::INFINITY, f32::INFINITY, 0.0);
-                for &(sx, sy, o) in &seeds {
-                    let d = ((px - sx).powi(2) + (py - sy).powi(2)).sqrt();
-                    if d < d1 {
-                        d2 = d1;
-                        d1 = d;
-                        off = o;
-                    } else if d < d2 {
-                        d2 = d;
-                    }
-                }
-                let boundary = if d2 - d1 < 1.0 { edge } else { 0.0 };
-                *c.at(x, y) *= 1.0 + off - boundary;
+        draw_grains(&mut c, rng);
+    }
+    draw_vignetting(&mut c, rng);
+    draw_busbars(&mut c, rng);
+    // Monocrystalline wafers have cut corners: dark outside a circle.
+    if mono {
+        let nf = n as f32;
+        let r = nf * rng.range(0.66, 0.74) as f32;
+        c.each(|c, x, y| {
+            let (dx, dy) = (x - nf / 2.0, y - nf / 2.0);
+            if (dx * dx + dy * dy).sqrt() > r {
+                *c = 0.06;
+            }
+        });
+    }
+    c
+}
+
+/// Multicrystalline grains: a brightness offset per Voronoi cell of random
+/// seeds, darker at the grain boundaries.
+fn draw_grains(c: &mut Canvas, rng: &mut Rng) {
+    let nf = c.n as f32;
+    let k = rng.range(12.0, 36.0) as usize;
+    let seeds: Vec<(f32, f32, f32)> = (0..k)
+        .map(|_| {
+            (
+                rng.range(0.0, nf as f64) as f32,
+                rng.range(0.0, nf as f64) as f32,
+                (rng.normal() * 0.07) as f32,
+            )
+        })
+        .collect();
+    let edge = rng.range(0.02, 0.06) as f32;
+    c.each(|v, px, py| {
+        let (mut d1, mut d2, mut off) = (f32::INFINITY, f32::INFINITY, 0.0);
+        for &(sx, sy, o) in &seeds {
+            let d = ((px - sx).powi(2) + (py - sy).powi(2)).sqrt();
+            if d < d1 {
+                d2 = d1;
+                d1 = d;
+                off = o;
+            } else if d < d2 {
+                d2 = d;
             }
         }
-    }
+        let boundary = if d2 - d1 < 1.0 { edge } else { 0.0 };
+        *v *= 1.0 + off - boundary;
+    });
+}
 
-    // Vignetting: the glow falls off towards the edges.
+/// Vignetting: the glow falls off towards the edges.
+fn draw_vignetting(c: &mut Canvas, rng: &mut Rng) {
+    let nf = c.n as f32;
     let vig = rng.range(0.08, 0.2) as f32;
-    for y in 0..n {
-        for x in 0..n {
-            let dx = (x as f32 + 0.5) / nf * 2.0 - 1.0;
-            let dy = (y as f32 + 0.5) / nf * 2.0 - 1.0;
-            *c.at(x, y) *= 1.0 - vig * (dx * dx + dy * dy) * 0.5;
-        }
-    }
+    c.each(|v, px, py| {
+        let dx = px / nf * 2.0 - 1.0;
+        let dy = py / nf * 2.0 - 1.0;
+        *v *= 1.0 - vig * (dx * dx + dy * dy) * 0.5;
+    });
+}
 
-    // Busbars (dark stripes) and fingers (faint lines), horizontal or vertical.
+/// Busbars (dark stripes) and fingers (faint lines), horizontal or vertical.
+fn draw_busbars(c: &mut Canvas, rng: &mut Rng) {
+    let (n, nf) = (c.n, c.n as f32);
     let vertical = rng.bool(0.5);
     let bars = 2 + rng.below(2);
     let bar_w = (nf / 48.0).max(1.0);
@@ -300,90 +342,71 @@ fn render(n: usize, kind: Kind, cell_seed: u64) -> Vec<u8> {
             *c.at(x, y) *= f;
         }
     }
+}
 
-    // Monocrystalline wafers have cut corners: dark outside a circle.
-    if mono {
-        let r = nf * rng.range(0.66, 0.74) as f32;
-        for y in 0..n {
-            for x in 0..n {
-                let dx = x as f32 + 0.5 - nf / 2.0;
-                let dy = y as f32 + 0.5 - nf / 2.0;
-                if (dx * dx + dy * dy).sqrt() > r {
-                    *c.at(x, y) = 0.06;
-                }
-            }
+/// A branching crack in two directions from a random start.
+fn draw_crack(c: &mut Canvas, rng: &mut Rng) {
+    let nf = c.n as f32;
+    let start = (
+        rng.range(0.15, 0.85) as f32 * nf,
+        rng.range(0.15, 0.85) as f32 * nf,
+    );
+    let angle = rng.range(0.0, std::f64::consts::TAU) as f32;
+    let len = nf * rng.range(0.3, 0.7) as f32;
+    let mut segs = crack_segments(rng, nf, start, angle, len);
+    let back = angle + std::f32::consts::PI;
+    segs.extend(crack_segments(rng, nf, start, back, len * 0.6));
+    let depth = rng.range(0.45, 0.75) as f32;
+    draw_segments(c, &segs, (nf / 150.0).max(0.8), depth);
+}
+
+/// A crack from one edge to a neighbouring edge isolates a dark corner region.
+fn draw_inactive(c: &mut Canvas, rng: &mut Rng) {
+    let nf = c.n as f32;
+    let corner = rng.below(4);
+    let (a, b) = (
+        rng.range(0.25, 0.7) as f32 * nf,
+        rng.range(0.25, 0.7) as f32 * nf,
+    );
+    let (p, q) = match corner {
+        0 => ((a, 0.0), (0.0, b)),
+        1 => ((nf - a, 0.0), (nf, b)),
+        2 => ((0.0, nf - b), (a, nf)),
+        _ => ((nf, nf - b), (nf - a, nf)),
+    };
+    let cx = if corner.is_multiple_of(2) { 0.0 } else { nf };
+    let cy = if corner < 2 { 0.0 } else { nf };
+    let dark = rng.range(0.3, 0.6) as f32;
+    let side = |x: f32, y: f32| (q.0 - p.0) * (y - p.1) - (q.1 - p.1) * (x - p.0);
+    let corner_side = side(cx, cy).signum();
+    c.each(|v, x, y| {
+        if side(x, y).signum() == corner_side {
+            *v *= 1.0 - dark;
         }
+    });
+    draw_segments(c, &[(p, q)], (nf / 64.0).max(0.8), 0.5);
+}
+
+/// One to three dark Gaussian spots.
+fn draw_spots(c: &mut Canvas, rng: &mut Rng) {
+    let nf = c.n as f32;
+    let spots = 1 + rng.below(3);
+    for _ in 0..spots {
+        let (sx, sy) = (
+            rng.range(0.15, 0.85) as f32 * nf,
+            rng.range(0.15, 0.85) as f32 * nf,
+        );
+        let r = nf * rng.range(0.04, 0.09) as f32;
+        let depth = rng.range(0.35, 0.65) as f32;
+        c.each(|v, x, y| {
+            let d2 = (x - sx).powi(2) + (y - sy).powi(2);
+            *v *= 1.0 - depth * (-d2 / (2.0 * r * r)).exp();
+        });
     }
+}
 
-    let rng = &mut Rng::derive(cell_seed, 1);
-    match kind {
-        Kind::Ok => {}
-        Kind::Crack => {
-            let start = (
-                rng.range(0.15, 0.85) as f32 * nf,
-                rng.range(0.15, 0.85) as f32 * nf,
-            );
-            let angle = rng.range(0.0, std::f64::consts::TAU) as f32;
-            let len = nf * rng.range(0.3, 0.7) as f32;
-            let mut segs = crack_segments(rng, nf, start, angle, len);
-            segs.extend(crack_segments(
-                rng,
-                nf,
-                start,
-                angle + std::f32::consts::PI,
-                len * 0.6,
-            ));
-            let depth = rng.range(0.45, 0.75) as f32;
-            draw_segments(&mut c, &segs, (nf / 150.0).max(0.8), depth);
-        }
-        Kind::Inactive => {
-            // A crack from one edge to a neighbouring edge isolates a corner region.
-            let corner = rng.below(4);
-            let (a, b) = (
-                rng.range(0.25, 0.7) as f32 * nf,
-                rng.range(0.25, 0.7) as f32 * nf,
-            );
-            let (p, q) = match corner {
-                0 => ((a, 0.0), (0.0, b)),
-                1 => ((nf - a, 0.0), (nf, b)),
-                2 => ((0.0, nf - b), (a, nf)),
-                _ => ((nf, nf - b), (nf - a, nf)),
-            };
-            let cx = if corner.is_multiple_of(2) { 0.0 } else { nf };
-            let cy = if corner < 2 { 0.0 } else { nf };
-            let dark = rng.range(0.3, 0.6) as f32;
-            let side = |x: f32, y: f32| (q.0 - p.0) * (y - p.1) - (q.1 - p.1) * (x - p.0);
-            let corner_side = side(cx, cy).signum();
-            for y in 0..n {
-                for x in 0..n {
-                    if side(x as f32 + 0.5, y as f32 + 0.5).signum() == corner_side {
-                        *c.at(x, y) *= 1.0 - dark;
-                    }
-                }
-            }
-            draw_segments(&mut c, &[(p, q)], (nf / 64.0).max(0.8), 0.5);
-        }
-        Kind::Spot => {
-            let spots = 1 + rng.below(3);
-            for _ in 0..spots {
-                let (sx, sy) = (
-                    rng.range(0.15, 0.85) as f32 * nf,
-                    rng.range(0.15, 0.85) as f32 * nf,
-                );
-                let r = nf * rng.range(0.04, 0.09) as f32;
-                let depth = rng.range(0.35, 0.65) as f32;
-                for y in 0..n {
-                    for x in 0..n {
-                        let d2 = (x as f32 + 0.5 - sx).powi(2) + (y as f32 + 0.5 - sy).powi(2);
-                        *c.at(x, y) *= 1.0 - depth * (-d2 / (2.0 * r * r)).exp();
-                    }
-                }
-            }
-        }
-    }
-
-    // Sensor noise and global gain.
-    let rng = &mut Rng::derive(cell_seed, 2);
+/// The sensor: global gain and noise, quantised to 8 bits.
+fn sense(c: &Canvas, rng: &mut Rng) -> Vec<u8> {
     let gain = rng.range(0.9, 1.1) as f32;
     let noise = rng.range(0.01, 0.03);
     c.v.iter()
