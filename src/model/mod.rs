@@ -3,6 +3,7 @@
 pub mod bundled;
 pub mod checkpoint;
 pub mod config;
+mod executor;
 pub mod folded;
 pub mod gcm;
 pub mod layers;
