@@ -169,24 +169,8 @@ impl CustomOp2 for GcmScore {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = ScoreDims::of(l1, l2)?;
-        let shape = Shape::from((dims.b, dims.n));
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(score_cpu(
-                contiguous_slice(a, l1)?,
-                contiguous_slice(b, l2)?,
-                dims,
-            )),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(score_cpu(
-                contiguous_slice(a, l1)?,
-                contiguous_slice(b, l2)?,
-                dims,
-            )),
-            _ => candle_core::bail!(
-                "gcm_score on CPU supports f32 and f64, got {:?}",
-                s1.dtype()
-            ),
-        };
-        Ok((out, shape))
+        let out = cpu_pair("gcm_score", (s1, l1), (s2, l2), &dims)?;
+        Ok((out, Shape::from((dims.b, dims.n))))
     }
 
     #[cfg(feature = "cuda")]
@@ -256,14 +240,70 @@ fn grad_dims(l: &Layout, lg: &Layout) -> Result<(usize, usize, usize, usize, usi
     Ok((b, x, r, c, n))
 }
 
-fn grad_cwm_cpu<T: num_like::Float>(
-    img: &[T],
-    g: &[T],
+/// A CPU kernel written once for both float dtypes.
+trait PairKernel {
+    fn run<T: num_like::Float>(&self, a: &[T], b: &[T]) -> Vec<T>;
+}
+
+/// Runs `kernel` on two contiguous CPU storages of one float dtype (`f32`
+/// or `f64`); `op` names the operation in the error for any other.
+fn cpu_pair(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    kernel: &impl PairKernel,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(kernel.run(contiguous_slice(a, l1)?, contiguous_slice(b, l2)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(kernel.run(contiguous_slice(a, l1)?, contiguous_slice(b, l2)?))
+        }
+        _ => candle_core::bail!(
+            "{op} on CPU supports f32 and f64, got {:?} and {:?}",
+            s1.dtype(),
+            s2.dtype()
+        ),
+    })
+}
+
+impl PairKernel for ScoreDims {
+    fn run<T: num_like::Float>(&self, cwm: &[T], img: &[T]) -> Vec<T> {
+        score_cpu(cwm, img, *self)
+    }
+}
+
+/// The CWM gradient of `b` images of `d` channels of `hw` pixels, `n` classes.
+struct GradCwmCpu {
     b: usize,
     d: usize,
     hw: usize,
     n: usize,
-) -> Vec<T> {
+}
+
+impl PairKernel for GradCwmCpu {
+    fn run<T: num_like::Float>(&self, img: &[T], g: &[T]) -> Vec<T> {
+        grad_cwm_cpu(img, g, self)
+    }
+}
+
+/// The image gradient of `b` images of `d` channels of `hw` pixels, `n` classes.
+struct GradImageCpu {
+    b: usize,
+    n: usize,
+    hw: usize,
+    d: usize,
+}
+
+impl PairKernel for GradImageCpu {
+    fn run<T: num_like::Float>(&self, cwm: &[T], g: &[T]) -> Vec<T> {
+        grad_img_cpu(cwm, g, self)
+    }
+}
+
+fn grad_cwm_cpu<T: num_like::Float>(img: &[T], g: &[T], dims: &GradCwmCpu) -> Vec<T> {
+    let GradCwmCpu { b, d, hw, n } = *dims;
     let inv = 1.0 / (hw * d) as f64;
     let mut out = Vec::with_capacity(b * n * hw);
     for bi in 0..b {
@@ -279,14 +319,8 @@ fn grad_cwm_cpu<T: num_like::Float>(
     out
 }
 
-fn grad_img_cpu<T: num_like::Float>(
-    cwm: &[T],
-    g: &[T],
-    b: usize,
-    n: usize,
-    hw: usize,
-    d: usize,
-) -> Vec<T> {
+fn grad_img_cpu<T: num_like::Float>(cwm: &[T], g: &[T], dims: &GradImageCpu) -> Vec<T> {
+    let GradImageCpu { b, n, hw, d } = *dims;
     let inv = 1.0 / (hw * d) as f64;
     let mut out = Vec::with_capacity(b * d * hw);
     for bi in 0..b {
@@ -318,25 +352,8 @@ impl CustomOp2 for GradCwm {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, d, r, c, n) = grad_dims(l1, l2)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(i), CpuStorage::F32(g)) => CpuStorage::F32(grad_cwm_cpu(
-                contiguous_slice(i, l1)?,
-                contiguous_slice(g, l2)?,
-                b,
-                d,
-                r * c,
-                n,
-            )),
-            (CpuStorage::F64(i), CpuStorage::F64(g)) => CpuStorage::F64(grad_cwm_cpu(
-                contiguous_slice(i, l1)?,
-                contiguous_slice(g, l2)?,
-                b,
-                d,
-                r * c,
-                n,
-            )),
-            _ => candle_core::bail!("gcm_score backward on CPU supports f32 and f64"),
-        };
+        let kernel = GradCwmCpu { b, d, hw: r * c, n };
+        let out = cpu_pair("gcm_score backward", (s1, l1), (s2, l2), &kernel)?;
         Ok((out, Shape::from((b, n, r, c))))
     }
 
@@ -371,25 +388,8 @@ impl CustomOp2 for GradImage {
             candle_core::bail!("gcm_score backward: {n} class maps vs {ng} gradients")
         }
         let d = self.channels;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(m), CpuStorage::F32(g)) => CpuStorage::F32(grad_img_cpu(
-                contiguous_slice(m, l1)?,
-                contiguous_slice(g, l2)?,
-                b,
-                n,
-                r * c,
-                d,
-            )),
-            (CpuStorage::F64(m), CpuStorage::F64(g)) => CpuStorage::F64(grad_img_cpu(
-                contiguous_slice(m, l1)?,
-                contiguous_slice(g, l2)?,
-                b,
-                n,
-                r * c,
-                d,
-            )),
-            _ => candle_core::bail!("gcm_score backward on CPU supports f32 and f64"),
-        };
+        let kernel = GradImageCpu { b, n, hw: r * c, d };
+        let out = cpu_pair("gcm_score backward", (s1, l1), (s2, l2), &kernel)?;
         Ok((out, Shape::from((b, d, r, c))))
     }
 
