@@ -5,8 +5,8 @@
 //! step allocates the same sizes again. With glibc's defaults such buffers
 //! are mapped and unmapped from the kernel, or the top of the heap is given
 //! back and taken again, so the same memory is page-faulted in (and zeroed
-//! by the kernel) at every step: 196,000-357,000 page faults and a sixth of
-//! the CPU time in five ELPV training steps (BENCHMARKS.md). [`tune`]
+//! by the kernel) at every step (the page-fault counts and CPU time are in
+//! BENCHMARKS.md, "Changes kept"). [`tune`]
 //! keeps buffers up to 32 MiB on the heap and freed memory in the process,
 //! which costs no more peak memory (the same buffers are reused).
 

@@ -327,8 +327,8 @@ entries!(conv_portable, wgrad_portable, Portable, []);
 /// leaving room for the `NV` input vectors and a broadcast weight. AVX2 is
 /// tight: 4x3 (12 accumulators + 3 inputs + 1 weight = all 16) compiled to
 /// register shuffles in the inner loop and 2x6 (19) spilled to the stack;
-/// 6x2 (15) and 2x4 (13) run the ELPV model's batch-1 inference ~1.8x and
-/// batch 32 ~1.4x faster (BENCHMARKS.md, ELPV).
+/// 6x2 (15) and 2x4 (13) do neither (figures: BENCHMARKS.md, "Changes
+/// kept", AVX2 register tiles).
 pub(crate) fn conv_tile(isa: Isa, cout: usize) -> (usize, usize, ConvFn) {
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -39,10 +39,9 @@ thread_local! {
 pub const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// Our default for it. candle's own (25,000 rounds of `pause`) keeps its idle
 /// workers spinning after every elementwise op on the cores that the
-/// engine's threads (a second pool) need next: 8% of a two-thread training
-/// step's samples were that spin (perf, AMD Zen 5). With 2,000 the ELPV
-/// training step ran 1.07x faster on 3% less CPU time, and inference and
-/// the daemon no slower (BENCHMARKS.md, "candle's spinning pool").
+/// engine's threads (a second pool) need next; a shorter spin gives those
+/// cores back sooner. Figures: BENCHMARKS.md, "Changes kept" (candle's
+/// spinning pool).
 pub const CANDLE_SPIN_LIMIT: &str = "2000";
 
 /// The value to give [`CANDLE_SPIN_VAR`], given what the environment holds:
