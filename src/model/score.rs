@@ -448,29 +448,53 @@ mod cuda {
             sc,
             si,
         };
-        let slice = match (&s1.slice, &s2.slice) {
-            (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => {
-                CudaStorageSlice::F32(args.fwd(a, b, "f32", inv as f32)?)
-            }
-            (CudaStorageSlice::F64(a), CudaStorageSlice::F64(b)) => {
-                CudaStorageSlice::F64(args.fwd(a, b, "f64", inv)?)
-            }
-            (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => {
-                CudaStorageSlice::F16(args.fwd::<f16, f32>(a, b, "f16", inv as f32)?)
-            }
-            (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => {
-                CudaStorageSlice::BF16(args.fwd::<bf16, f32>(a, b, "bf16", inv as f32)?)
-            }
-            _ => candle_core::bail!(
-                "gcm_score on CUDA supports f32, f64, f16 and bf16, got {:?}",
-                s1.dtype()
-            ),
-        };
         let out = CudaStorage {
-            slice,
+            slice: dispatch("gcm_score", s1, s2, inv, &args)?,
             device: dev.clone(),
         };
         Ok((out, Shape::from((dims.b, dims.n))))
+    }
+
+    /// A launch written once for every float dtype: `T` the data type, `A`
+    /// the accumulator (f32, or f64 for f64 data), `suffix` the kernel
+    /// name's dtype suffix.
+    trait Launch {
+        fn launch<T: DeviceRepr, A: DeviceRepr>(
+            &self,
+            a: &CudaSlice<T>,
+            b: &CudaSlice<T>,
+            suffix: &str,
+            inv: A,
+        ) -> Result<CudaSlice<T>>;
+    }
+
+    /// Runs `run` on two storages of one dtype (f32, f64, f16 or bf16);
+    /// `op` names the operation in the error for any other.
+    fn dispatch(
+        op: &str,
+        s1: &CudaStorage,
+        s2: &CudaStorage,
+        inv: f64,
+        run: &impl Launch,
+    ) -> Result<CudaStorageSlice> {
+        Ok(match (&s1.slice, &s2.slice) {
+            (CudaStorageSlice::F32(a), CudaStorageSlice::F32(b)) => {
+                CudaStorageSlice::F32(run.launch(a, b, "f32", inv as f32)?)
+            }
+            (CudaStorageSlice::F64(a), CudaStorageSlice::F64(b)) => {
+                CudaStorageSlice::F64(run.launch(a, b, "f64", inv)?)
+            }
+            (CudaStorageSlice::F16(a), CudaStorageSlice::F16(b)) => {
+                CudaStorageSlice::F16(run.launch::<f16, f32>(a, b, "f16", inv as f32)?)
+            }
+            (CudaStorageSlice::BF16(a), CudaStorageSlice::BF16(b)) => {
+                CudaStorageSlice::BF16(run.launch::<bf16, f32>(a, b, "bf16", inv as f32)?)
+            }
+            _ => candle_core::bail!(
+                "{op} on CUDA supports f32, f64, f16 and bf16, got {:?}",
+                s1.dtype()
+            ),
+        })
     }
 
     struct Args<'a> {
@@ -482,10 +506,9 @@ mod cuda {
         si: PlaneStrides,
     }
 
-    impl Args<'_> {
+    impl Launch for Args<'_> {
         /// Partial sums per (score, tile), then one warp per score adds them.
-        /// `A` is the accumulator type (f32, or f64 for f64 inputs).
-        fn fwd<T: DeviceRepr, A: DeviceRepr>(
+        fn launch<T: DeviceRepr, A: DeviceRepr>(
             &self,
             cwm: &CudaSlice<T>,
             img: &CudaSlice<T>,
@@ -575,26 +598,8 @@ mod cuda {
             o2: l2.start_offset(),
             sizes: (b, n, d, hw),
         };
-        let slice = match (&s1.slice, &s2.slice) {
-            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(g)) => {
-                CudaStorageSlice::F32(run.launch(x, g, "f32", inv as f32)?)
-            }
-            (CudaStorageSlice::F64(x), CudaStorageSlice::F64(g)) => {
-                CudaStorageSlice::F64(run.launch(x, g, "f64", inv)?)
-            }
-            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(g)) => {
-                CudaStorageSlice::F16(run.launch::<f16, f32>(x, g, "f16", inv as f32)?)
-            }
-            (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(g)) => {
-                CudaStorageSlice::BF16(run.launch::<bf16, f32>(x, g, "bf16", inv as f32)?)
-            }
-            _ => candle_core::bail!(
-                "gcm_score backward on CUDA supports f32, f64, f16 and bf16, got {:?}",
-                s1.dtype()
-            ),
-        };
         Ok(CudaStorage {
-            slice,
+            slice: dispatch("gcm_score backward", s1, s2, inv, &run)?,
             device: dev.clone(),
         })
     }
@@ -607,7 +612,7 @@ mod cuda {
         sizes: (usize, usize, usize, usize),
     }
 
-    impl Backward<'_> {
+    impl Launch for Backward<'_> {
         fn launch<T: DeviceRepr, A: DeviceRepr>(
             &self,
             x: &CudaSlice<T>,
