@@ -213,6 +213,7 @@ impl BnTrain {
     }
 }
 
+// The method signatures are candle's `CustomOp3`, the same for every op.
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "engine-batch-norm-train"

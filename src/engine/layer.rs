@@ -101,6 +101,7 @@ struct ChainTrain {
     saved: Shared,
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for ChainTrain {
     fn name(&self) -> &'static str {
         "engine-train-chain"

@@ -126,6 +126,7 @@ impl Conv {
     }
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
         match self.0 {
@@ -289,6 +290,7 @@ pub(crate) struct ConvBiasRelu {
     pub relu: bool,
 }
 
+// The method signatures are candle's `CustomOp3`, the same for every op.
 impl CustomOp3 for ConvBiasRelu {
     fn name(&self) -> &'static str {
         match self.conv.0 {

@@ -102,6 +102,7 @@ fn sizes(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)>
     Ok((n, d, r * c))
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for CcmQuant {
     fn name(&self) -> &'static str {
         "gcm-ccm-quant"
@@ -210,14 +211,9 @@ mod tests {
     use super::*;
     use crate::evidence::FrameMaps;
     use crate::model::score::gcm_score;
+    use crate::model::score::tests::rand;
     use crate::rng::Rng;
     use candle_core::Device;
-
-    fn rand(rng: &mut Rng, shape: &[usize]) -> Tensor {
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     /// The op is the evidence format's own quantisation, bit for bit, and the
     /// stored parts give the score back within the format's tolerance.

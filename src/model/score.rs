@@ -156,6 +156,7 @@ fn contiguous_slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for GcmScore {
     fn name(&self) -> &'static str {
         "gcm-score"
@@ -339,6 +340,7 @@ fn grad_img_cpu<T: num_like::Float>(cwm: &[T], g: &[T], dims: &GradImageCpu) -> 
     out
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for GradCwm {
     fn name(&self) -> &'static str {
         "gcm-score-grad-cwm"
@@ -371,6 +373,7 @@ impl CustomOp2 for GradCwm {
     }
 }
 
+// The method signatures are candle's `CustomOp2`, the same for every op.
 impl CustomOp2 for GradImage {
     fn name(&self) -> &'static str {
         "gcm-score-grad-image"
@@ -677,12 +680,13 @@ pub(crate) mod num_like {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rng::Rng;
     use candle_core::{DType, Device};
 
-    fn rand(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    /// A CPU `f32` tensor of uniform values in [-1, 1).
+    pub(crate) fn rand(rng: &mut Rng, shape: &[usize]) -> Tensor {
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
