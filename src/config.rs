@@ -56,6 +56,10 @@ pub struct DaemonConfig {
     /// Divergence checks.
     #[serde(default)]
     pub checks: ChecksConfig,
+    /// From decision to verdict: reject classes, the operating point, frame
+    /// health checks.
+    #[serde(default)]
+    pub decision: DecisionConfig,
     /// Prometheus `/metrics` and `/healthz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -336,6 +340,65 @@ impl Default for ChecksConfig {
     }
 }
 
+/// From decision to verdict (`ok`, `ng`, `review`; see [`crate::verdict`]).
+/// The defaults decide as a bare argmax: no review band.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// Classes whose decision rejects the part (`ng`); every other class
+    /// passes (`ok`). Empty: no class rejects.
+    pub reject_classes: Vec<String>,
+    /// Below this probability of the decided class the verdict is `review`
+    /// (0: never).
+    pub min_probability: f64,
+    /// Below this lead of the decided score over the runner-up the verdict
+    /// is `review` (0: never).
+    pub min_margin: f64,
+    /// Frame health checks before the verdict.
+    pub health: HealthConfig,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        DecisionConfig {
+            reject_classes: Vec::new(),
+            min_probability: 0.0,
+            min_margin: 0.0,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// Frame health: a frame that fails a check gets `review`, never a class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// More than this share of the input's values at 0: `dark` (1: off).
+    pub max_dark_share: f64,
+    /// More than this share at 255: `saturated` (1: off).
+    pub max_saturated_share: f64,
+    /// Standard deviation of the input's values (0-255) below this: `flat`
+    /// (0: off).
+    pub min_contrast: f64,
+    /// This many identical frames in a row (the last ones included):
+    /// `frozen` (0: off).
+    pub frozen_frames: u64,
+    /// Every class score within this of the others: `no_evidence`.
+    pub evidence_tolerance: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            max_dark_share: 0.95,
+            max_saturated_share: 0.95,
+            min_contrast: 1.0,
+            frozen_frames: 3,
+            evidence_tolerance: 1e-6,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -398,6 +461,7 @@ impl DaemonConfig {
         self.output.log.check()?;
         self.evidence.check()?;
         self.checks.check()?;
+        self.decision.check()?;
         self.metrics.check()
     }
 
@@ -419,14 +483,18 @@ impl DaemonConfig {
         text: &str,
     ) -> Result<()> {
         let fail = |key: &str, msg: String| Err(key_error(origin, text, key, msg));
-        if let Some(c) = self.evidence.classes.iter().find(|c| !classes.contains(c)) {
-            return fail(
-                "evidence.classes",
-                format!(
+        let named = [
+            ("evidence.classes", &self.evidence.classes),
+            ("decision.reject_classes", &self.decision.reject_classes),
+        ];
+        for (key, list) in named {
+            if let Some(c) = list.iter().find(|c| !classes.contains(c)) {
+                let msg = format!(
                     "{c:?} is not a class of the model (classes: {})",
                     classes.join(", ")
-                ),
-            );
+                );
+                return fail(key, msg);
+            }
         }
         if channels == 3 {
             let grey_source = match &self.source {
@@ -465,7 +533,8 @@ fn fail(key: &str, msg: impl Into<String>) -> Checked {
 
 /// `value` must lie in `lo..=hi`; the error names the key and the range.
 fn within<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Checked {
-    if value < lo || value > hi {
+    // Written so that NaN (which compares false with everything) fails.
+    if !(value >= lo && value <= hi) {
         return Err((
             key.to_string(),
             format!("{value} is out of range (must be between {lo} and {hi})"),
@@ -587,6 +656,34 @@ impl ChecksConfig {
             );
         }
         Ok(())
+    }
+}
+
+impl DecisionConfig {
+    fn check(&self) -> Checked {
+        let h = &self.health;
+        let shares = [
+            ("decision.min_probability", self.min_probability),
+            ("decision.health.max_dark_share", h.max_dark_share),
+            ("decision.health.max_saturated_share", h.max_saturated_share),
+        ];
+        for (key, v) in shares {
+            within(key, v, 0.0, 1.0)?;
+        }
+        within("decision.min_margin", self.min_margin, 0.0, 1e6)?;
+        within("decision.health.min_contrast", h.min_contrast, 0.0, 255.0)?;
+        within(
+            "decision.health.frozen_frames",
+            h.frozen_frames,
+            0,
+            1_000_000,
+        )?;
+        within(
+            "decision.health.evidence_tolerance",
+            h.evidence_tolerance,
+            0.0,
+            1e6,
+        )
     }
 }
 
@@ -843,6 +940,14 @@ mod tests {
                 ..EvidenceConfig::default()
             },
             checks: ChecksConfig::default(),
+            // The demo names its defect classes and sends unsure calls to
+            // review; a config of one's own decides as a bare argmax until
+            // it sets them.
+            decision: DecisionConfig {
+                reject_classes: vec!["crack".into(), "inactive".into(), "spot".into()],
+                min_probability: 0.8,
+                ..DecisionConfig::default()
+            },
             metrics: MetricsConfig::default(),
         };
         assert_eq!(parsed, expected);

@@ -24,5 +24,6 @@ pub mod model;
 pub mod pipeline;
 pub mod rng;
 pub mod train;
+pub mod verdict;
 
 pub use error::{Error, Result};

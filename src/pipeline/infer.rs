@@ -18,6 +18,7 @@ use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::evidence::FrameMaps;
 use crate::model::Input;
+use crate::verdict::{judge, FrameStats, Judged, Repeats};
 
 /// Per-stage latencies of one decision, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub struct Decided {
     /// The model (and settings) that decided.
     pub bundle: Arc<Bundle>,
     pub decision: Decision,
+    /// The verdict on the decision and the frame's health.
+    pub judged: Judged,
     /// The input as the model saw it (8-bit).
     pub planar: Planar,
     /// Scaled input and class weight maps on the host (for the evidence).
@@ -59,6 +62,8 @@ pub struct Infer {
     pub bundle: Arc<Bundle>,
     pub metrics: Arc<Metrics>,
     pub notifier: Arc<Notifier>,
+    /// Identical frames in a row, for the frozen-source check.
+    pub repeats: Repeats,
 }
 
 impl Infer {
@@ -94,7 +99,7 @@ impl Infer {
         }
     }
 
-    fn decide(&self, frame: Frame) -> Result<Option<Decided>> {
+    fn decide(&mut self, frame: Frame) -> Result<Option<Decided>> {
         let t0 = Instant::now();
         let queue = t0.duration_since(frame.captured);
         let b = self.bundle.clone();
@@ -119,6 +124,9 @@ impl Infer {
             .pop()
             .ok_or_else(|| Error::Runtime("the network returned no scores".into()))?;
         let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0)?;
+        let stats = FrameStats::of(&prepared.planar.data);
+        let run = self.repeats.see(stats.hash);
+        let judged = judge(&b.decision, &stats, run, &decision);
         let t2 = Instant::now();
         let latency = Latency {
             queue_ms: ms(queue),
@@ -138,6 +146,7 @@ impl Infer {
             name: frame.name,
             bundle: b,
             decision,
+            judged,
             planar: prepared.planar,
             maps,
             latency,
@@ -196,6 +205,7 @@ mod tests {
             bundle,
             metrics: metrics.clone(),
             notifier: Arc::new(Notifier::disabled()),
+            repeats: Repeats::default(),
         }
         .run()
         .unwrap();

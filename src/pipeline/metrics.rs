@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::preprocess::Skip;
+use crate::verdict::{Health, Judged, Verdict};
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -122,6 +123,8 @@ pub struct Metrics {
     pub source_errors: Counter,
     pub source_reconnects: Counter,
     decisions: LabelledCounter,
+    verdicts: LabelledCounter,
+    health_reviews: LabelledCounter,
     pub evidence_checks: Counter,
     pub evidence_divergent: Counter,
     pub reference_checks: Counter,
@@ -168,6 +171,8 @@ impl Metrics {
             source_errors: Counter::default(),
             source_reconnects: Counter::default(),
             decisions: LabelledCounter::default(),
+            verdicts: LabelledCounter::default(),
+            health_reviews: LabelledCounter::default(),
             evidence_checks: Counter::default(),
             evidence_divergent: Counter::default(),
             reference_checks: Counter::default(),
@@ -211,6 +216,38 @@ impl Metrics {
 
     pub fn decided(&self, class: &str) {
         self.decisions.inc(class);
+    }
+
+    /// A logged decision's verdict, and the health check behind a review.
+    pub fn judged(&self, j: &Judged) {
+        self.verdicts.inc(j.verdict.name());
+        if let Some(h) = j.health {
+            self.health_reviews.inc(h.name());
+        }
+    }
+
+    pub fn verdicts(&self, v: Verdict) -> u64 {
+        self.verdicts.get(v.name())
+    }
+
+    pub fn health_reviews(&self, h: Health) -> u64 {
+        self.health_reviews.get(h.name())
+    }
+
+    /// `gcm_verdicts_total`: every verdict, counted or not.
+    pub fn verdict_counts(&self) -> Vec<(String, u64)> {
+        Verdict::ALL
+            .iter()
+            .map(|v| (v.name().to_string(), self.verdicts(*v)))
+            .collect()
+    }
+
+    /// `gcm_health_reviews_total`: every health check, counted or not.
+    fn by_health_check(&self) -> Vec<(String, u64)> {
+        Health::ALL
+            .iter()
+            .map(|h| (h.name().to_string(), self.health_reviews(*h)))
+            .collect()
     }
 
     pub fn decisions_total(&self) -> u64 {
@@ -309,6 +346,8 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
     ("gcm_source_errors_total", "counter", "Capture errors (lost camera, timeouts, failed reopen attempts).", One(|m| m.source_errors.get())),
     ("gcm_source_reconnects_total", "counter", "Times a lost camera was reopened.", One(|m| m.source_reconnects.get())),
     ("gcm_decisions_total", "counter", "Decisions, by decided class.", By("class", |m| m.decisions.samples())),
+    ("gcm_verdicts_total", "counter", "Logged verdicts: ok, ng (reject) or review.", By("verdict", Metrics::verdict_counts)),
+    ("gcm_health_reviews_total", "counter", "Frames sent to review by a frame health check, by check.", By("check", Metrics::by_health_check)),
     ("gcm_checks_total", "counter", "Divergence checks run.", By("check", |m| labels([("evidence", &m.evidence_checks), ("reference", &m.reference_checks)]))),
     ("gcm_divergences_total", "counter", "Divergence checks that failed.", By("check", |m| labels([("evidence", &m.evidence_divergent), ("reference", &m.reference_divergent)]))),
     ("gcm_evidence_written_total", "counter", "Evidence folders written.", One(|m| m.evidence_written.get())),
@@ -395,6 +434,21 @@ mod tests {
         for (class, n) in [("ok", 11), ("crack", 13), ("we\"ird\\\n", 2)] {
             for _ in 0..n {
                 m.decided(class);
+            }
+        }
+        let judged = |verdict, health| Judged {
+            verdict,
+            reason: String::new(),
+            health,
+        };
+        for (j, n) in [
+            (judged(Verdict::Ok, None), 11),
+            (judged(Verdict::Ng, None), 9),
+            (judged(Verdict::Review, Some(Health::Saturated)), 4),
+            (judged(Verdict::Review, None), 2),
+        ] {
+            for _ in 0..n {
+                m.judged(&j);
             }
         }
         let histograms = [

@@ -59,6 +59,8 @@ pub struct Summary {
     pub frames_dropped: u64,
     pub frames_skipped: u64,
     pub decisions: u64,
+    /// Logged verdicts by name: `ok`, `ng`, `review`.
+    pub verdicts: std::collections::BTreeMap<String, u64>,
     pub log_lines_written: u64,
     pub log_lines_synced: u64,
     pub divergences: u64,
@@ -384,6 +386,7 @@ impl Daemon {
             bundle: bundle.clone(),
             metrics: self.metrics.clone(),
             notifier: self.notifier.clone(),
+            repeats: Default::default(),
         };
         let infer = stage("infer", &self.stop, events, move || infer.run())?;
         let capture = Capture {
@@ -437,6 +440,7 @@ impl Daemon {
             frames_dropped: m.frames_dropped.get(),
             frames_skipped: m.skipped_total(),
             decisions: m.decisions_total(),
+            verdicts: m.verdict_counts().into_iter().collect(),
             log_lines_written: m.log_lines_written.get(),
             log_lines_synced: m.log_lines_synced.get(),
             divergences: m.evidence_divergent.get() + m.reference_divergent.get(),

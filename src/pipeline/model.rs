@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 
 use super::preprocess::PrepSpec;
-use crate::config::{ChecksConfig, EvidenceConfig, Loaded};
+use crate::config::{ChecksConfig, DecisionConfig, EvidenceConfig, Loaded};
 use crate::error::Result;
 use crate::model::{Gcm, Predictor};
 
@@ -39,6 +39,7 @@ pub struct Bundle {
     pub prep: PrepSpec,
     pub evidence: EvidenceConfig,
     pub checks: ChecksConfig,
+    pub decision: DecisionConfig,
 }
 
 impl Bundle {
@@ -73,6 +74,7 @@ impl Bundle {
             prep,
             evidence: cfg.evidence.clone(),
             checks: cfg.checks.clone(),
+            decision: cfg.decision.clone(),
         })
     }
 

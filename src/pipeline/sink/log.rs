@@ -37,6 +37,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::infer::Latency;
 use crate::pipeline::metrics::Metrics;
+use crate::verdict::Verdict;
 
 pub const ACTIVE: &str = "decisions.jsonl";
 
@@ -105,6 +106,14 @@ pub struct LogLine {
     pub probabilities: Vec<f32>,
     /// Decided score minus the runner-up's.
     pub margin: f32,
+    /// What the line does with the part: `ok`, `ng` or `review` (absent in
+    /// logs written before verdicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Why that verdict, e.g. `class crack p=0.97` or `frame saturated: 100%
+    /// of pixels at 255`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub latency: Latency,
     /// The model id: sha256 of its weights.
     pub model: String,
@@ -581,6 +590,8 @@ mod tests {
             scores: vec![0.5, 0.25],
             probabilities: vec![0.56, 0.44],
             margin: 0.25,
+            verdict: Some(Verdict::Ok),
+            reason: Some("class ok p=0.56".into()),
             latency: Latency::default(),
             model: "abc".into(),
             checks: Checks::default(),

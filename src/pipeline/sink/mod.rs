@@ -212,6 +212,8 @@ impl Sinks {
             scores: dec.scores.clone(),
             probabilities: dec.probabilities.clone(),
             margin: dec.margin,
+            verdict: Some(d.judged.verdict),
+            reason: Some(d.judged.reason.clone()),
             latency: d.latency.clone(),
             model: b.model_id().to_string(),
             checks,
@@ -221,6 +223,7 @@ impl Sinks {
         };
         self.log.append(&line)?;
         self.metrics.decided(&dec.class);
+        self.metrics.judged(&d.judged);
         self.metrics.latency_sinks.observe(t0.elapsed());
         Ok(())
     }
@@ -281,12 +284,15 @@ mod tests {
             .unwrap();
         let decision = bundle.predictor.decide(&out.scores).unwrap().remove(0);
         let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
+        let stats = crate::verdict::FrameStats::of(&prepared.planar.data);
+        let judged = crate::verdict::judge(&bundle.decision, &stats, 1, &decision);
         Decided {
             frame: 0,
             captured_unix_us: 0,
             name: None,
             bundle,
             decision,
+            judged,
             planar: prepared.planar,
             maps,
             latency: Default::default(),
