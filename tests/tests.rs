@@ -25,6 +25,9 @@ mod hostile;
 #[path = "it/engine.rs"]
 mod engine;
 
+#[path = "it/verdict.rs"]
+mod verdict;
+
 // GPU parity tests: built with `--features cuda`, all #[ignore]d, run by
 // scripts/gpu-run.sh on a machine with a GPU (see the module's docs).
 #[cfg(feature = "cuda")]

@@ -194,6 +194,26 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
         e.contains("evidence.quota_bytes") && e.contains("line"),
         "{e}"
     );
+    // A reject class the model does not have, and a probability above 1:
+    // exit 3, key named.
+    let f = write(
+        "reject.yaml",
+        format!("{good_text}decision:\n  reject_classes: [crack, scratch]\n"),
+    );
+    let e = fails(&["check-config", p(&f)], 3);
+    assert!(
+        e.contains("decision.reject_classes") && e.contains("\"scratch\" is not a class"),
+        "{e}"
+    );
+    let f = write(
+        "band.yaml",
+        format!("{good_text}decision:\n  min_probability: 1.5\n"),
+    );
+    let e = fails(&["check-config", p(&f)], 3);
+    assert!(
+        e.contains("decision.min_probability") && e.contains("out of range"),
+        "{e}"
+    );
     // Missing model: exit 5 (model), path named.
     let missing = root.join("no-such-model");
     let f = write(
@@ -391,6 +411,10 @@ fn metrics_and_healthz_while_running() {
         "{page}"
     );
     assert!(page.contains("gcm_decisions_total{class="), "{page}");
+    assert!(
+        page.contains("gcm_verdicts_total{verdict=\"review\"}"),
+        "{page}"
+    );
     assert!(
         page.contains("gcm_capture_to_decision_seconds_bucket{le=\"+Inf\"}"),
         "{page}"
