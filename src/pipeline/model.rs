@@ -59,6 +59,13 @@ impl Bundle {
             &loaded.origin,
             &loaded.text,
         )?;
+        if cfg.decision.reject_classes.is_empty() {
+            tracing::warn!(
+                "decision.reject_classes is empty: no decision is ng, every confident one is ok \
+                 (name the model's defect classes: {})",
+                predictor.classes().join(", ")
+            );
+        }
         let prep = PrepSpec {
             roi: cfg.preprocess.roi,
             channels: mc.input_channels,
