@@ -184,36 +184,27 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
             "{cmd}: {e}"
         );
     }
-    // Wrong type: exit 3, key and line named.
-    let f = write(
-        "type.yaml",
-        format!("{good_text}evidence:\n  quota_bytes: plenty\n"),
-    );
-    let e = fails(&["check-config", p(&f)], 3);
-    assert!(
-        e.contains("evidence.quota_bytes") && e.contains("line"),
-        "{e}"
-    );
-    // A reject class the model does not have, and a probability above 1:
-    // exit 3, key named.
-    let f = write(
-        "reject.yaml",
-        format!("{good_text}decision:\n  reject_classes: [crack, scratch]\n"),
-    );
-    let e = fails(&["check-config", p(&f)], 3);
-    assert!(
-        e.contains("decision.reject_classes") && e.contains("\"scratch\" is not a class"),
-        "{e}"
-    );
-    let f = write(
-        "band.yaml",
-        format!("{good_text}decision:\n  min_probability: 1.5\n"),
-    );
-    let e = fails(&["check-config", p(&f)], 3);
-    assert!(
-        e.contains("decision.min_probability") && e.contains("out of range"),
-        "{e}"
-    );
+    // A wrong type, a reject class the model does not have, a probability
+    // above 1: exit 3, the key (and what is wrong) named.
+    let cases = [
+        (
+            "evidence:\n  quota_bytes: plenty\n",
+            ["evidence.quota_bytes", "line"],
+        ),
+        (
+            "decision:\n  reject_classes: [crack, scratch]\n",
+            ["decision.reject_classes", "\"scratch\" is not a class"],
+        ),
+        (
+            "decision:\n  min_probability: 1.5\n",
+            ["decision.min_probability", "out of range"],
+        ),
+    ];
+    for (i, (section, want)) in cases.iter().enumerate() {
+        let f = write(&format!("bad_{i}.yaml"), format!("{good_text}{section}"));
+        let e = fails(&["check-config", p(&f)], 3);
+        assert!(want.iter().all(|w| e.contains(w)), "{section}: {e}");
+    }
     // Missing model: exit 5 (model), path named.
     let missing = root.join("no-such-model");
     let f = write(
