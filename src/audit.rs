@@ -124,3 +124,31 @@ pub fn verify(log_dir: &Path, evidence_dir: Option<&Path>) -> Result<Report> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::Verdict;
+
+    /// A line as the daemon wrote it before verdicts, and one with them.
+    const BEFORE: &str = r#"{"frame":7,"captured_unix_us":1,"source":"a.png","class":"crack","class_index":0,"classes":["crack","ok"],"scores":[0.5,0.25],"probabilities":[0.56,0.44],"margin":0.25,"latency":{"queue_ms":0.1,"preprocess_ms":0.2,"infer_ms":3.0,"capture_to_decision_ms":3.3},"model":"abc","checks":{},"divergent":false}"#;
+    const AFTER: &str = r#"{"frame":8,"captured_unix_us":2,"source":"b.png","class":"crack","class_index":0,"classes":["crack","ok"],"scores":[0.5,0.25],"probabilities":[0.56,0.44],"margin":0.25,"verdict":"review","reason":"class crack p=0.56 below 0.8","latency":{"queue_ms":0.1,"preprocess_ms":0.2,"infer_ms":3.0,"capture_to_decision_ms":3.3},"model":"abc","checks":{},"divergent":false}"#;
+
+    #[test]
+    fn logs_written_before_verdicts_still_verify_beside_new_lines() {
+        let old: LogLine = serde_json::from_str(BEFORE).unwrap();
+        assert_eq!((old.verdict, old.reason.as_deref()), (None, None));
+        // Written back, an old line stays as it was: no empty verdict keys.
+        assert_eq!(serde_json::to_string(&old).unwrap(), BEFORE);
+        let new: LogLine = serde_json::from_str(AFTER).unwrap();
+        assert_eq!(new.verdict, Some(Verdict::Review));
+        assert_eq!(serde_json::to_string(&new).unwrap(), AFTER);
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join(crate::pipeline::sink::log::ACTIVE);
+        std::fs::write(&log, format!("{BEFORE}\n{AFTER}\n")).unwrap();
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!(r.decisions, 2);
+        assert!(r.foreign.is_empty(), "{:?}", r.foreign);
+        assert!(r.divergent.is_empty() && !r.torn_tail);
+    }
+}

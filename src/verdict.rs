@@ -202,7 +202,13 @@ pub fn judge(cfg: &DecisionConfig, stats: &FrameStats, run: u64, d: &Decision) -
     }
     let p = d.probabilities.get(d.class_index).copied().unwrap_or(0.0) as f64;
     if p < cfg.min_probability {
-        let why = format!("class {} p={p:.2} below {}", d.class, cfg.min_probability);
+        // Rounded down, so that a probability just short of the threshold
+        // never reads as the threshold itself (p=0.7996 is "0.79 below 0.8").
+        let shown = (p * 100.0).floor() / 100.0;
+        let why = format!(
+            "class {} p={shown:.2} below {}",
+            d.class, cfg.min_probability
+        );
         return review(None, why);
     }
     if (d.margin as f64) < cfg.min_margin {
@@ -265,6 +271,10 @@ mod tests {
         let j = judged(&cfg(), &textured(), 1, vec![0.5, 0.0]);
         assert_eq!(j.verdict, Verdict::Review);
         assert_eq!(j.reason, "class crack p=0.62 below 0.8");
+        // Just short of the threshold: rounded down, never shown as 0.80.
+        // softmax([1.3854, 0]) = 0.79985...
+        let j = judged(&cfg(), &textured(), 1, vec![1.3854, 0.0]);
+        assert_eq!(j.reason, "class crack p=0.79 below 0.8");
         let mut c = cfg();
         c.min_probability = 0.0;
         c.min_margin = 1.0;
