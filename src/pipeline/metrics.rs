@@ -243,7 +243,7 @@ impl Metrics {
     }
 
     /// `gcm_health_reviews_total`: every health check, counted or not.
-    fn by_health_check(&self) -> Vec<(String, u64)> {
+    pub fn by_health_check(&self) -> Vec<(String, u64)> {
         Health::ALL
             .iter()
             .map(|h| (h.name().to_string(), self.health_reviews(*h)))

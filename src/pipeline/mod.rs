@@ -61,6 +61,9 @@ pub struct Summary {
     pub decisions: u64,
     /// Logged verdicts by name: `ok`, `ng`, `review`.
     pub verdicts: std::collections::BTreeMap<String, u64>,
+    /// Frames sent to review by each health check: `dark`, `saturated`,
+    /// `flat`, `frozen`, `no_evidence`.
+    pub health_reviews: std::collections::BTreeMap<String, u64>,
     pub log_lines_written: u64,
     pub log_lines_synced: u64,
     pub divergences: u64,
@@ -441,6 +444,7 @@ impl Daemon {
             frames_skipped: m.skipped_total(),
             decisions: m.decisions_total(),
             verdicts: m.verdict_counts().into_iter().collect(),
+            health_reviews: m.by_health_check().into_iter().collect(),
             log_lines_written: m.log_lines_written.get(),
             log_lines_synced: m.log_lines_synced.get(),
             divergences: m.evidence_divergent.get() + m.reference_divergent.get(),
