@@ -685,6 +685,43 @@ impl DecisionConfig {
             1e6,
         )
     }
+
+    /// The rules in one line, as `check-config` prints them, e.g. `ng for
+    /// crack, spot; review below p=0.8; health: ...`.
+    pub fn describe(&self) -> String {
+        let rejects = match self.reject_classes.is_empty() {
+            true => "no reject class (every confident decision is ok)".to_string(),
+            false => format!("ng for {}", self.reject_classes.join(", ")),
+        };
+        let mut band = Vec::new();
+        if self.min_probability > 0.0 {
+            band.push(format!("p<{}", self.min_probability));
+        }
+        if self.min_margin > 0.0 {
+            band.push(format!("margin<{}", self.min_margin));
+        }
+        let band = match band.is_empty() {
+            true => "no review band".to_string(),
+            false => format!("review at {}", band.join(" or ")),
+        };
+        let h = &self.health;
+        let pct = |v: f64| match v >= 1.0 {
+            true => "off".to_string(),
+            false => format!(">{}%", v * 100.0),
+        };
+        let frozen = match h.frozen_frames {
+            0 => "off".to_string(),
+            n => format!("{n} identical frames"),
+        };
+        format!(
+            "{rejects}; {band}; health: dark {}, saturated {}, contrast <{}, frozen {frozen}, \
+             no evidence within {}",
+            pct(h.max_dark_share),
+            pct(h.max_saturated_share),
+            h.min_contrast,
+            h.evidence_tolerance
+        )
+    }
 }
 
 impl MetricsConfig {
@@ -988,6 +1025,33 @@ mod tests {
         assert!(
             missing.is_empty(),
             "not in config/default.yaml: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_decision_rules_are_described_in_one_line() {
+        let bundled = DaemonConfig::from_yaml(DEFAULT_YAML, Path::new(DEFAULT_NAME)).unwrap();
+        assert_eq!(
+            bundled.decision.describe(),
+            "ng for crack, inactive, spot; review at p<0.8; health: dark >95%, \
+             saturated >95%, contrast <1, frozen 3 identical frames, no evidence within 0.000001"
+        );
+        let mut d = DecisionConfig {
+            min_margin: 0.2,
+            ..DecisionConfig::default()
+        };
+        d.health.max_dark_share = 1.0;
+        d.health.frozen_frames = 0;
+        let text = d.describe();
+        assert!(
+            text.starts_with(
+                "no reject class (every confident decision is ok); review at margin<0.2;"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("dark off,") && text.contains("frozen off,"),
+            "{text}"
         );
     }
 

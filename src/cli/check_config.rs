@@ -53,6 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("{}: OK", a.file.display());
     println!("  {}", bundle.describe());
     println!("  source: {source}");
+    println!("  verdict: {}", cfg.decision.describe());
     println!("  decision log: {} (writable)", log_dir.display());
     println!("  evidence: {} (writable)", evidence_dir.display());
     if cfg.metrics.enabled {

@@ -254,6 +254,11 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
     // And the good one passes.
     let out = ok(&["check-config", p(&good)]);
     assert!(out.contains("OK"), "{out}");
+    // Without a decision section: the bare argmax, said in so many words.
+    assert!(
+        out.contains("verdict: no reject class (every confident decision is ok); no review band"),
+        "{out}"
+    );
 }
 
 #[test]
