@@ -166,3 +166,56 @@ fn a_frame_without_evidence_is_never_decided_as_the_first_class() {
     });
     assert_eq!(s["health_reviews"], health, "{s}");
 }
+
+/// The rules are reloaded with the model on SIGHUP: a reject class the model
+/// does not have is refused (the running rules stay), a good one applies
+/// from one frame on.
+#[test]
+fn sighup_reloads_the_decision_rules_and_refuses_unknown_classes() {
+    let s = setup(6, &synthetic(100), "");
+    let (root, cfg) = (s.root(), s.cfg.as_path());
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let mut d = Daemon::start(root, &["--config", p(cfg)]);
+    wait_for(60, "decisions", || count_lines(root) >= 3);
+    std::fs::write(
+        cfg,
+        format!("{text}decision:\n  reject_classes: [scratch]\n"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.wait_stderr(60, "\"scratch\" is not a class of the model");
+    let seen = count_lines(root);
+    wait_for(60, "decisions after the refused reload", || {
+        count_lines(root) >= seen + 3
+    });
+    // Every class rejects now: whatever is not review is ng.
+    std::fs::write(
+        cfg,
+        format!("{text}decision:\n  reject_classes: [crack, ok]\n"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.wait_stderr(60, "reload accepted");
+    wait_for(60, "an ng verdict", || {
+        log_lines(root)
+            .iter()
+            .any(|l| l.verdict == Some(Verdict::Ng))
+    });
+    d.signal("INT");
+    let (st, _, err) = d.wait(60);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let verdicts: Vec<Verdict> = log_lines(root).iter().map(|l| l.verdict.unwrap()).collect();
+    let switch = verdicts.iter().position(|&v| v == Verdict::Ng).unwrap();
+    assert!(
+        switch >= seen + 3,
+        "ng before the good reload: {verdicts:?}"
+    );
+    assert!(
+        verdicts[..switch].iter().all(|&v| v != Verdict::Ng),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts[switch..].iter().all(|&v| v != Verdict::Ok),
+        "{verdicts:?}"
+    );
+}
