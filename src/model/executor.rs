@@ -394,8 +394,8 @@ fn run_image(
 /// a shared counter, and before the next layer waits, spinning briefly and
 /// then yielding its core, until every task of this one is done. Handing
 /// each layer to the pool instead put the idle thread to sleep and woke it
-/// again between layers (on a 2-core Intel machine some 14 context
-/// switches per image at batch 1). A thread that joins late takes whatever
+/// again between layers (the context switches that cost are in
+/// BENCHMARKS.md, "Changes kept"). A thread that joins late takes whatever
 /// is left, so no thread waits for another to arrive.
 fn run_spread(
     p: &Plans,
