@@ -455,6 +455,19 @@ mod tests {
         }
     }
 
+    /// `spec` with the region `[x, y, width, height]`.
+    fn with_roi(spec: PreprocessSpec, [x, y, width, height]: [usize; 4]) -> PreprocessSpec {
+        PreprocessSpec {
+            roi: Some(Roi {
+                x,
+                y,
+                width,
+                height,
+            }),
+            ..spec
+        }
+    }
+
     fn noise(rng: &mut Rng, n: usize) -> Vec<u8> {
         (0..n).map(|_| rng.below(256) as u8).collect()
     }
@@ -487,13 +500,7 @@ mod tests {
             height: h,
             bytes_per_line: bpl,
         };
-        let mut s = spec(2, 3, 1);
-        s.roi = Some(Roi {
-            x: 2,
-            y: 1,
-            width: 3,
-            height: 2,
-        });
+        let s = with_roi(spec(2, 3, 1), [2, 1, 3, 2]);
         let got: Vec<u8> = values(&preprocess_cpu(&f, &s).unwrap())
             .iter()
             .map(|v| (v * 255.0).round() as u8)
@@ -610,13 +617,7 @@ mod tests {
         assert!(e.contains("needs 16 bytes, got 10"), "{e}");
         let data = vec![0u8; 16];
         let f = Frame::packed(&data, PixelFormat::Grey, 4, 4);
-        let mut s = spec(2, 2, 1);
-        s.roi = Some(Roi {
-            x: 2,
-            y: 0,
-            width: 3,
-            height: 2,
-        });
+        let s = with_roi(spec(2, 2, 1), [2, 0, 3, 2]);
         let e = preprocess_cpu(&f, &s).unwrap_err().to_string();
         assert!(e.contains("does not fit a 4x4 frame"), "{e}");
         let odd = Frame::packed(&data, PixelFormat::Yuyv, 3, 2);
@@ -636,13 +637,7 @@ mod tests {
     fn only_the_regions_rows_are_uploaded() {
         let data = vec![7u8; 10 * 8];
         let f = Frame::packed(&data, PixelFormat::Grey, 10, 8);
-        let mut s = spec(2, 2, 1);
-        s.roi = Some(Roi {
-            x: 1,
-            y: 3,
-            width: 4,
-            height: 2,
-        });
+        let s = with_roi(spec(2, 2, 1), [1, 3, 4, 2]);
         let (_, bytes) = PreprocessOp::new(&f, &s).unwrap();
         assert_eq!(bytes.len(), 2 * 10);
     }

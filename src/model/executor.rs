@@ -162,11 +162,15 @@ impl Executor {
 
     /// `x`: scaled input `[B, D, R, C]`; `cwm`: `[B, N, R, C]`.
     pub(super) fn run(&mut self, x: &[f32], cwm: &mut [f32]) {
-        let (plans, steps, classes) = (&self.plans, &self.steps[..], self.classes);
+        let pass = Pass {
+            p: &self.plans,
+            steps: &self.steps,
+            classes: self.classes,
+        };
         if self.workers.is_empty() {
             // Fewer images than threads (so two threads or more): every
             // layer split across the threads (see `run_spread`).
-            run_spread(plans, steps, &mut self.batch, x, cwm, classes);
+            run_spread(pass, &mut self.batch, x, cwm);
             return;
         }
         let batch = self.images;
@@ -181,7 +185,7 @@ impl Executor {
             )
             .for_each(|(bufs, (xs, outs))| {
                 for (xi, oi) in xs.chunks(per_in).zip(outs.chunks_mut(per_out)) {
-                    run_image(plans, steps, bufs, xi, oi, classes);
+                    run_image(pass, bufs, xi, oi);
                 }
             });
     }
@@ -371,15 +375,17 @@ unsafe fn copy_head(
     }
 }
 
-/// One image through the whole network on the calling thread.
-fn run_image(
-    p: &Plans,
-    steps: &[Step],
-    bufs: &mut Buffers,
-    x: &[f32],
-    cwm: &mut [f32],
+/// What a pass runs: the plans, their schedule and the number of classes.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    p: &'a Plans,
+    steps: &'a [Step],
     classes: usize,
-) {
+}
+
+/// One image through the whole network on the calling thread.
+fn run_image(pass: Pass, bufs: &mut Buffers, x: &[f32], cwm: &mut [f32]) {
+    let Pass { p, steps, classes } = pass;
     let t = Table::new(bufs, x, cwm);
     for &step in steps {
         // SAFETY: the table views `bufs`, `x` and `cwm`, all borrowed here
@@ -394,17 +400,11 @@ fn run_image(
 /// a shared counter, and before the next layer waits, spinning briefly and
 /// then yielding its core, until every task of this one is done. Handing
 /// each layer to the pool instead put the idle thread to sleep and woke it
-/// again between layers (on a 2-core Intel machine some 14 context
-/// switches per image at batch 1). A thread that joins late takes whatever
+/// again between layers (the context switches that cost are in
+/// BENCHMARKS.md, "Changes kept"). A thread that joins late takes whatever
 /// is left, so no thread waits for another to arrive.
-fn run_spread(
-    p: &Plans,
-    steps: &[Step],
-    bufs: &mut Buffers,
-    x: &[f32],
-    cwm: &mut [f32],
-    classes: usize,
-) {
+fn run_spread(pass: Pass, bufs: &mut Buffers, x: &[f32], cwm: &mut [f32]) {
+    let Pass { p, steps, classes } = pass;
     let b = bufs.batch;
     let t = Table::new(bufs, x, cwm);
     // Per step: its tasks, the next one to claim, the ones finished.

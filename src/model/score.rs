@@ -197,10 +197,12 @@ impl CustomOp2 for GcmScore {
         if cwm.device().is_cuda() {
             // Two fused kernels instead of the chain of tensor ops below.
             let g = grad.contiguous()?;
-            let grad_cwm = image.contiguous()?.apply_op2_no_bwd(&g, &GradCwm)?;
+            let grad_cwm = image
+                .contiguous()?
+                .apply_op2_no_bwd(&g, &ScoreGrad(Grad::Cwm))?;
             let grad_img = cwm
                 .contiguous()?
-                .apply_op2_no_bwd(&g, &GradImage { channels: d })?;
+                .apply_op2_no_bwd(&g, &ScoreGrad(Grad::Image { channels: d }))?;
             return Ok((Some(grad_cwm), Some(grad_img)));
         }
         let inv = 1.0 / (r * c * d) as f64;
@@ -218,27 +220,52 @@ impl CustomOp2 for GcmScore {
     }
 }
 
-/// The gradient of the scores with respect to the CWM: `image` `[B, D, R, C]`
-/// and the incoming gradient `g` `[B, N]` give `g[b, j] * S[b] / (R*C*D)`,
-/// `[B, N, R, C]`. The backward pass uses it on the GPU; `cpu_fwd` is its
-/// reference (the CPU backward pass itself keeps the tensor ops).
-pub(crate) struct GradCwm;
+/// One gradient of the scores (see [`Grad`]). The backward pass uses it on
+/// the GPU; `cpu_fwd` is its reference (the CPU backward pass itself keeps
+/// the tensor ops).
+pub(crate) struct ScoreGrad(pub Grad);
 
-/// The gradient of the scores with respect to the image: `cwm` `[B, N, R, C]`
-/// and `g` `[B, N]` give `sum_j g[b, j] * CWM[b, j] / (R*C*D)` on every one of
-/// the `channels` channels, `[B, D, R, C]`.
-pub(crate) struct GradImage {
-    pub channels: usize,
+/// Which gradient a [`ScoreGrad`] computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grad {
+    /// With respect to the CWM: `image` `[B, D, R, C]` and the incoming
+    /// gradient `g` `[B, N]` give `g[b, j] * S[b] / (R*C*D)`, `[B, N, R, C]`.
+    Cwm,
+    /// With respect to the image: `cwm` `[B, N, R, C]` and `g` `[B, N]` give
+    /// `sum_j g[b, j] * CWM[b, j] / (R*C*D)` on every one of the `channels`
+    /// channels, `[B, D, R, C]`.
+    Image { channels: usize },
 }
 
-/// `(b, n, r, c)` of a `[B, X, R, C]` tensor and `n` of its `[B, N]` gradient.
-fn grad_dims(l: &Layout, lg: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
-    let (b, x, r, c) = l.shape().dims4()?;
-    let (bg, n) = lg.shape().dims2()?;
-    if bg != b {
-        candle_core::bail!("gcm_score backward: batch {b} vs gradient batch {bg}")
+/// The sizes of one gradient problem and the shape of its result.
+#[derive(Clone, Copy, Debug)]
+struct GradSizes {
+    b: usize,
+    n: usize,
+    d: usize,
+    hw: usize,
+}
+
+impl ScoreGrad {
+    /// The problem's sizes from the layouts of the first input (`[B, X, R,
+    /// C]`) and of the gradient (`[B, N]`), and the shape of the result.
+    fn sizes(&self, l: &Layout, lg: &Layout) -> Result<(GradSizes, Shape)> {
+        let (b, x, r, c) = l.shape().dims4()?;
+        let (bg, n) = lg.shape().dims2()?;
+        if bg != b {
+            candle_core::bail!("gcm_score backward: batch {b} vs gradient batch {bg}")
+        }
+        let hw = r * c;
+        Ok(match self.0 {
+            Grad::Cwm => (GradSizes { b, n, d: x, hw }, Shape::from((b, n, r, c))),
+            Grad::Image { channels: d } => {
+                if x != n {
+                    candle_core::bail!("gcm_score backward: {x} class maps vs {n} gradients")
+                }
+                (GradSizes { b, n, d, hw }, Shape::from((b, d, r, c)))
+            }
+        })
     }
-    Ok((b, x, r, c, n))
 }
 
 /// A CPU kernel written once for both float dtypes.
@@ -275,36 +302,20 @@ impl PairKernel for ScoreDims {
     }
 }
 
-/// The CWM gradient of `b` images of `d` channels of `hw` pixels, `n` classes.
-struct GradCwmCpu {
-    b: usize,
-    d: usize,
-    hw: usize,
-    n: usize,
-}
+/// The CPU reference of one gradient.
+struct GradCpu(Grad, GradSizes);
 
-impl PairKernel for GradCwmCpu {
-    fn run<T: num_like::Float>(&self, img: &[T], g: &[T]) -> Vec<T> {
-        grad_cwm_cpu(img, g, self)
+impl PairKernel for GradCpu {
+    fn run<T: num_like::Float>(&self, x: &[T], g: &[T]) -> Vec<T> {
+        match self.0 {
+            Grad::Cwm => grad_cwm_cpu(x, g, self.1),
+            Grad::Image { .. } => grad_img_cpu(x, g, self.1),
+        }
     }
 }
 
-/// The image gradient of `b` images of `d` channels of `hw` pixels, `n` classes.
-struct GradImageCpu {
-    b: usize,
-    n: usize,
-    hw: usize,
-    d: usize,
-}
-
-impl PairKernel for GradImageCpu {
-    fn run<T: num_like::Float>(&self, cwm: &[T], g: &[T]) -> Vec<T> {
-        grad_img_cpu(cwm, g, self)
-    }
-}
-
-fn grad_cwm_cpu<T: num_like::Float>(img: &[T], g: &[T], dims: &GradCwmCpu) -> Vec<T> {
-    let GradCwmCpu { b, d, hw, n } = *dims;
+fn grad_cwm_cpu<T: num_like::Float>(img: &[T], g: &[T], sizes: GradSizes) -> Vec<T> {
+    let GradSizes { b, n, d, hw } = sizes;
     let inv = 1.0 / (hw * d) as f64;
     let mut out = Vec::with_capacity(b * n * hw);
     for bi in 0..b {
@@ -320,8 +331,8 @@ fn grad_cwm_cpu<T: num_like::Float>(img: &[T], g: &[T], dims: &GradCwmCpu) -> Ve
     out
 }
 
-fn grad_img_cpu<T: num_like::Float>(cwm: &[T], g: &[T], dims: &GradImageCpu) -> Vec<T> {
-    let GradImageCpu { b, n, hw, d } = *dims;
+fn grad_img_cpu<T: num_like::Float>(cwm: &[T], g: &[T], sizes: GradSizes) -> Vec<T> {
+    let GradSizes { b, n, d, hw } = sizes;
     let inv = 1.0 / (hw * d) as f64;
     let mut out = Vec::with_capacity(b * d * hw);
     for bi in 0..b {
@@ -341,9 +352,12 @@ fn grad_img_cpu<T: num_like::Float>(cwm: &[T], g: &[T], dims: &GradImageCpu) -> 
 }
 
 // The method signatures are candle's `CustomOp2`, the same for every op.
-impl CustomOp2 for GradCwm {
+impl CustomOp2 for ScoreGrad {
     fn name(&self) -> &'static str {
-        "gcm-score-grad-cwm"
+        match self.0 {
+            Grad::Cwm => "gcm-score-grad-cwm",
+            Grad::Image { .. } => "gcm-score-grad-image",
+        }
     }
 
     fn cpu_fwd(
@@ -353,10 +367,10 @@ impl CustomOp2 for GradCwm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, d, r, c, n) = grad_dims(l1, l2)?;
-        let kernel = GradCwmCpu { b, d, hw: r * c, n };
+        let (sizes, shape) = self.sizes(l1, l2)?;
+        let kernel = GradCpu(self.0, sizes);
         let out = cpu_pair("gcm_score backward", (s1, l1), (s2, l2), &kernel)?;
-        Ok((out, Shape::from((b, n, r, c))))
+        Ok((out, shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -367,50 +381,8 @@ impl CustomOp2 for GradCwm {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (b, d, r, c, n) = grad_dims(l1, l2)?;
-        cuda::score_grad(cuda::Grad::Cwm, s1, l1, s2, l2, (b, n, d, r * c))
-            .map(|s| (s, Shape::from((b, n, r, c))))
-    }
-}
-
-// The method signatures are candle's `CustomOp2`, the same for every op.
-impl CustomOp2 for GradImage {
-    fn name(&self) -> &'static str {
-        "gcm-score-grad-image"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, n, r, c, ng) = grad_dims(l1, l2)?;
-        if ng != n {
-            candle_core::bail!("gcm_score backward: {n} class maps vs {ng} gradients")
-        }
-        let d = self.channels;
-        let kernel = GradImageCpu { b, n, hw: r * c, d };
-        let out = cpu_pair("gcm_score backward", (s1, l1), (s2, l2), &kernel)?;
-        Ok((out, Shape::from((b, d, r, c))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (b, n, r, c, ng) = grad_dims(l1, l2)?;
-        if ng != n {
-            candle_core::bail!("gcm_score backward: {n} class maps vs {ng} gradients")
-        }
-        let d = self.channels;
-        cuda::score_grad(cuda::Grad::Image, s1, l1, s2, l2, (b, n, d, r * c))
-            .map(|s| (s, Shape::from((b, d, r, c))))
+        let (GradSizes { b, n, d, hw }, shape) = self.sizes(l1, l2)?;
+        cuda::score_grad(self.0, s1, l1, s2, l2, (b, n, d, hw)).map(|s| (s, shape))
     }
 }
 
@@ -423,7 +395,7 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
     use half::{bf16, f16};
 
-    use super::{plane_strides, PlaneStrides, ScoreDims};
+    use super::{plane_strides, Grad, PlaneStrides, ScoreDims};
     use crate::gpu::ptx;
 
     /// Threads per block and plane elements per block of the partial kernel
@@ -572,14 +544,6 @@ mod cuda {
         }
     }
 
-    /// Which gradient [`score_grad`] computes.
-    pub(super) enum Grad {
-        /// Inputs (image, g): out `[B, N, R, C]`.
-        Cwm,
-        /// Inputs (cwm, g): out `[B, D, R, C]`.
-        Image,
-    }
-
     /// The fused backward kernels; `(b, n, d, hw)` are the problem's sizes.
     pub(super) fn score_grad(
         which: Grad,
@@ -626,7 +590,7 @@ mod cuda {
             let (b, n, d, hw) = self.sizes;
             let (name, len, rows) = match self.which {
                 Grad::Cwm => ("gcm_score_grad_cwm", b * n * hw, b * n),
-                Grad::Image => ("gcm_score_grad_img", b * d * hw, b),
+                Grad::Image { .. } => ("gcm_score_grad_img", b * d * hw, b),
             };
             // SAFETY: allocation only; the kernel writes every element: each
             // (plane row, position) pair of the output is visited by the grid-

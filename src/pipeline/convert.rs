@@ -35,54 +35,52 @@ impl std::fmt::Display for ConvertError {
     }
 }
 
-/// The `height` rows of a buffer, each `packed` bytes long, `bytes_per_line`
-/// apart (the packed length when the driver says 0); a buffer too short for
-/// them is refused.
-fn rows(
-    bytes: &[u8],
-    packed: usize,
-    height: u32,
-    bytes_per_line: usize,
-) -> Result<impl Iterator<Item = &[u8]>, ConvertError> {
-    let h = height as usize;
-    let s = bytes_per_line.max(packed);
-    let need = s * (h.max(1) - 1) + packed;
-    if bytes.len() < need {
-        return Err(ConvertError::Short {
-            have: bytes.len(),
-            need,
-        });
-    }
-    Ok((0..h).map(move |r| &bytes[r * s..r * s + packed]))
+/// A camera buffer: `height` rows of `width` pixels, `bytes_per_line` apart
+/// (0 when the driver says the rows are packed).
+#[derive(Clone, Copy, Debug)]
+pub struct Buffer<'a> {
+    pub bytes: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    pub bytes_per_line: usize,
 }
 
-/// 8-bit grey, `width x height`, rows `bytes_per_line` apart.
-pub fn grey(
-    bytes: &[u8],
-    width: u32,
-    height: u32,
-    bytes_per_line: usize,
-) -> Result<GrayImage, ConvertError> {
-    let w = width as usize;
-    let out: Vec<u8> = rows(bytes, w, height, bytes_per_line)?
-        .flatten()
-        .copied()
-        .collect();
-    Ok(GrayImage::from_raw(width, height, out).expect("sized"))
+impl<'a> Buffer<'a> {
+    /// The `height` rows, each `packed` bytes long, `bytes_per_line` apart
+    /// (the packed length when the driver says 0); a buffer too short for
+    /// them is refused.
+    fn rows(&self, packed: usize) -> Result<impl Iterator<Item = &'a [u8]>, ConvertError> {
+        let bytes = self.bytes;
+        let h = self.height as usize;
+        let s = self.bytes_per_line.max(packed);
+        let need = s * (h.max(1) - 1) + packed;
+        if bytes.len() < need {
+            return Err(ConvertError::Short {
+                have: bytes.len(),
+                need,
+            });
+        }
+        Ok((0..h).map(move |r| &bytes[r * s..r * s + packed]))
+    }
+
+    /// Every `step`-th byte of rows of `step * width` bytes, as grey.
+    fn every(&self, step: usize) -> Result<GrayImage, ConvertError> {
+        let out: Vec<u8> = self
+            .rows(step * self.width as usize)?
+            .flat_map(|row| row.iter().step_by(step).copied())
+            .collect();
+        Ok(GrayImage::from_raw(self.width, self.height, out).expect("sized"))
+    }
+}
+
+/// 8-bit grey.
+pub fn grey(buf: Buffer) -> Result<GrayImage, ConvertError> {
+    buf.every(1)
 }
 
 /// YUYV (Y0 U Y1 V per two pixels) to grey: the Y samples.
-pub fn yuyv_to_grey(
-    bytes: &[u8],
-    width: u32,
-    height: u32,
-    bytes_per_line: usize,
-) -> Result<GrayImage, ConvertError> {
-    let w = width as usize;
-    let out: Vec<u8> = rows(bytes, 2 * w, height, bytes_per_line)?
-        .flat_map(|row| row.iter().step_by(2).copied())
-        .collect();
-    Ok(GrayImage::from_raw(width, height, out).expect("sized"))
+pub fn yuyv_to_grey(buf: Buffer) -> Result<GrayImage, ConvertError> {
+    buf.every(2)
 }
 
 /// One YUV sample (BT.601, limited range, as UVC cameras send) to RGB.
@@ -99,15 +97,10 @@ fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
 }
 
 /// YUYV to RGB (BT.601, limited range); the two pixels of a pair share U and V.
-pub fn yuyv_to_rgb(
-    bytes: &[u8],
-    width: u32,
-    height: u32,
-    bytes_per_line: usize,
-) -> Result<RgbImage, ConvertError> {
-    let w = width as usize;
-    let mut out = Vec::with_capacity(3 * w * height as usize);
-    for row in rows(bytes, 2 * w, height, bytes_per_line)? {
+pub fn yuyv_to_rgb(buf: Buffer) -> Result<RgbImage, ConvertError> {
+    let w = buf.width as usize;
+    let mut out = Vec::with_capacity(3 * w * buf.height as usize);
+    for row in buf.rows(2 * w)? {
         for (i, px) in row.chunks_exact(2).enumerate() {
             // The pair's chroma sits in the pair's second half of the quad.
             let quad = i / 2 * 4;
@@ -115,7 +108,7 @@ pub fn yuyv_to_rgb(
             out.extend_from_slice(&yuv_to_rgb(px[0], u, v));
         }
     }
-    Ok(RgbImage::from_raw(width, height, out).expect("sized"))
+    Ok(RgbImage::from_raw(buf.width, buf.height, out).expect("sized"))
 }
 
 /// An MJPEG frame: one whole JPEG image ([`crate::data::jpeg::decode_jpeg`]: a torn
@@ -136,6 +129,15 @@ pub fn mjpeg(bytes: &[u8], width: u32, height: u32) -> Result<DynamicImage, Conv
 mod tests {
     use super::*;
 
+    fn buffer(bytes: &[u8], width: u32, height: u32, bytes_per_line: usize) -> Buffer<'_> {
+        Buffer {
+            bytes,
+            width,
+            height,
+            bytes_per_line,
+        }
+    }
+
     /// A YUYV buffer as a camera records it, from per-pixel (Y, U, V).
     fn record_yuyv(w: usize, h: usize, pad: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -153,7 +155,7 @@ mod tests {
     #[test]
     fn yuyv_grey_takes_the_luma_and_skips_row_padding() {
         let buf = record_yuyv(6, 3, 4, |r, c| [(r * 10 + c) as u8, 90, 200]);
-        let g = yuyv_to_grey(&buf, 6, 3, 16).unwrap();
+        let g = yuyv_to_grey(buffer(&buf, 6, 3, 16)).unwrap();
         assert_eq!(g.get_pixel(0, 0).0, [0]);
         assert_eq!(g.get_pixel(5, 2).0, [25]);
         assert_eq!(g.get_pixel(3, 1).0, [13]);
@@ -171,7 +173,7 @@ mod tests {
         ];
         for (yuv, rgb) in samples {
             let buf = record_yuyv(2, 1, 0, |_, _| yuv);
-            let img = yuyv_to_rgb(&buf, 2, 1, 0).unwrap();
+            let img = yuyv_to_rgb(buffer(&buf, 2, 1, 0)).unwrap();
             for p in img.pixels() {
                 for k in 0..3 {
                     assert!(
@@ -188,7 +190,7 @@ mod tests {
     fn yuyv_pairs_share_chroma() {
         // Left pixel of the pair red, right pixel with the same chroma.
         let buf = vec![81, 90, 81, 240, 235, 128, 16, 128];
-        let img = yuyv_to_rgb(&buf, 4, 1, 8).unwrap();
+        let img = yuyv_to_rgb(buffer(&buf, 4, 1, 8)).unwrap();
         assert_eq!(img.get_pixel(0, 0), img.get_pixel(1, 0));
         assert_eq!(img.get_pixel(2, 0).0, [255, 255, 255]);
         assert_eq!(img.get_pixel(3, 0).0, [0, 0, 0]);
@@ -196,10 +198,10 @@ mod tests {
 
     #[test]
     fn short_buffers_are_refused() {
-        let e = yuyv_to_grey(&[0; 10], 4, 2, 0).unwrap_err();
+        let e = yuyv_to_grey(buffer(&[0; 10], 4, 2, 0)).unwrap_err();
         assert_eq!(e, ConvertError::Short { have: 10, need: 16 });
-        assert!(grey(&[0; 5], 3, 2, 0).is_err());
-        assert!(yuyv_to_rgb(&[0; 15], 4, 2, 8).is_err());
+        assert!(grey(buffer(&[0; 5], 3, 2, 0)).is_err());
+        assert!(yuyv_to_rgb(buffer(&[0; 15], 4, 2, 8)).is_err());
     }
 
     #[test]
@@ -208,7 +210,7 @@ mod tests {
         for r in 0..3u8 {
             buf.extend_from_slice(&[r, r + 1, r + 2, 0xFF, 0xFF]);
         }
-        let g = grey(&buf, 3, 3, 5).unwrap();
+        let g = grey(buffer(&buf, 3, 3, 5)).unwrap();
         assert_eq!(g.into_raw(), vec![0, 1, 2, 1, 2, 3, 2, 3, 4]);
     }
 

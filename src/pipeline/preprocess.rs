@@ -101,29 +101,29 @@ pub fn to_image(data: &FrameData, channels: usize) -> Result<DynamicImage, Skip>
             height,
             bytes_per_line,
             bytes,
-        } => match format {
-            PixelFormat::Grey => {
-                if !grey {
-                    return Err(Skip::Channels(
-                        "a GREY camera frame for a colour model".into(),
-                    ));
+        } => {
+            let buf = convert::Buffer {
+                bytes,
+                width: *width,
+                height: *height,
+                bytes_per_line: *bytes_per_line,
+            };
+            match format {
+                PixelFormat::Grey => {
+                    if !grey {
+                        return Err(Skip::Channels(
+                            "a GREY camera frame for a colour model".into(),
+                        ));
+                    }
+                    DynamicImage::ImageLuma8(convert::grey(buf)?)
                 }
-                DynamicImage::ImageLuma8(convert::grey(bytes, *width, *height, *bytes_per_line)?)
+                PixelFormat::Yuyv if grey => DynamicImage::ImageLuma8(convert::yuyv_to_grey(buf)?),
+                PixelFormat::Yuyv => DynamicImage::ImageRgb8(convert::yuyv_to_rgb(buf)?),
+                PixelFormat::Mjpeg => {
+                    with_channels(convert::mjpeg(bytes, *width, *height)?, channels)
+                }
             }
-            PixelFormat::Yuyv if grey => DynamicImage::ImageLuma8(convert::yuyv_to_grey(
-                bytes,
-                *width,
-                *height,
-                *bytes_per_line,
-            )?),
-            PixelFormat::Yuyv => DynamicImage::ImageRgb8(convert::yuyv_to_rgb(
-                bytes,
-                *width,
-                *height,
-                *bytes_per_line,
-            )?),
-            PixelFormat::Mjpeg => with_channels(convert::mjpeg(bytes, *width, *height)?, channels),
-        },
+        }
         FrameData::File { bytes } => {
             // Image files follow `explain`'s rule: their channels must be the model's.
             let img = decode_bytes(bytes)
@@ -144,7 +144,12 @@ pub fn to_image(data: &FrameData, channels: usize) -> Result<DynamicImage, Skip>
             if !grey {
                 return Err(Skip::Channels("a grey frame for a colour model".into()));
             }
-            DynamicImage::ImageLuma8(convert::grey(bytes, *width, *height, 0)?)
+            DynamicImage::ImageLuma8(convert::grey(convert::Buffer {
+                bytes,
+                width: *width,
+                height: *height,
+                bytes_per_line: 0,
+            })?)
         }
     })
 }
