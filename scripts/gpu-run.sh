@@ -5,11 +5,7 @@
 #   bash scripts/gpu-run.sh [CARRY_DIR] [OUT_DIR]
 #
 # CARRY_DIR (default .gpu-carry) is what scripts/gpu-build.sh made here;
-# OUT_DIR defaults to $OUT (the device tool's result folder), else
-# /tmp/gcm-gpu-out. With the device tool, from the repo root:
-#
-#   run(command="bash scripts/gpu-run.sh .gpu-carry \"$OUT\"",
-#       carry=[".gpu-carry"], timeout_s=600)
+# OUT_DIR defaults to $OUT when set, else /tmp/gcm-gpu-out.
 #
 # Steps (each logged to OUT_DIR; a failing step does not stop the others,
 # the exit status is non-zero if any failed):
