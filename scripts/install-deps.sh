@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing gcm-inspect needs on a Debian/Ubuntu
-# machine that has Rust: libclang-dev (the v4l crate runs bindgen) and
-# systemd (systemd-analyze checks the unit). Idempotent: installs only what
-# is missing.
+# machine that has Rust: libclang-dev (the v4l crate runs bindgen),
+# systemd (systemd-analyze checks the unit), and mosquitto with its clients
+# (the MQTT output's tests start a real broker; the publish latency script
+# subscribes with mosquitto_sub). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+[ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     sudo=""

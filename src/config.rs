@@ -60,6 +60,13 @@ pub struct DaemonConfig {
     /// health checks.
     #[serde(default)]
     pub decision: DecisionConfig,
+    /// Where decisions go besides the log: MQTT, webhook, Modbus TCP
+    /// (see [`crate::outputs`]).
+    #[serde(default)]
+    pub outputs: Vec<crate::outputs::OutputSpec>,
+    /// This station's name in output topics and payloads. Default: the host name.
+    #[serde(default)]
+    pub station: Option<String>,
     /// Prometheus `/metrics` and `/healthz`.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -302,6 +309,17 @@ pub struct EvidenceConfig {
     pub quota_bytes: u64,
 }
 
+impl EvidenceConfig {
+    /// Does the policy keep frame `id`'s evidence for what it is (divergence
+    /// aside, which the checks find later)?
+    pub fn selects(&self, class: &str, margin: f32, id: u64) -> bool {
+        self.all_frames
+            || self.classes.iter().any(|c| c == class)
+            || self.margin_below.is_some_and(|m| margin < m)
+            || (self.every_nth_frame > 0 && id.is_multiple_of(self.every_nth_frame))
+    }
+}
+
 impl Default for EvidenceConfig {
     fn default() -> Self {
         EvidenceConfig {
@@ -462,7 +480,29 @@ impl DaemonConfig {
         self.evidence.check()?;
         self.checks.check()?;
         self.decision.check()?;
+        self.check_outputs()?;
         self.metrics.check()
+    }
+
+    fn check_outputs(&self) -> Checked {
+        if let Some(s) = &self.station {
+            let fine = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if s.is_empty() || !s.chars().all(fine) {
+                return fail("station", format!("{s:?}: use letters, digits, - _ ."));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, o) in self.outputs.iter().enumerate() {
+            o.check(i)?;
+            let name = crate::outputs::output_name(&self.outputs, i);
+            if !names.insert(name.clone()) {
+                return fail(
+                    &format!("outputs[{i}].name"),
+                    format!("{name:?} is used twice"),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn check_model(&self) -> Checked {
@@ -778,6 +818,30 @@ impl Loaded {
         }
     }
 
+    /// The station name: the config's, or the host name.
+    pub fn station(&self) -> String {
+        if let Some(s) = &self.config.station {
+            return s.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if host.is_empty() {
+            "gcm-inspect".into()
+        } else {
+            host
+        }
+    }
+
     /// The model spec with a relative directory resolved.
     pub fn model_spec(&self) -> String {
         let m = &self.config.model;
@@ -985,6 +1049,8 @@ mod tests {
                 min_probability: 0.8,
                 ..DecisionConfig::default()
             },
+            outputs: Vec::new(),
+            station: None,
             metrics: MetricsConfig::default(),
         };
         assert_eq!(parsed, expected);

@@ -21,6 +21,7 @@ pub mod fs;
 pub mod gpu;
 pub mod heap;
 pub mod model;
+pub mod outputs;
 pub mod pipeline;
 pub mod rng;
 pub mod train;

@@ -59,5 +59,25 @@ pub fn run(a: Args) -> Result<()> {
     if cfg.metrics.enabled {
         println!("  metrics: http://{}/metrics", cfg.metrics.listen);
     }
+    let station = loaded.station();
+    for (i, o) in cfg.outputs.iter().enumerate() {
+        let name = crate::outputs::output_name(&cfg.outputs, i);
+        println!("  output {name}: {}", crate::outputs::describe(o, &station));
+        if let Some(host) = o.host().filter(|h| !is_loopback(h)) {
+            println!(
+                "  warning: output {name} connects to {host}, which the bundled systemd unit \
+                 blocks (IPAddressDeny=any, loopback only); allow it with a drop-in: \
+                 [Service] IPAddressAllow={host} (README, \"Outputs\")"
+            );
+        }
+    }
     Ok(())
+}
+
+/// `localhost` or a loopback address: what the bundled unit lets through.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

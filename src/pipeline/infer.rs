@@ -18,6 +18,7 @@ use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::evidence::FrameMaps;
 use crate::model::Input;
+use crate::outputs::{Payload, Publisher, SCHEMA};
 use crate::verdict::{judge, FrameStats, Judged, Repeats};
 
 /// Per-stage latencies of one decision, in milliseconds.
@@ -64,6 +65,8 @@ pub struct Infer {
     pub notifier: Arc<Notifier>,
     /// Identical frames in a row, for the frozen-source check.
     pub repeats: Repeats,
+    /// The line outputs, told as soon as a verdict is known.
+    pub publisher: Publisher,
 }
 
 impl Infer {
@@ -127,6 +130,7 @@ impl Infer {
         let stats = FrameStats::of(&prepared.planar.data);
         let run = self.repeats.see(stats.hash);
         let judged = judge(&b.decision, &stats, run, &decision);
+        self.publish(&frame, &b, &decision, &judged);
         let t2 = Instant::now();
         let latency = Latency {
             queue_ms: ms(queue),
@@ -151,6 +155,40 @@ impl Infer {
             maps,
             latency,
         }))
+    }
+}
+
+impl Infer {
+    /// Hands the decision to the outputs that take its verdict.
+    fn publish(&self, frame: &Frame, b: &Bundle, decision: &Decision, judged: &Judged) {
+        let p = &self.publisher;
+        if !p.wants(judged.verdict) {
+            return;
+        }
+        let kept = b
+            .evidence
+            .selects(&decision.class, decision.margin, frame.id);
+        p.publish(&Payload {
+            schema: SCHEMA.into(),
+            station: p.station().into(),
+            frame: frame.id,
+            captured_unix_us: frame.captured_unix_us,
+            decided_unix_us: super::frame::unix_us(),
+            source: frame.name.clone(),
+            verdict: judged.verdict,
+            reason: judged.reason.clone(),
+            class: decision.class.clone(),
+            class_index: decision.class_index,
+            classes: b.predictor.classes().to_vec(),
+            scores: decision.scores.clone(),
+            probabilities: decision.probabilities.clone(),
+            margin: decision.margin,
+            model: b.model_id().into(),
+            evidence: kept.then(|| {
+                p.evidence_dir()
+                    .join(super::sink::evidence_store::folder_name(frame.id))
+            }),
+        });
     }
 }
 
@@ -206,6 +244,7 @@ mod tests {
             metrics: metrics.clone(),
             notifier: Arc::new(Notifier::disabled()),
             repeats: Repeats::default(),
+            publisher: Publisher::default(),
         }
         .run()
         .unwrap();

@@ -47,7 +47,18 @@ impl LabelledCounter {
         self.0.lock().expect("metrics lock")
     }
     pub fn inc(&self, label: &str) {
-        *self.counts().entry(label.to_string()).or_default() += 1;
+        self.inc_get(label);
+    }
+    /// Counts one and returns the new count.
+    pub fn inc_get(&self, label: &str) -> u64 {
+        let mut counts = self.counts();
+        let n = counts.entry(label.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+    /// Makes the label's sample exist (at 0), so that it is shown before its first count.
+    pub fn declare(&self, label: &str) {
+        self.counts().entry(label.to_string()).or_default();
     }
     pub fn get(&self, label: &str) -> u64 {
         self.counts().get(label).copied().unwrap_or(0)
@@ -125,6 +136,9 @@ pub struct Metrics {
     decisions: LabelledCounter,
     verdicts: LabelledCounter,
     health_reviews: LabelledCounter,
+    outputs_sent: LabelledCounter,
+    outputs_dropped: LabelledCounter,
+    outputs_failed: LabelledCounter,
     pub evidence_checks: Counter,
     pub evidence_divergent: Counter,
     pub reference_checks: Counter,
@@ -173,6 +187,9 @@ impl Metrics {
             decisions: LabelledCounter::default(),
             verdicts: LabelledCounter::default(),
             health_reviews: LabelledCounter::default(),
+            outputs_sent: LabelledCounter::default(),
+            outputs_dropped: LabelledCounter::default(),
+            outputs_failed: LabelledCounter::default(),
             evidence_checks: Counter::default(),
             evidence_divergent: Counter::default(),
             reference_checks: Counter::default(),
@@ -247,6 +264,64 @@ impl Metrics {
         Health::ALL
             .iter()
             .map(|h| (h.name().to_string(), self.health_reviews(*h)))
+            .collect()
+    }
+
+    /// An output's samples exist from its start.
+    pub fn output_declare(&self, name: &str) {
+        for c in [
+            &self.outputs_sent,
+            &self.outputs_dropped,
+            &self.outputs_failed,
+        ] {
+            c.declare(name);
+        }
+    }
+
+    /// A decision that reached the output's receiver.
+    pub fn output_sent(&self, name: &str) {
+        self.outputs_sent.inc(name);
+    }
+
+    /// A decision not queued for an output (its queue was full); returns
+    /// the output's drops so far.
+    pub fn output_dropped(&self, name: &str) -> u64 {
+        self.outputs_dropped.inc_get(name)
+    }
+
+    /// A failed delivery (or connection attempt) of an output.
+    pub fn output_failed(&self, name: &str) {
+        self.outputs_failed.inc(name);
+    }
+
+    /// Sent, dropped and failed counts of an output.
+    pub fn output_counts(&self, name: &str) -> [u64; 3] {
+        [
+            &self.outputs_sent,
+            &self.outputs_dropped,
+            &self.outputs_failed,
+        ]
+        .map(|c| c.get(name))
+    }
+
+    /// Every output's counts by name: `sent`, `dropped`, `failed`.
+    pub fn output_summary(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let names: Vec<String> = self
+            .outputs_sent
+            .samples()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        names
+            .into_iter()
+            .map(|n| {
+                let counts = ["sent", "dropped", "failed"]
+                    .into_iter()
+                    .map(str::to_string)
+                    .zip(self.output_counts(&n))
+                    .collect();
+                (n, counts)
+            })
             .collect()
     }
 
@@ -348,6 +423,9 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
     ("gcm_decisions_total", "counter", "Decisions, by decided class.", By("class", |m| m.decisions.samples())),
     ("gcm_verdicts_total", "counter", "Logged verdicts: ok, ng (reject) or review.", By("verdict", Metrics::verdict_counts)),
     ("gcm_health_reviews_total", "counter", "Frames sent to review by a frame health check, by check.", By("check", Metrics::by_health_check)),
+    ("gcm_output_sent_total", "counter", "Decisions delivered, by output (MQTT QoS 1: acknowledged by the broker).", By("output", |m| m.outputs_sent.samples())),
+    ("gcm_output_dropped_total", "counter", "Decisions not sent because the output's queue was full, by output.", By("output", |m| m.outputs_dropped.samples())),
+    ("gcm_output_failures_total", "counter", "Failed deliveries and connection attempts, by output.", By("output", |m| m.outputs_failed.samples())),
     ("gcm_checks_total", "counter", "Divergence checks run.", By("check", |m| labels([("evidence", &m.evidence_checks), ("reference", &m.reference_checks)]))),
     ("gcm_divergences_total", "counter", "Divergence checks that failed.", By("check", |m| labels([("evidence", &m.evidence_divergent), ("reference", &m.reference_divergent)]))),
     ("gcm_evidence_written_total", "counter", "Evidence folders written.", One(|m| m.evidence_written.get())),

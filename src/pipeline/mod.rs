@@ -75,6 +75,9 @@ pub struct Summary {
     /// refused them for longer than the backlog holds, or until the stop).
     pub decisions_unlogged: u64,
     pub source_reconnects: u64,
+    /// Per line output (by name): decisions `sent`, `dropped` (its queue
+    /// was full), `failed` (deliveries and connection attempts).
+    pub outputs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
     /// Why the run ended: `source ended`, `max frames`, `signal SIGTERM`, ...
     pub ended_by: String,
 }
@@ -215,6 +218,7 @@ fn reload(current: &Loaded) -> Result<(Loaded, Bundle)> {
         ("output", a.output == b.output),
         ("metrics", a.metrics == b.metrics),
         ("pipeline", a.pipeline == b.pipeline),
+        ("outputs", a.outputs == b.outputs && a.station == b.station),
     ] {
         if !same {
             tracing::warn!(
@@ -273,6 +277,9 @@ struct Outputs {
     log: sink::log::DecisionLog,
     store: sink::evidence_store::EvidenceStore,
     first_id: u64,
+    /// The line outputs (MQTT, webhook, Modbus) and their threads.
+    publisher: crate::outputs::Publisher,
+    line: crate::outputs::Threads,
 }
 
 /// The stage threads: capture -> infer -> sinks.
@@ -280,6 +287,7 @@ struct Stages {
     capture: JoinHandle<Result<CaptureEnd>>,
     infer: JoinHandle<Result<()>>,
     sinks: JoinHandle<Result<()>>,
+    line: crate::outputs::Threads,
 }
 
 impl Daemon {
@@ -326,10 +334,18 @@ impl Daemon {
             store.total_bytes(),
             quota
         );
+        let (publisher, line) = crate::outputs::Publisher::start(
+            &cfg.outputs,
+            &loaded.station(),
+            store.dir(),
+            &self.metrics,
+        )?;
         Ok(Outputs {
             log,
             store,
             first_id,
+            publisher,
+            line,
         })
     }
 
@@ -390,6 +406,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             notifier: self.notifier.clone(),
             repeats: Default::default(),
+            publisher: outputs.publisher,
         };
         let infer = stage("infer", &self.stop, events, move || infer.run())?;
         let capture = Capture {
@@ -406,6 +423,7 @@ impl Daemon {
             capture,
             infer,
             sinks,
+            line: outputs.line,
         };
         Ok((stages, reload_tx))
     }
@@ -425,6 +443,10 @@ impl Daemon {
         self.stop.store(true, Ordering::SeqCst);
         let captured = join("capture", stages.capture);
         let inferred = join("infer", stages.infer);
+        // The infer stage has ended and closed the outputs' queues.
+        stages
+            .line
+            .finish(crate::outputs::FINISH_PATIENCE, &self.metrics);
         let sunk = join("sinks", stages.sinks);
         signals.close();
         if let Some(h) = http {
@@ -453,6 +475,7 @@ impl Daemon {
             evidence_bytes: m.evidence_bytes.get(),
             decisions_unlogged: m.decisions_unlogged.get(),
             source_reconnects: m.source_reconnects.get(),
+            outputs: m.output_summary(),
             ended_by,
         };
         tracing::info!(

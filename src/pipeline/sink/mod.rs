@@ -156,10 +156,7 @@ impl Sinks {
         }
         let policy = &b.evidence;
         let id = d.frame;
-        let selected = policy.all_frames
-            || policy.classes.contains(&d.decision.class)
-            || policy.margin_below.is_some_and(|m| d.decision.margin < m)
-            || every(policy.every_nth_frame, id);
+        let selected = policy.selects(&d.decision.class, d.decision.margin, id);
         let mut checks = Checks::default();
         let mut built = None;
         if selected {
