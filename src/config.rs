@@ -842,6 +842,23 @@ impl Loaded {
         }
     }
 
+    /// The outputs with their secret files' paths resolved.
+    pub fn outputs(&self) -> Vec<crate::outputs::OutputSpec> {
+        let mut specs = self.config.outputs.clone();
+        for o in &mut specs {
+            let files = [
+                o.mqtt.as_mut().and_then(|m| m.password_file.as_mut()),
+                o.webhook
+                    .as_mut()
+                    .and_then(|w| w.bearer_token_file.as_mut()),
+            ];
+            for f in files.into_iter().flatten() {
+                *f = self.resolve(f);
+            }
+        }
+        specs
+    }
+
     /// The model spec with a relative directory resolved.
     pub fn model_spec(&self) -> String {
         let m = &self.config.model;
@@ -949,6 +966,7 @@ fn default_dir(systemd_var: &str, sub: Option<&str>, leaf: &str) -> Option<PathB
 /// `key (line L): msg`.
 fn key_error(origin: &Path, text: &str, key: &str, msg: String) -> Error {
     let at = line_of_key(text, key)
+        .or_else(|| list_item_line(text, key))
         .map(|l| format!(" (line {l})"))
         .unwrap_or_default();
     Error::config(origin, format!("{key}{at}: {msg}"))
@@ -963,6 +981,33 @@ fn yaml_message(e: &serde_yaml::Error) -> String {
         }
         _ => msg,
     }
+}
+
+/// For a key in a list item (`outputs[2].mqtt.qos`): the 1-based line where
+/// that item starts (`- ...` in a block list under a top-level key).
+fn list_item_line(text: &str, key: &str) -> Option<usize> {
+    let (list, rest) = key.split_once('[')?;
+    let index: usize = rest.split_once(']')?.0.parse().ok()?;
+    let start = line_of_key(text, list)?;
+    let mut item_indent = None;
+    let mut items = 0;
+    for (i, line) in text.lines().enumerate().skip(start) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if indent == 0 && !trimmed.starts_with('-') {
+            return None; // the next top-level key
+        }
+        if trimmed.starts_with('-') && *item_indent.get_or_insert(indent) == indent {
+            if items == index {
+                return Some(i + 1);
+            }
+            items += 1;
+        }
+    }
+    None
 }
 
 /// The 1-based line where a dotted key path (`source.v4l2.fps`) is set, found by

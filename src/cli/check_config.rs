@@ -60,8 +60,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("  metrics: http://{}/metrics", cfg.metrics.listen);
     }
     let station = loaded.station();
-    for (i, o) in cfg.outputs.iter().enumerate() {
-        let name = crate::outputs::output_name(&cfg.outputs, i);
+    let outputs = loaded.outputs();
+    for (i, o) in outputs.iter().enumerate() {
+        let name = crate::outputs::output_name(&outputs, i);
+        crate::outputs::check_secrets(o)?;
         println!("  output {name}: {}", crate::outputs::describe(o, &station));
         if let Some(host) = o.host().filter(|h| !is_loopback(h)) {
             println!(

@@ -334,22 +334,32 @@ pub fn describe(spec: &OutputSpec, station: &str) -> String {
     format!("{target}; verdicts {}", verdicts.join(", "))
 }
 
-/// Reads the first line of a secret file (a password, a token).
+/// Reads the first line of a secret file (a password, a token); a file
+/// that cannot be read or is empty is a configuration error naming it.
 fn secret(path: &std::path::Path, what: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::Runtime(format!(
-            "cannot read the {what} file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(path, format!("cannot read the {what} file: {e}")))?;
     let line = text.lines().next().unwrap_or("").trim().to_string();
     if line.is_empty() {
-        return Err(Error::Runtime(format!(
-            "the {what} file {} is empty",
-            path.display()
-        )));
+        return Err(Error::config(path, format!("the {what} file is empty")));
     }
     Ok(line)
+}
+
+/// Reads the secret files an output names (what `check-config` checks
+/// before a start would).
+pub fn check_secrets(spec: &OutputSpec) -> Result<()> {
+    if let Some(f) = spec.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
+        secret(f, "MQTT password")?;
+    }
+    if let Some(f) = spec
+        .webhook
+        .as_ref()
+        .and_then(|w| w.bearer_token_file.as_ref())
+    {
+        secret(f, "webhook bearer token")?;
+    }
+    Ok(())
 }
 
 /// Waits that start at 100 ms and double up to `max`.

@@ -335,7 +335,7 @@ impl Daemon {
             quota
         );
         let (publisher, line) = crate::outputs::Publisher::start(
-            &cfg.outputs,
+            &loaded.outputs(),
             &loaded.station(),
             store.dir(),
             &self.metrics,

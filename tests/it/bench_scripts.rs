@@ -1,5 +1,6 @@
-//! `scripts/bench-ab.sh`: two binaries' `bench` figures, interleaved, and
-//! the medians and ratio it reports from them.
+//! The benchmark scripts: `scripts/bench-ab.sh` (two binaries' `bench`
+//! figures, interleaved, and the medians and ratio it reports from them) and
+//! `scripts/bench-publish.sh` (capture-to-publish through a real broker).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -103,5 +104,49 @@ fn bench_ab_refuses_bad_arguments_by_name() {
             !o.status.success() && err.contains(needle),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// `scripts/bench-publish.sh` on a short run: every decision reaches the
+/// subscriber through a real broker, and the table has its figures.
+#[test]
+fn bench_publish_reports_every_decision_received_and_the_three_throughputs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("bash")
+        .arg(root.join("scripts/bench-publish.sh"))
+        .env("BIN", env!("CARGO_BIN_EXE_gcm-inspect"))
+        .env("FPS", "20")
+        .env("DURATION_S", "2")
+        .env("FRAMES", "30")
+        .env("ROUNDS", "1")
+        .output()
+        .expect("bash runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.contains("| builtin:demo | 20 |"))
+        .unwrap_or_else(|| panic!("no latency row in:\n{out}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    // | date | model | fps | decisions | received | sent / dropped | p50 | p99 | max | ...
+    assert_eq!(row[4], "40", "{out}");
+    assert_eq!(row[5], "40", "{out}");
+    assert_eq!(row[6], "40 / 0", "{out}");
+    let p50: f64 = row[7].parse().unwrap();
+    let p99: f64 = row[8].parse().unwrap();
+    assert!(p50 > 0.0 && p99 >= p50, "{out}");
+    for way in ["no output", "broker up", "broker down"] {
+        let rate: f64 = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {way} |")))
+            .and_then(|l| l.split('|').nth(2)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {way} row in:\n{out}"));
+        assert!(rate > 0.0, "{out}");
     }
 }

@@ -199,6 +199,30 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
             "decision:\n  min_probability: 1.5\n",
             ["decision.min_probability", "out of range"],
         ),
+        (
+            "outputs:\n  - mqtt: {url: 'mqtt://127.0.0.1:1883', qos: 2}\n",
+            ["outputs[0].mqtt.qos (line", "must be 0 or 1"],
+        ),
+        (
+            "outputs:\n  - webhook: {url: 'http://127.0.0.1/a'}\n  - webhook: {url: 'https://plc.example/b'}\n",
+            ["outputs[1].webhook.url (line", "HTTPS is not built in"],
+        ),
+        (
+            "outputs:\n  - mqtt: {url: 'mqtt://127.0.0.1:1883', topic: 'gcm/{line}/x'}\n",
+            ["outputs[0].mqtt.topic", "placeholders are {station}"],
+        ),
+        (
+            "outputs:\n  - verdicts: [ng]\n",
+            ["outputs[0]", "needs exactly one of mqtt, webhook, modbus"],
+        ),
+        (
+            "outputs:\n  - {name: gate, webhook: {url: 'http://127.0.0.1/a'}}\n  - {name: gate, modbus: {address: '127.0.0.1:502', coils: {ng: 1}}}\n",
+            ["outputs[1].name", "\"gate\" is used twice"],
+        ),
+        (
+            "outputs:\n  - verdicts: [bad]\n    mqtt: {url: 'mqtt://127.0.0.1:1883'}\n",
+            ["unknown variant `bad`", "ok, ng, review"],
+        ),
     ];
     for (i, (section, want)) in cases.iter().enumerate() {
         let f = write(&format!("bad_{i}.yaml"), format!("{good_text}{section}"));

@@ -509,3 +509,41 @@ fn a_plc_gets_the_verdict_coils_the_class_and_a_counter_per_decision() {
     }
     assert_eq!(counts(&s, "modbus"), [lines.len() as u64, 0, 0], "{s}");
 }
+
+// --------------------------------------------------------- check-config
+
+#[test]
+fn check_config_lists_the_outputs_warns_of_blocked_hosts_and_reads_the_secrets() {
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("model");
+    tiny_model(&model, 3);
+    let token = t.path().join("token");
+    let extra = "station: s9\noutputs:\n  - verdicts: [ng]\n    mqtt: {url: 'mqtt://127.0.0.1:1883', topic: 'gcm/{station}/{verdict}'}\n  - webhook: {url: 'http://10.1.2.3:8080/hook', bearer_token_file: token}\n";
+    let cfg = config(t.path(), &model, &synthetic(0), extra);
+    // The token file does not exist yet: a config error naming it.
+    let e = crate::util::fails(&["check-config", p(&cfg)], 3);
+    assert!(
+        e.contains(&token.display().to_string()) && e.contains("webhook bearer token"),
+        "{e}"
+    );
+    std::fs::write(&token, "abc\n").unwrap();
+    let out = crate::util::ok(&["check-config", p(&cfg)]);
+    assert!(
+        out.contains(
+            "output mqtt: MQTT mqtt://127.0.0.1:1883 topic gcm/s9/{verdict} qos 1; verdicts ng"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("output webhook: POST http://10.1.2.3:8080/hook"),
+        "{out}"
+    );
+    // Loopback passes quietly; 10.1.2.3 is blocked by the unit's IPAddressDeny.
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("output webhook connects to 10.1.2.3")
+            && warnings[0].contains("IPAddressAllow=10.1.2.3"),
+        "{out}"
+    );
+}
