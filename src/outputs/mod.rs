@@ -263,7 +263,6 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let started = Instant::now();
         let rx = self.rx.clone();
         for m in rx.iter() {
             match self.sink.deliver(&m) {
@@ -271,10 +270,10 @@ impl Worker {
                 Err(e) => self.failed(m.frame, &e),
             }
         }
-        // The queue is closed: the run is ending. Whatever the sink holds
-        // gets the rest of the patience.
-        self.sink
-            .finish(FINISH_PATIENCE.saturating_sub(started.elapsed().min(FINISH_PATIENCE)));
+        // The queue is closed and empty: the run is ending. What the sink
+        // still holds gets half the patience the end of the run gives the
+        // outputs (the other half is for draining queues).
+        self.sink.finish(FINISH_PATIENCE / 2);
     }
 
     fn delivered(&mut self, arrived: bool) {
