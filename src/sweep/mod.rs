@@ -35,6 +35,8 @@ use crate::decision::Decision;
 use crate::verdict::{judge, FrameStats, Verdict};
 
 pub mod curves;
+pub mod plot;
+pub mod write;
 
 /// One image of the set as the sweep sees it.
 #[derive(Clone, Debug)]
