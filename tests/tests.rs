@@ -51,3 +51,6 @@ mod http;
 
 #[path = "it/model_format.rs"]
 mod model_format;
+
+#[path = "it/sweep.rs"]
+mod sweep;
