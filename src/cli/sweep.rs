@@ -11,7 +11,7 @@ use crate::eval::{for_batches, EvalReport, Evaluator};
 use crate::model::{Input, Predictor};
 use crate::sweep::curves::Curve;
 use crate::sweep::write::{self, Outcome, FILES};
-use crate::sweep::{choose, reject_mask, reject_score, sweep, Scored};
+use crate::sweep::{choose, reject_mask, reject_score, row, sweep, Scored};
 use crate::verdict::FrameStats;
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +116,7 @@ fn outcome(
         return Err(Error::data(data, msg));
     }
     let rows = sweep(&cfg, scored, &reject);
+    let current = row(&cfg, scored, &reject, cfg.min_probability);
     let choice = choose(&rows, max_miss).expect("the sweep has rows");
     Ok(Outcome {
         classes: classes.to_vec(),
@@ -123,6 +124,7 @@ fn outcome(
         reject,
         max_miss,
         rows,
+        current,
         choice,
         curve,
     })

@@ -21,6 +21,8 @@ pub struct Outcome {
     pub reject: Vec<bool>,
     pub max_miss: f64,
     pub rows: Vec<Row>,
+    /// The verdicts at the configured `min_probability`.
+    pub current: Row,
     pub choice: Choice,
     pub curve: Curve,
 }
@@ -213,6 +215,12 @@ pub fn summary(o: &Outcome) -> String {
         o.curve.average_precision()
     );
     let _ = writeln!(s, "min_probability 0 (no band): {}", rates(first));
+    let _ = writeln!(
+        s,
+        "min_probability {} (configured): {}",
+        o.current.threshold,
+        rates(&o.current.counts)
+    );
     let c = &o.choice;
     let _ = writeln!(
         s,

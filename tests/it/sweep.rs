@@ -222,6 +222,10 @@ fn reject_classes_come_from_the_config_or_the_flag_and_must_be_the_models() {
     std::fs::write(&cfg, text).unwrap();
     let stdout = ok(&[&sweep[..], &["--config", p(&cfg)]].concat());
     assert!(stdout.contains("10 defective (crack), 30 good"), "{stdout}");
+    assert!(
+        stdout.contains("\nmin_probability 0.8 (configured): "),
+        "{stdout}"
+    );
     let e = fails(&[&base[..], &["--max-miss", "0.02"]].concat(), 2);
     assert!(e.contains("--sweep"), "{e}");
 }
