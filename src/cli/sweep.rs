@@ -9,9 +9,8 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::eval::{for_batches, EvalReport, Evaluator};
 use crate::model::{Input, Predictor};
-use crate::sweep::curves::Curve;
 use crate::sweep::write::{self, Outcome, FILES};
-use crate::sweep::{choose, reject_mask, reject_score, row, sweep, Scored};
+use crate::sweep::Scored;
 use crate::verdict::FrameStats;
 
 #[derive(Debug, clap::Args)]
@@ -100,34 +99,17 @@ fn outcome(
     max_miss: f64,
     data: &Path,
 ) -> Result<Outcome> {
-    let reject = reject_mask(classes, &cfg.reject_classes);
-    let frames: Vec<(f64, bool)> = scored
-        .iter()
-        .map(|s| (reject_score(&s.decision, &reject), reject[s.label]))
-        .collect();
-    let curve = Curve::of(&frames);
-    if curve.defective == 0 || curve.good == 0 {
+    let o = Outcome::of(cfg, classes, scored, max_miss);
+    if o.curve.defective == 0 || o.curve.good == 0 {
         let msg = format!(
             "{} defective images ({}) and {} good ones: the sweep needs both",
-            curve.defective,
-            cfg.reject_classes.join(", "),
-            curve.good
+            o.curve.defective,
+            o.cfg.reject_classes.join(", "),
+            o.curve.good
         );
         return Err(Error::data(data, msg));
     }
-    let rows = sweep(&cfg, scored, &reject);
-    let current = row(&cfg, scored, &reject, cfg.min_probability);
-    let choice = choose(&rows, max_miss).expect("the sweep has rows");
-    Ok(Outcome {
-        classes: classes.to_vec(),
-        cfg,
-        reject,
-        max_miss,
-        rows,
-        current,
-        choice,
-        curve,
-    })
+    Ok(o)
 }
 
 /// Runs the sweep on the loaded `set`, writes its files and prints the

@@ -161,3 +161,48 @@ fn the_reject_score_sums_the_reject_classes() {
     let s = reject_score(&d, &reject_mask(&c, &["a".into(), "c".into()]));
     assert!((s - 2.0 / 3.0).abs() < 1e-6);
 }
+
+/// The outcome on `set` with a 1% miss limit.
+fn outcome(set: &[Scored]) -> write::Outcome {
+    write::Outcome::of(cfg(), &classes(), set, 0.01)
+}
+
+#[test]
+fn an_unreachable_limit_is_a_warning_and_the_snippet_holds_the_best_threshold() {
+    let mut set = six();
+    set.push(Scored {
+        decision: Decision::from_scores(&classes(), vec![0.0, 40.0]),
+        ..frame(0, 1, 0.99)
+    });
+    let o = outcome(&set);
+    let s = write::summary(&o);
+    let warning = "warning: no threshold keeps the miss rate at or below 1.00%: \
+                   the lowest reachable is 25.00%";
+    assert!(s.contains(warning), "{s}");
+    assert!(
+        s.contains("suggested min_probability 0.61: miss 25.00%"),
+        "{s}"
+    );
+    let y: serde_yaml::Value = serde_yaml::from_str(&write::snippet(&o)).unwrap();
+    assert_eq!(y["decision"]["min_probability"].as_f64(), Some(0.61));
+    assert_eq!(y["decision"]["reject_classes"][0].as_str(), Some("crack"));
+    assert!(!write::summary(&outcome(&six())).contains("warning"));
+}
+
+#[test]
+fn predictions_give_each_image_its_verdict_at_the_suggested_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = outcome(&six());
+    write::files(dir.path(), &o, &six()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("predictions.csv")).unwrap();
+    let verdicts: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(6).unwrap())
+        .collect();
+    // At 0.61: the 0.603 miss in review, the 0.653 false reject still ng.
+    assert_eq!(verdicts, ["ng", "ng", "review", "ok", "ng", "ok"]);
+    for f in write::FILES {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+}

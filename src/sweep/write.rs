@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use super::curves::Curve;
 use super::plot::{self, Plot};
-use super::{at, reject_score, verdict, Choice, Counts, Row, Scored};
+use super::{
+    at, choose, reject_mask, reject_score, row, sweep, verdict, Choice, Counts, Row, Scored,
+};
 use crate::config::DecisionConfig;
 use crate::data::dataset::csv_field;
 use crate::error::{IoContext, Result};
@@ -25,6 +27,31 @@ pub struct Outcome {
     pub current: Row,
     pub choice: Choice,
     pub curve: Curve,
+}
+
+impl Outcome {
+    /// The sweep of `set` under `cfg` (its `min_probability` is the
+    /// configured one), with the suggestion for `max_miss`.
+    pub fn of(cfg: DecisionConfig, classes: &[String], set: &[Scored], max_miss: f64) -> Outcome {
+        let reject = reject_mask(classes, &cfg.reject_classes);
+        let frames: Vec<(f64, bool)> = set
+            .iter()
+            .map(|s| (reject_score(&s.decision, &reject), reject[s.label]))
+            .collect();
+        let rows = sweep(&cfg, set, &reject);
+        let current = row(&cfg, set, &reject, cfg.min_probability);
+        let choice = choose(&rows, max_miss).expect("the sweep has rows");
+        Outcome {
+            classes: classes.to_vec(),
+            cfg,
+            reject,
+            max_miss,
+            rows,
+            current,
+            choice,
+            curve: Curve::of(&frames),
+        }
+    }
 }
 
 /// The files written into the output folder, in order.
