@@ -158,6 +158,23 @@ impl Evaluator {
     }
 }
 
+/// Runs `forward` over `set` in batches of `batch`, handing each batch's
+/// outputs and image indices to `each`.
+pub fn for_batches(
+    set: &crate::data::ImageSet,
+    batch: usize,
+    device: &candle_core::Device,
+    forward: impl Fn(&Tensor) -> Result<GcmOutput>,
+    mut each: impl FnMut(&GcmOutput, &[usize]) -> Result<()>,
+) -> Result<()> {
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, _) = crate::train::data::batch(set, chunk, None, device)?;
+        each(&forward(&x)?, chunk)?;
+    }
+    Ok(())
+}
+
 /// Runs `forward` over `set` in batches of `batch` and reports.
 pub fn evaluate(
     set: &crate::data::ImageSet,
@@ -167,13 +184,10 @@ pub fn evaluate(
     forward: impl Fn(&Tensor) -> Result<GcmOutput>,
 ) -> Result<EvalReport> {
     let mut ev = Evaluator::new(classes);
-    let idx: Vec<usize> = (0..set.len()).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, _) = crate::train::data::batch(set, chunk, None, device)?;
-        let out = forward(&x)?;
+    for_batches(set, batch, device, forward, |out, chunk| {
         let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
-        ev.add(&out, &labels)?;
-    }
+        ev.add(out, &labels)
+    })?;
     Ok(ev.report())
 }
 

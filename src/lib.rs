@@ -24,6 +24,7 @@ pub mod model;
 pub mod outputs;
 pub mod pipeline;
 pub mod rng;
+pub mod sweep;
 pub mod train;
 pub mod verdict;
 

@@ -54,3 +54,6 @@ mod model_format;
 
 #[path = "it/outputs.rs"]
 mod outputs;
+
+#[path = "it/sweep.rs"]
+mod sweep;

@@ -1,5 +1,6 @@
 //! `gcm-inspect eval`: accuracy, per-class precision/recall, confusion matrix
-//! and the GCM rows of the decline-ratio table on a labelled set.
+//! and the GCM rows of the decline-ratio table on a labelled set; with
+//! `--sweep`, the review threshold swept as well (see [`super::sweep`]).
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     pub split: Option<String>,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     pub json: bool,
     /// Resize images of another size to the model's input (otherwise refused).
     #[arg(long)]
@@ -32,6 +33,8 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub sweep: super::sweep::SweepArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -43,6 +46,11 @@ pub fn run(a: Args) -> Result<()> {
             .ok_or_else(|| Error::Usage(format!("--split {s}: expected train, val or test")))?;
         ds = ds.only(split)?;
     }
+    // The sweep's rules are checked before any image is loaded.
+    let rules = match a.sweep.sweep {
+        true => Some(super::sweep::rules(&a.sweep, p.classes())?),
+        false => None,
+    };
     let cfg = p.config().clone();
     let classes = p.classes().to_vec();
     let set = load_images(
@@ -54,6 +62,9 @@ pub fn run(a: Args) -> Result<()> {
         a.resize,
         |_| {},
     )?;
+    if let Some(rules) = rules {
+        return super::sweep::run(&a.sweep, rules, &p, &set, a.batch_size, &a.data);
+    }
     let report = evaluate(&set, &classes, a.batch_size, &device, |x| {
         p.forward(Input::Raw(x))
     })?;

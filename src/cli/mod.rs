@@ -11,6 +11,7 @@ pub mod explain;
 pub mod logging;
 pub mod paint;
 pub mod run;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 pub mod verify;
@@ -41,7 +42,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Decisions and their evidence (CWM heatmap, CCM parts) for image files.
     Explain(explain::Args),
-    /// Accuracy, per-class precision/recall, confusion and decline ratios on labelled images.
+    /// Accuracy, per-class precision/recall, confusion and decline ratios on labelled images;
+    /// --sweep: the review threshold to configure for a miss-rate limit.
     Eval(eval::Args),
     /// Train a GCM on image folders or a CSV manifest.
     Train(train::Args),
