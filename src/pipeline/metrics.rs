@@ -543,6 +543,16 @@ mod tests {
                 }
             }
         }
+        for name in ["mqtt", "gate"] {
+            m.output_declare(name);
+        }
+        for (name, sent, dropped, failed) in [("mqtt", 21, 0, 2), ("gate", 5, 3, 0)] {
+            (0..sent).for_each(|_| m.output_sent(name));
+            (0..dropped).for_each(|_| {
+                m.output_dropped(name);
+            });
+            (0..failed).for_each(|_| m.output_failed(name));
+        }
         m.set_model("sha256:ab\"cd");
         m
     }
