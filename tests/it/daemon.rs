@@ -221,7 +221,7 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
         ),
         (
             "outputs:\n  - verdicts: [bad]\n    mqtt: {url: 'mqtt://127.0.0.1:1883'}\n",
-            ["unknown variant `bad`", "ok, ng, review"],
+            ["outputs[0].verdicts[0]: unknown variant `bad`", "line 15"],
         ),
     ];
     for (i, (section, want)) in cases.iter().enumerate() {
