@@ -230,14 +230,16 @@ pub fn judge(cfg: &DecisionConfig, stats: &FrameStats, run: u64, d: &Decision) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn classes() -> Vec<String> {
+    /// The classes of the rules below (also used by the sweep's tests).
+    pub(crate) fn classes() -> Vec<String> {
         vec!["crack".into(), "ok".into()]
     }
 
-    fn cfg() -> DecisionConfig {
+    /// crack rejects, review below p=0.8, default health checks.
+    pub(crate) fn cfg() -> DecisionConfig {
         DecisionConfig {
             reject_classes: vec!["crack".into()],
             min_probability: 0.8,

@@ -1,18 +1,5 @@
 use super::*;
-use crate::config::HealthConfig;
-
-fn classes() -> Vec<String> {
-    vec!["crack".into(), "ok".into()]
-}
-
-fn cfg() -> DecisionConfig {
-    DecisionConfig {
-        reject_classes: vec!["crack".into()],
-        min_probability: 0.8,
-        min_margin: 0.0,
-        health: HealthConfig::default(),
-    }
-}
+use crate::verdict::tests::{cfg, classes};
 
 fn healthy(hash: u64) -> FrameStats {
     FrameStats {
