@@ -36,8 +36,19 @@ pub struct OutputSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `mqtt://HOST:PORT` (plain TCP).
+    /// `mqtt://HOST[:PORT]` (plain TCP, port 1883) or `mqtts://HOST[:PORT]`
+    /// (TLS, port 8883).
     pub url: String,
+    /// `mqtts`: the CA certificates (PEM) the broker's certificate must
+    /// chain to. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts` with client certificates: this client's certificate chain
+    /// and private key (PEM), both or neither.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// Default: `gcm-inspect-{station}-{output name}`. Unique per broker:
     /// a second client with the same id takes the session over.
     #[serde(default)]
@@ -175,7 +186,7 @@ impl OutputSpec {
     /// The host the output connects to, for the check of the unit's network policy.
     pub fn host(&self) -> Option<String> {
         match (&self.mqtt, &self.webhook, &self.modbus) {
-            (Some(m), _, _) => split_url(&m.url, "mqtt://").ok().map(|(h, _, _)| h),
+            (Some(m), _, _) => split_url(&m.url, m.scheme()).ok().map(|(h, _, _)| h),
             (_, Some(w), _) => split_url(&w.url, "http://").ok().map(|(h, _, _)| h),
             (_, _, Some(m)) => m.address.rsplit_once(':').map(|(h, _)| h.to_string()),
             _ => None,
@@ -216,6 +227,20 @@ fn wait(key: &str, ms: u64) -> Checked {
 }
 
 impl MqttConfig {
+    /// TLS: an `mqtts://` URL.
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("mqtts://")
+    }
+
+    /// The URL's scheme, with its `://`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls() {
+            "mqtts://"
+        } else {
+            "mqtt://"
+        }
+    }
+
     fn default_topic() -> String {
         "gcm/{station}/decision".into()
     }
@@ -228,7 +253,18 @@ impl MqttConfig {
 
     fn check(&self, key: &str) -> Checked {
         let k = |s: &str| format!("{key}.{s}");
-        split_url(&self.url, "mqtt://").map_err(|m| (k("url"), m))?;
+        split_url(&self.url, self.scheme())
+            .map_err(|m| (k("url"), m.replace("mqtt://", "mqtt:// or mqtts://")))?;
+        let tls_files = [&self.ca_file, &self.client_cert_file, &self.client_key_file];
+        if !self.tls() && tls_files.iter().any(|f| f.is_some()) {
+            return Err((k("url"), "certificate files need an mqtts:// URL".into()));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err((
+                k("client_key_file"),
+                "client_cert_file and client_key_file go together".into(),
+            ));
+        }
         if self.qos > 1 {
             return Err((k("qos"), format!("{}: must be 0 or 1", self.qos)));
         }

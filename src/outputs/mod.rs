@@ -348,8 +348,14 @@ fn secret(path: &std::path::Path, what: &str) -> Result<String> {
 /// Reads the secret files an output names (what `check-config` checks
 /// before a start would).
 pub fn check_secrets(spec: &OutputSpec) -> Result<()> {
-    if let Some(f) = spec.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
-        secret(f, "MQTT password")?;
+    if let Some(m) = &spec.mqtt {
+        if let Some(f) = &m.password_file {
+            secret(f, "MQTT password")?;
+        }
+        let pems = [&m.ca_file, &m.client_cert_file, &m.client_key_file];
+        for f in pems.into_iter().flatten() {
+            mqtt::pem(f)?;
+        }
     }
     if let Some(f) = spec
         .webhook

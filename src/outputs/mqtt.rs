@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
 
 use super::config::{split_url, MqttConfig};
 use super::{secret, Backoff, Deliver, Message};
@@ -43,6 +43,30 @@ pub fn topic_example(topic: &str, station: &str) -> String {
     topic.replace("{station}", station)
 }
 
+/// TLS with the configured CA (or the system's roots) and client certificate.
+fn transport(c: &MqttConfig) -> Result<Transport> {
+    // One crypto provider is built in (ring); rustls takes it as the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(ca) = &c.ca_file else {
+        return Ok(Transport::tls_with_default_config());
+    };
+    let client_auth = match (&c.client_cert_file, &c.client_key_file) {
+        (Some(cert), Some(key)) => Some((pem(cert)?, pem(key)?)),
+        _ => None,
+    };
+    Ok(Transport::tls(pem(ca)?, client_auth, None))
+}
+
+/// A PEM file, read whole; one that cannot be read is a configuration error naming it.
+pub fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::config(path, format!("cannot read the certificate file: {e}")))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(Error::config(path, "not a PEM file (no -----BEGIN line)"));
+    }
+    Ok(bytes)
+}
+
 impl Mqtt {
     /// Starts the connection thread; connecting happens there (a broker that
     /// is down at start is retried like one that goes away).
@@ -53,12 +77,16 @@ impl Mqtt {
         metrics: &Arc<Metrics>,
     ) -> Result<Mqtt> {
         let bad = |m: String| Error::Runtime(format!("output {name}: {m}"));
-        let (host, port, _) = split_url(&c.url, "mqtt://").map_err(bad)?;
+        let (host, port, _) = split_url(&c.url, c.scheme()).map_err(bad)?;
         let id = c
             .client_id
             .clone()
             .unwrap_or_else(|| format!("gcm-inspect-{station}-{name}"));
-        let mut o = MqttOptions::new(id, host, port.unwrap_or(1883));
+        let default_port = if c.tls() { 8883 } else { 1883 };
+        let mut o = MqttOptions::new(id, host, port.unwrap_or(default_port));
+        if c.tls() {
+            o.set_transport(transport(c)?);
+        }
         o.set_keep_alive(Duration::from_secs(10));
         o.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(user) = &c.username {

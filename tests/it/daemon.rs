@@ -212,6 +212,10 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
             ["outputs[0].mqtt.topic", "placeholders are {station}"],
         ),
         (
+            "outputs:\n  - mqtt: {url: 'mqtt://127.0.0.1:1883', ca_file: ca.pem}\n",
+            ["outputs[0].mqtt.url", "certificate files need an mqtts:// URL"],
+        ),
+        (
             "outputs:\n  - verdicts: [ng]\n",
             ["outputs[0]", "needs exactly one of mqtt, webhook, modbus"],
         ),

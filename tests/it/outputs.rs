@@ -357,6 +357,120 @@ fn a_broker_that_wants_a_password_gets_it_from_the_file_and_refuses_a_wrong_one(
     assert!(collect(&rx, 1, |g| !g.is_empty()).is_empty());
 }
 
+/// A CA and a server certificate for 127.0.0.1 signed by it (openssl),
+/// in `dir`: `NAME-ca.pem`, `NAME-server.pem`, `NAME-server.key`.
+fn certificates(dir: &Path, name: &str) -> [PathBuf; 3] {
+    let f = |s: &str| dir.join(format!("{name}-{s}"));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (ca, ca_key, key, csr, cert) = (
+        f("ca.pem"),
+        f("ca.key"),
+        f("server.key"),
+        f("server.csr"),
+        f("server.pem"),
+    );
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            p(&ca_key),
+            "-out",
+            p(&ca),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            p(&key),
+            "-out",
+            p(&csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    let ext = f("ext.cnf");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        p(&csr),
+        "-CA",
+        p(&ca),
+        "-CAkey",
+        p(&ca_key),
+        "-CAcreateserial",
+        "-out",
+        p(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        p(&ext),
+    ]);
+    [ca, cert, key]
+}
+
+#[test]
+fn an_mqtts_broker_is_reached_with_the_configured_ca_and_refused_with_another() {
+    let t = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = certificates(t.path(), "good");
+    let [other_ca, _, _] = certificates(t.path(), "other");
+    let tls_port = free_port();
+    // A plain listener for the test's subscriber, a TLS one for the daemon.
+    // (`user root`: run as root, mosquitto would drop to its own user, which
+    // cannot read the key in the test's private folder; as another user it
+    // has no effect.)
+    let tls = format!(
+        "allow_anonymous true\nuser root\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        ca.display(), cert.display(), key.display()
+    );
+    let broker = Broker::start_with(t.path(), free_port(), &tls);
+    let rx = subscribe(broker.port, "gcm/#");
+    let run = |name: &str, ca: &Path| {
+        let root = t.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let extra = format!(
+            "outputs:\n  - mqtt: {{url: 'mqtts://127.0.0.1:{tls_port}', ca_file: '{}', reconnect_max_ms: 100}}\n",
+            ca.display()
+        );
+        replay(&root, 3, &extra)
+    };
+    let (s, lines) = run("right", &ca);
+    let got = collect(&rx, 20, |g| g.len() >= lines.len());
+    assert_eq!(got.len(), 5, "{s}");
+    assert_eq!(counts(&s, "mqtt"), [5, 0, 0], "{s}");
+    // A CA the broker's certificate does not chain to: no connection,
+    // failures counted, every frame still decided.
+    let (s, lines) = run("wrong", &other_ca);
+    assert_eq!(lines.len(), 5, "{s}");
+    let [sent, _, failed] = counts(&s, "mqtt");
+    assert_eq!(sent, 0, "{s}");
+    assert!(failed >= 1, "{s}");
+    assert!(collect(&rx, 1, |g| !g.is_empty()).is_empty());
+}
+
 // ------------------------------------------------------------- webhook
 
 /// What a test HTTP server does with request number `n` (from 0).
