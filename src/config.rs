@@ -842,16 +842,22 @@ impl Loaded {
         }
     }
 
-    /// The outputs with their secret files' paths resolved.
+    /// The outputs with their files' paths (secrets, certificates) resolved.
     pub fn outputs(&self) -> Vec<crate::outputs::OutputSpec> {
         let mut specs = self.config.outputs.clone();
         for o in &mut specs {
-            let files = [
-                o.mqtt.as_mut().and_then(|m| m.password_file.as_mut()),
-                o.webhook
-                    .as_mut()
-                    .and_then(|w| w.bearer_token_file.as_mut()),
-            ];
+            let mut files = Vec::new();
+            if let Some(m) = o.mqtt.as_mut() {
+                files.extend([
+                    m.password_file.as_mut(),
+                    m.ca_file.as_mut(),
+                    m.client_cert_file.as_mut(),
+                    m.client_key_file.as_mut(),
+                ]);
+            }
+            if let Some(w) = o.webhook.as_mut() {
+                files.extend([w.bearer_token_file.as_mut(), w.ca_file.as_mut()]);
+            }
             for f in files.into_iter().flatten() {
                 *f = self.resolve(f);
             }

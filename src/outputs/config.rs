@@ -73,8 +73,12 @@ pub struct MqttConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://HOST[:PORT]/PATH`.
+    /// `http://HOST[:PORT]/PATH` or `https://...` (TLS).
     pub url: String,
+    /// `https`: the CA certificates (PEM) the server's certificate must
+    /// chain to. Default: the Mozilla roots built into the binary.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// For one attempt: connect, send, and the response.
     #[serde(default = "WebhookConfig::default_timeout_ms")]
     pub timeout_ms: u64,
@@ -187,7 +191,10 @@ impl OutputSpec {
     pub fn host(&self) -> Option<String> {
         match (&self.mqtt, &self.webhook, &self.modbus) {
             (Some(m), _, _) => split_url(&m.url, m.scheme()).ok().map(|(h, _, _)| h),
-            (_, Some(w), _) => split_url(&w.url, "http://").ok().map(|(h, _, _)| h),
+            (_, Some(w), _) => split_url(&w.url, "http://")
+                .or_else(|_| split_url(&w.url, "https://"))
+                .ok()
+                .map(|(h, _, _)| h),
             (_, _, Some(m)) => m.address.rsplit_once(':').map(|(h, _)| h.to_string()),
             _ => None,
         }
@@ -305,13 +312,16 @@ impl WebhookConfig {
 
     fn check(&self, key: &str) -> Checked {
         let k = |s: &str| format!("{key}.{s}");
-        split_url(&self.url, "http://").map_err(|m| {
-            let hint = match self.url.starts_with("https://") {
-                true => " (HTTPS is not built in: use a local TLS-terminating proxy)",
-                false => "",
-            };
-            (k("url"), format!("{m}{hint}"))
-        })?;
+        let scheme = if self.url.starts_with("https://") {
+            "https://"
+        } else {
+            "http://"
+        };
+        split_url(&self.url, scheme)
+            .map_err(|m| (k("url"), m.replace("http://", "http:// or https://")))?;
+        if self.ca_file.is_some() && scheme == "http://" {
+            return Err((k("ca_file"), "needs an https:// URL".into()));
+        }
         if !(1..=10).contains(&self.attempts) {
             return Err((
                 k("attempts"),

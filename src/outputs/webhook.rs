@@ -1,15 +1,19 @@
 //! HTTP webhook output (ureq): a POST of the JSON payload per decision,
 //! with a timeout per attempt and retries after 100 ms, 200 ms, ... A
 //! decision that fails every attempt is counted as a failure and left (the
-//! decision log has it). Plain HTTP: lines put a TLS-terminating proxy in
-//! front when the receiver is not on the box. Proxy variables in the
+//! decision log has it). `https://` URLs are checked against `ca_file` or
+//! the Mozilla roots built in (rustls with ring). Proxy variables in the
 //! environment are ignored: the URL is where the POST goes.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
 use super::config::WebhookConfig;
 use super::{secret, Backoff, Deliver, Message};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub struct Webhook {
     agent: ureq::Agent,
@@ -24,7 +28,12 @@ impl Webhook {
             Some(f) => Some(format!("Bearer {}", secret(f, "webhook bearer token")?)),
             None => None,
         };
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &c.ca_file {
+            tls = tls.root_certs(RootCerts::Specific(Arc::new(ca_certificates(ca)?)));
+        }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .timeout_global(Some(Duration::from_millis(c.timeout_ms)))
             .proxy(None)
             .max_redirects(0)
@@ -49,6 +58,23 @@ impl Webhook {
         }
         req.send(&m.json[..]).map(|_| ()).map_err(|e| e.to_string())
     }
+}
+
+/// The certificates of a PEM file; none, or one that cannot be read, is a
+/// configuration error naming the file.
+pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
+    let bad = |m: String| Error::config(path, m);
+    let pem = super::mqtt::pem(path)?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not a PEM file: {e}")))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(certs)
 }
 
 impl Deliver for Webhook {

@@ -204,8 +204,8 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
             ["outputs[0].mqtt.qos (line", "must be 0 or 1"],
         ),
         (
-            "outputs:\n  - webhook: {url: 'http://127.0.0.1/a'}\n  - webhook: {url: 'https://plc.example/b'}\n",
-            ["outputs[1].webhook.url (line", "HTTPS is not built in"],
+            "outputs:\n  - webhook: {url: 'http://127.0.0.1/a'}\n  - webhook: {url: 'http://plc.example/b', ca_file: ca.pem}\n",
+            ["outputs[1].webhook.ca_file (line", "needs an https:// URL"],
         ),
         (
             "outputs:\n  - mqtt: {url: 'mqtt://127.0.0.1:1883', topic: 'gcm/{line}/x'}\n",

@@ -451,9 +451,10 @@ fn an_mqtts_broker_is_reached_with_the_configured_ca_and_refused_with_another() 
     let run = |name: &str, ca: &Path| {
         let root = t.path().join(name);
         std::fs::create_dir_all(&root).unwrap();
+        // The CA's path is relative to the config file.
         let extra = format!(
-            "outputs:\n  - mqtt: {{url: 'mqtts://127.0.0.1:{tls_port}', ca_file: '{}', reconnect_max_ms: 100}}\n",
-            ca.display()
+            "outputs:\n  - mqtt: {{url: 'mqtts://127.0.0.1:{tls_port}', ca_file: '../{}', reconnect_max_ms: 100}}\n",
+            ca.file_name().unwrap().to_str().unwrap()
         );
         replay(&root, 3, &extra)
     };
@@ -481,35 +482,74 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// An HTTP/1.1 server on loopback; one request per connection.
 fn http_server(behave: Behaviour) -> (String, Received) {
+    serve_http(behave, None)
+}
+
+/// The same over TLS with a certificate chain and key (PEM files).
+fn https_server(behave: Behaviour, cert: &Path, key: &Path) -> (String, Received) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    serve_http(behave, Some(Arc::new(cfg)))
+}
+
+fn serve_http(behave: Behaviour, tls: Option<Arc<rustls::ServerConfig>>) -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", l.local_addr().unwrap());
     let got: Received = Arc::default();
     let seen = got.clone();
     std::thread::spawn(move || {
         for (n, c) in l.incoming().enumerate() {
-            let Ok(mut c) = c else { continue };
-            let (head, body) = read_request(&mut c);
+            let Ok(c) = c else { continue };
+            let mut stream: Box<dyn ReadWrite> = match &tls {
+                Some(cfg) => Box::new(rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(cfg.clone()).unwrap(),
+                    c,
+                )),
+                None => Box::new(c),
+            };
+            // A client that gave up on the handshake is not a request.
+            let Some((head, body)) = read_request(&mut stream) else {
+                continue;
+            };
             seen.lock().unwrap().push((head, body));
             let (status, delay) = behave(n);
             std::thread::sleep(delay);
             let _ = write!(
-                c,
+                stream,
                 "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
+            let _ = stream.flush();
         }
     });
     (url, got)
 }
 
-fn read_request(c: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut r = BufReader::new(c.try_clone().unwrap());
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn read_request(c: &mut dyn ReadWrite) -> Option<(String, Vec<u8>)> {
+    let mut r = BufReader::new(c);
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+        if r.read_line(&mut line).ok()? == 0 || line == "\r\n" {
             break;
         }
         head.push_str(&line);
+    }
+    if head.is_empty() {
+        return None;
     }
     let len = head
         .lines()
@@ -520,8 +560,41 @@ fn read_request(c: &mut TcpStream) -> (String, Vec<u8>) {
         })
         .unwrap_or(0);
     let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (head, body)
+    r.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+#[test]
+fn an_https_webhook_is_reached_with_the_configured_ca_and_refused_with_another() {
+    let t = tempfile::tempdir().unwrap();
+    let [_, cert, key] = certificates(t.path(), "good");
+    certificates(t.path(), "other");
+    let (url, got) = https_server(Box::new(|_| (200, Duration::ZERO)), &cert, &key);
+    let run = |name: &str, ca: &str| {
+        let root = t.path().join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        // The CA's path is relative to the config file.
+        let extra =
+            format!("outputs:\n  - webhook: {{url: '{url}', ca_file: '../{ca}', attempts: 1}}\n");
+        replay(&root, 3, &extra)
+    };
+    let (s, lines) = run("right", "good-ca.pem");
+    assert_eq!(counts(&s, "webhook"), [5, 0, 0], "{s}");
+    let bodies: Vec<Payload> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(
+        bodies.iter().map(|m| m.frame).collect::<Vec<_>>(),
+        lines.iter().map(|l| l.frame).collect::<Vec<_>>()
+    );
+    // Another CA: the handshake fails, every decision's delivery fails, none arrives.
+    let (s, lines) = run("wrong", "other-ca.pem");
+    assert_eq!(lines.len(), 5, "{s}");
+    assert_eq!(counts(&s, "webhook"), [0, 0, 5], "{s}");
+    assert_eq!(got.lock().unwrap().len(), 5);
 }
 
 #[test]
