@@ -165,7 +165,7 @@ impl Publisher {
                 rx: rx.clone(),
                 sink,
                 metrics: metrics.clone(),
-                failing: None,
+                failing: FailureRun::default(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("output-{name}"))
@@ -230,10 +230,7 @@ impl Threads {
     pub fn finish(self, patience: Duration, metrics: &Metrics) {
         let deadline = Instant::now() + patience;
         for (name, h, rx) in self.0 {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
+            if wait_until(deadline, || h.is_finished()) {
                 let _ = h.join();
                 continue;
             }
@@ -256,9 +253,7 @@ struct Worker {
     rx: Receiver<Arc<Message>>,
     sink: Box<dyn Deliver>,
     metrics: Arc<Metrics>,
-    /// Failing since, and failures so far: the first failure and the
-    /// recovery are logged, not every one.
-    failing: Option<(Instant, u64)>,
+    failing: FailureRun,
 }
 
 impl Worker {
@@ -280,23 +275,19 @@ impl Worker {
         if arrived {
             self.metrics.output_sent(&self.name);
         }
-        if let Some((since, n)) = self.failing.take() {
+        if let Some((n, took)) = self.failing.recover() {
             tracing::info!(
                 output = self.name,
                 "output delivering again after {n} failures in {:.1} s",
-                since.elapsed().as_secs_f64()
+                took.as_secs_f64()
             );
         }
     }
 
     fn failed(&mut self, frame: u64, e: &str) {
         self.metrics.output_failed(&self.name);
-        match &mut self.failing {
-            Some((_, n)) => *n += 1,
-            None => {
-                tracing::warn!(output = self.name, frame, "output failed: {e}");
-                self.failing = Some((Instant::now(), 1));
-            }
+        if self.failing.fail() {
+            tracing::warn!(output = self.name, frame, "output failed: {e}");
         }
     }
 }
@@ -333,6 +324,16 @@ pub fn describe(spec: &OutputSpec, station: &str) -> String {
     format!("{target}; verdicts {}", verdicts.join(", "))
 }
 
+/// A PEM file, read whole; one that cannot be read is a configuration error naming it.
+pub fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::config(path, format!("cannot read the certificate file: {e}")))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(Error::config(path, "not a PEM file (no -----BEGIN line)"));
+    }
+    Ok(bytes)
+}
+
 /// Reads the first line of a secret file (a password, a token); a file
 /// that cannot be read or is empty is a configuration error naming it.
 fn secret(path: &std::path::Path, what: &str) -> Result<String> {
@@ -354,7 +355,7 @@ pub fn check_secrets(spec: &OutputSpec) -> Result<()> {
         }
         let pems = [&m.ca_file, &m.client_cert_file, &m.client_key_file];
         for f in pems.into_iter().flatten() {
-            mqtt::pem(f)?;
+            pem(f)?;
         }
     }
     if let Some(f) = spec
@@ -365,6 +366,43 @@ pub fn check_secrets(spec: &OutputSpec) -> Result<()> {
         secret(f, "webhook bearer token")?;
     }
     Ok(())
+}
+
+/// A run of failures of one output: the first is logged, then the
+/// recovery with the count, not every one in between.
+#[derive(Debug, Default)]
+pub struct FailureRun(Option<(Instant, u64)>);
+
+impl FailureRun {
+    /// Counts a failure; true for the first of a run (the one to log).
+    pub fn fail(&mut self) -> bool {
+        match &mut self.0 {
+            Some((_, n)) => {
+                *n += 1;
+                false
+            }
+            None => {
+                self.0 = Some((Instant::now(), 1));
+                true
+            }
+        }
+    }
+
+    /// Ends the run, if there was one: its failures and how long it lasted.
+    pub fn recover(&mut self) -> Option<(u64, Duration)> {
+        self.0.take().map(|(since, n)| (n, since.elapsed()))
+    }
+}
+
+/// Polls `done` every 10 ms until it holds or `deadline` passes; says which.
+pub fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Waits that start at 100 ms and double up to `max`.
@@ -412,6 +450,15 @@ mod tests {
         ];
         let names: Vec<String> = (0..4).map(|i| output_name(&specs, i)).collect();
         assert_eq!(names, ["mqtt-1", "webhook", "mqtt-2", "gate"]);
+    }
+
+    #[test]
+    fn a_failure_run_reports_its_first_failure_and_its_count_on_recovery() {
+        let mut run = FailureRun::default();
+        assert_eq!(run.recover(), None);
+        assert_eq!([run.fail(), run.fail(), run.fail()], [true, false, false]);
+        assert_eq!(run.recover().map(|(n, _)| n), Some(3));
+        assert!(run.fail(), "a new run starts after a recovery");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
 
 use super::config::{split_url, MqttConfig};
-use super::{secret, Backoff, Deliver, Message};
+use super::{pem, secret, wait_until, Backoff, Deliver, FailureRun, Message};
 use crate::error::{Error, Result};
 use crate::pipeline::metrics::Metrics;
 
@@ -55,16 +55,6 @@ fn transport(c: &MqttConfig) -> Result<Transport> {
         _ => None,
     };
     Ok(Transport::tls(pem(ca)?, client_auth, None))
-}
-
-/// A PEM file, read whole; one that cannot be read is a configuration error naming it.
-pub fn pem(path: &std::path::Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::config(path, format!("cannot read the certificate file: {e}")))?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(Error::config(path, "not a PEM file (no -----BEGIN line)"));
-    }
-    Ok(bytes)
 }
 
 impl Mqtt {
@@ -150,16 +140,14 @@ impl Deliver for Mqtt {
     /// waits for the connection thread.
     fn finish(&mut self, patience: Duration) {
         let deadline = Instant::now() + patience;
-        while self.arrived.load(Ordering::SeqCst) < self.handed && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(deadline, || {
+            self.arrived.load(Ordering::SeqCst) >= self.handed
+        });
         let _ = self.client.disconnect();
         if let Some(h) = self.connection.take() {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            let ended = wait_until(deadline, || h.is_finished());
             self.closing.store(true, Ordering::SeqCst);
-            if h.is_finished() {
+            if ended {
                 let _ = h.join();
             }
         }
@@ -185,18 +173,17 @@ impl Driver {
     }
 
     fn run(mut self, mut connection: Connection) {
-        // Failing since, and failures so far (the first and the recovery are logged).
-        let mut failing: Option<(Instant, u64)> = None;
+        let mut failing = FailureRun::default();
         for event in connection.iter() {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     self.backoff.reset();
-                    match failing.take() {
-                        Some((since, n)) => tracing::info!(
+                    match failing.recover() {
+                        Some((n, took)) => tracing::info!(
                             output = self.name,
                             "MQTT broker {} reachable again after {n} failed attempts in {:.1} s",
                             self.url,
-                            since.elapsed().as_secs_f64()
+                            took.as_secs_f64()
                         ),
                         None => {
                             tracing::info!(output = self.name, "MQTT connected to {}", self.url)
@@ -216,16 +203,12 @@ impl Driver {
                         break;
                     }
                     self.metrics.output_failed(&self.name);
-                    match &mut failing {
-                        Some((_, n)) => *n += 1,
-                        None => {
-                            tracing::warn!(
-                                output = self.name,
-                                "MQTT broker {}: {e}; retrying with backoff",
-                                self.url
-                            );
-                            failing = Some((Instant::now(), 1));
-                        }
+                    if failing.fail() {
+                        tracing::warn!(
+                            output = self.name,
+                            "MQTT broker {}: {e}; retrying with backoff",
+                            self.url
+                        );
                     }
                     std::thread::sleep(self.backoff.step());
                 }

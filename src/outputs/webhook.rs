@@ -64,7 +64,7 @@ impl Webhook {
 /// configuration error naming the file.
 pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<Certificate<'static>>> {
     let bad = |m: String| Error::config(path, m);
-    let pem = super::mqtt::pem(path)?;
+    let pem = super::pem(path)?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not a PEM file: {e}")))? {
