@@ -31,12 +31,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use gcm_inspect::gpu::{ccm_evidence, preprocess, Frame, Pick, PixelFormat, PreprocessSpec};
+use gcm_inspect::gpu::{ccm_evidence, Pick};
 use gcm_inspect::model::checkpoint::{new_card, save};
 use gcm_inspect::model::config::ModelConfig;
 use gcm_inspect::model::gcm::{varmap_tensors, Gcm};
 use gcm_inspect::model::score::gcm_score;
 use gcm_inspect::model::{Input, Predictor};
+use gcm_inspect::preprocess::device::{preprocess, Frame};
+use gcm_inspect::preprocess::{PixelFormat, PreprocessSpec};
 use gcm_inspect::rng::Rng;
 use serde_json::{json, Value};
 
@@ -229,7 +231,7 @@ fn bench_preprocess_and_evidence(dev: &Device, rng: &mut Rng) -> Res<Value> {
     let spec = PreprocessSpec::for_model(&cfg, None);
     let mut out = serde_json::Map::new();
     for format in [PixelFormat::Grey, PixelFormat::Yuyv] {
-        let bytes: Vec<u8> = (0..w * h * format.bytes_per_pixel())
+        let bytes: Vec<u8> = (0..w * h * format.bytes_per_pixel().unwrap())
             .map(|_| rng.below(256) as u8)
             .collect();
         let frame = Frame::packed(&bytes, format, w, h);
@@ -290,7 +292,7 @@ fn bench_model(dev: &Device, out_dir: &std::path::Path, rng: &mut Rng) -> Res<Va
     let frame = Frame::packed(&cam, PixelFormat::Grey, fw, fh);
     let spec = PreprocessSpec::for_model(&cfg, None);
     let cam_lat = time_it(dev, 21, || {
-        let scaled = preprocess(&frame, &spec, dev)?;
+        let scaled = preprocess(&frame, &spec, dev)?.scaled;
         let cwm = net.cwm(&scaled)?;
         let s = gcm_score(&cwm, &scaled)?.to_vec2::<f32>()?;
         drop(s);

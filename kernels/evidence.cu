@@ -90,6 +90,76 @@ __device__ void ccm_quantise(const float* __restrict__ cwm, const float* __restr
     }
 }
 
+// Check (a) for a frame whose evidence is not kept: the sums of each part's
+// quantised values, so that the host computes exactly the score the stored
+// files would give (QuantCcm::score) from six words a pick.
+// Grid: one block per pick. Output per pick, u32: [max_pos bits, max_neg bits,
+// sum_pos low, sum_pos high, sum_neg low, sum_neg high]. The sums are of
+// integers, so their order does not matter: the result is exact.
+__device__ void ccm_qsum(const float* __restrict__ cwm, const float* __restrict__ img,
+                         const uint32_t* __restrict__ picks, uint32_t* __restrict__ out,
+                         uint64_t n, uint64_t d, uint64_t hw) {
+    __shared__ float sp[EV_THREADS / 32], sn[EV_THREADS / 32];
+    __shared__ unsigned long long qp[EV_THREADS / 32], qn[EV_THREADS / 32];
+    const uint64_t k = blockIdx.x;
+    const uint64_t b = picks[2 * k], j = picks[2 * k + 1];
+    const float* m = cwm + (b * n + j) * hw;
+    const float* im = img + b * d * hw;
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    float mp = 0.0f, mn = 0.0f;
+    for (uint64_t ch = 0; ch < d; ++ch) {
+        for (uint64_t p = threadIdx.x; p < hw; p += EV_THREADS) {
+            const float v = im[ch * hw + p] * m[p];
+            mp = fmaxf(mp, v);
+            mn = fmaxf(mn, -v);
+        }
+    }
+    mp = warp_max(mp);
+    mn = warp_max(mn);
+    if (lane == 0) {
+        sp[warp] = mp;
+        sn[warp] = mn;
+    }
+    __syncthreads();
+    float a = 0.0f, c = 0.0f;
+    for (int w = 0; w < EV_THREADS / 32; ++w) {
+        a = fmaxf(a, sp[w]);
+        c = fmaxf(c, sn[w]);
+    }
+    const double scale_p = (double)a / 65535.0, scale_n = (double)c / 65535.0;
+    unsigned long long tp = 0, tn = 0;
+    for (uint64_t ch = 0; ch < d; ++ch) {
+        for (uint64_t p = threadIdx.x; p < hw; p += EV_THREADS) {
+            const float v = im[ch * hw + p] * m[p];
+            tp += q16(fmax((double)v, 0.0), scale_p);
+            tn += q16(fmax((double)(-v), 0.0), scale_n);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        tp += __shfl_xor_sync(0xffffffffu, tp, o);
+        tn += __shfl_xor_sync(0xffffffffu, tn, o);
+    }
+    if (lane == 0) {
+        qp[warp] = tp;
+        qn[warp] = tn;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long p = 0, q = 0;
+        for (int w = 0; w < EV_THREADS / 32; ++w) {
+            p += qp[w];
+            q += qn[w];
+        }
+        uint32_t* row = out + k * 6;
+        row[0] = __float_as_uint(a);
+        row[1] = __float_as_uint(c);
+        row[2] = (uint32_t)p;
+        row[3] = (uint32_t)(p >> 32);
+        row[4] = (uint32_t)q;
+        row[5] = (uint32_t)(q >> 32);
+    }
+}
+
 }  // namespace gcm
 
 extern "C" __global__ void __launch_bounds__(EV_THREADS)
@@ -103,4 +173,10 @@ extern "C" __global__ void gcm_ccm_quantise(const float* cwm, const float* img,
                                             uint64_t k_count, uint64_t n, uint64_t d,
                                             uint64_t hw) {
     gcm::ccm_quantise(cwm, img, picks, out, k_count, n, d, hw);
+}
+
+extern "C" __global__ void __launch_bounds__(EV_THREADS)
+    gcm_ccm_qsum(const float* cwm, const float* img, const uint32_t* picks, uint32_t* out,
+                 uint64_t n, uint64_t d, uint64_t hw) {
+    gcm::ccm_qsum(cwm, img, picks, out, n, d, hw);
 }

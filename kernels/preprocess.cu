@@ -1,130 +1,157 @@
-// Camera frame -> model input, on the GPU, so a frame crosses the bus once
-// (as camera bytes) and never as floats.
+// Camera frame -> model input on the GPU: the CUDA backend of the
+// preprocessing contract (src/preprocess/mod.rs), whose CPU backend is the
+// reference. A frame crosses the bus once, as camera bytes.
 //
-// One thread per output pixel: crop to the region of interest, convert the
-// camera's pixel format to the model's channels, resample with a triangle
-// (tent) filter whose support widens with the downscaling factor (the
-// `image` crate's FilterType::Triangle, which the training data goes
-// through), then apply the model's input scaling `a[ch] * x + b[ch]` to x in
-// [0, 1]. The Rust reference is `cpu_fwd` of the op in src/gpu/preprocess.rs;
-// both evaluate the same formula in the same order, in f32.
+// gcm_preprocess: one thread per output pixel. Crop to the region of
+// interest, convert each camera pixel to the model's channels as 8-bit
+// values, resize with the `image` crate's Triangle filter exactly as it does
+// (a vertical pass in f32, then a horizontal pass, then clamp and round half
+// away from zero), and write the 8-bit model input [D, R, C].
+// gcm_scale: the 8-bit input to the network input, a[d] * (x / 255) + b[d].
 //
-// Formats: 0 = GREY (8 bit), 1 = YUYV (4:2:2, Y0 U Y1 V, full range, JFIF
-// coefficients), 2 = RGB24 (Rec. 709 luma for one channel). Output: f32 [D, R, C], D = 1 or 3.
+// Every float operation is the CPU's in the CPU's order, with the rounding
+// intrinsics (__fmul_rn, __fadd_rn, __fdiv_rn) so that nvcc cannot contract
+// a multiply and an add into an FMA: the results are bit for bit the CPU's.
+//
+// Formats: 0 = GREY, 1 = YUYV (BT.601 limited range, integer conversion),
+// 2 = RGB24. Grey models take the luma of colour pixels as the `image`
+// crate's to_luma8 computes it.
 
 #include "common.cuh"
 
 #define PRE_THREADS 256
-
 namespace gcm {
 
-// The taps of one output coordinate along one axis.
+// The taps of one output coordinate along one axis: input indices
+// left..left+count-1, weights normalised as the image crate normalises them.
 struct Axis {
-    int left, right;  // input indices left..right-1
-    float centre;     // input coordinate of the output pixel's centre
-    float sratio;     // max(1, in/out): the filter's widening
+    int left, count;
+    float centre, sratio, sum;
 };
+
+__device__ __forceinline__ float triangle(float x) {
+    const float a = fabsf(x);
+    return a < 1.0f ? __fsub_rn(1.0f, a) : 0.0f;
+}
+
+__device__ __forceinline__ float raw_weight(const Axis& a, int i) {
+    return triangle(__fdiv_rn(__fsub_rn((float)(a.left + i), a.centre), a.sratio));
+}
+
+// Tap i's weight (recomputed where it is used: the same operations give the
+// same bits, and no array of taps limits the downscaling factor).
+__device__ __forceinline__ float weight(const Axis& a, int i) {
+    return __fdiv_rn(raw_weight(a, i), a.sum);
+}
 
 __device__ __forceinline__ Axis axis(int o, int in_size, int out_size) {
     Axis a;
-    const float ratio = (float)in_size / (float)out_size;
+    const float ratio = __fdiv_rn((float)in_size, (float)out_size);
     a.sratio = ratio < 1.0f ? 1.0f : ratio;
-    const float support = a.sratio;
-    const float centre = ((float)o + 0.5f) * ratio;
-    int left = (int)floorf(centre - support);
-    left = min(max(left, 0), in_size - 1);
-    int right = (int)ceilf(centre + support);
-    right = min(max(right, left + 1), in_size);
-    a.left = left;
-    a.right = right;
-    a.centre = centre - 0.5f;
+    const float centre = __fmul_rn(__fadd_rn((float)o, 0.5f), ratio);
+    long long left = (long long)floorf(__fsub_rn(centre, a.sratio));
+    left = left < 0 ? 0 : (left > in_size - 1 ? in_size - 1 : left);
+    long long right = (long long)ceilf(__fadd_rn(centre, a.sratio));
+    right = right < left + 1 ? left + 1 : (right > in_size ? in_size : right);
+    a.centre = __fsub_rn(centre, 0.5f);
+    a.left = (int)left;
+    a.count = (int)(right - left);
+    a.sum = 0.0f;
+    for (int i = 0; i < a.count; ++i) a.sum = __fadd_rn(a.sum, raw_weight(a, i));
     return a;
 }
 
-__device__ __forceinline__ float tap(const Axis& a, int i) {
-    const float x = fabsf(((float)i - a.centre) / a.sratio);
-    return x < 1.0f ? 1.0f - x : 0.0f;
-}
+__device__ __forceinline__ int clamp255(int x) { return x < 0 ? 0 : (x > 255 ? 255 : x); }
 
-// The model channels of camera pixel (x, y), in 0..255 (D = 1 or 3, known
-// at compile time so that v stays in registers).
+// The model channels of camera pixel (x, y) as 8-bit values (D = 1 or 3).
 template <int D>
 __device__ __forceinline__ void fetch(const uint8_t* __restrict__ src, int format,
-                                      uint64_t stride, int x, int y, float (&v)[3]) {
+                                      uint64_t stride, int x, int y, int (&v)[3]) {
     const uint8_t* row = src + (uint64_t)y * stride;
+    int r, g, b;
     if (format == 0) {
-        const float g = (float)row[x];
-        v[0] = g;
-        v[1] = g;
-        v[2] = g;
+        v[0] = v[1] = v[2] = row[x];
+        return;
     } else if (format == 1) {
-        const float yy = (float)row[2 * x];
-        if (D == 1) {
-            v[0] = yy;
-            return;
-        }
-        const uint8_t* pair = row + 4 * (x >> 1);
-        const float u = (float)pair[1] - 128.0f, w = (float)pair[3] - 128.0f;
-        v[0] = fminf(fmaxf(yy + 1.402f * w, 0.0f), 255.0f);
-        v[1] = fminf(fmaxf(yy - 0.344136f * u - 0.714136f * w, 0.0f), 255.0f);
-        v[2] = fminf(fmaxf(yy + 1.772f * u, 0.0f), 255.0f);
+        // BT.601 limited range, as UVC cameras send it; the pair shares U, V.
+        const uint8_t* quad = row + 4 * (x >> 1);
+        const int c = max((int)row[2 * x] - 16, 0);
+        const int d = (int)quad[1] - 128, e = (int)quad[3] - 128;
+        r = clamp255((298 * c + 409 * e + 128) >> 8);
+        g = clamp255((298 * c - 100 * d - 208 * e + 128) >> 8);
+        b = clamp255((298 * c + 516 * d + 128) >> 8);
     } else {
         const uint8_t* p = row + 3 * x;
-        if (D == 1) {
-            // Rec. 709 luma, the image crate's to_luma8() before its rounding.
-            v[0] = 0.2126f * (float)p[0] + 0.7152f * (float)p[1] + 0.0722f * (float)p[2];
-            return;
-        }
-        v[0] = (float)p[0];
-        v[1] = (float)p[1];
-        v[2] = (float)p[2];
+        r = p[0];
+        g = p[1];
+        b = p[2];
+    }
+    if (D == 1) {
+        // The image crate's to_luma8 (src/preprocess/convert.rs, `luma`).
+        const float q = 1.0f / 255.0f;
+        const float y = __fadd_rn(__fadd_rn(__fmul_rn(__fmul_rn((float)r, q), 0.21264784f),
+                                            __fmul_rn(__fmul_rn((float)g, q), 0.7151792f)),
+                                  __fmul_rn(__fmul_rn((float)b, q), 0.07217304f));
+        v[0] = (int)roundf(fminf(fmaxf(__fmul_rn(255.0f, y), 0.0f), 255.0f));
+    } else {
+        v[0] = r;
+        v[1] = g;
+        v[2] = b;
     }
 }
 
 template <int D>
 __device__ void preprocess(const uint8_t* __restrict__ src, int format, uint64_t stride,
                            int roi_x, int roi_y, int roi_w, int roi_h, int rows, int cols,
-                           float a0, float a1, float a2, float b0, float b1, float b2,
-                           float* __restrict__ out) {
+                           uint8_t* __restrict__ out) {
     const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (uint64_t)rows * cols) return;
     const int oy = (int)(i / cols), ox = (int)(i % cols);
     const Axis ay = axis(oy, roi_h, rows);
     const Axis ax = axis(ox, roi_w, cols);
-    float sy = 0.0f, sx = 0.0f;
-    for (int y = ay.left; y < ay.right; ++y) sy += tap(ay, y);
-    for (int x = ax.left; x < ax.right; ++x) sx += tap(ax, x);
     float acc[3] = {0.0f, 0.0f, 0.0f};
-    for (int y = ay.left; y < ay.right; ++y) {
-        const float wy = tap(ay, y) / sy;
-        float row[3] = {0.0f, 0.0f, 0.0f};
-        for (int x = ax.left; x < ax.right; ++x) {
-            const float wx = tap(ax, x) / sx;
-            float v[3];
-            fetch<D>(src, format, stride, roi_x + x, roi_y + y, v);
+    for (int k = 0; k < ax.count; ++k) {
+        // The vertical pass's value at input column ax.left + k.
+        float col[3] = {0.0f, 0.0f, 0.0f};
+        const float wx = weight(ax, k);
+        for (int j = 0; j < ay.count; ++j) {
+            const float wy = weight(ay, j);
+            int v[3];
+            fetch<D>(src, format, stride, roi_x + ax.left + k, roi_y + ay.left + j, v);
 #pragma unroll
-            for (int c = 0; c < D; ++c) row[c] += wx * v[c];
+            for (int c = 0; c < D; ++c) col[c] = __fadd_rn(col[c], __fmul_rn((float)v[c], wy));
         }
 #pragma unroll
-        for (int c = 0; c < D; ++c) acc[c] += wy * row[c];
+        for (int c = 0; c < D; ++c) acc[c] = __fadd_rn(acc[c], __fmul_rn(col[c], wx));
     }
-    const float a[3] = {a0, a1, a2}, b[3] = {b0, b1, b2};
     const uint64_t plane = (uint64_t)rows * cols;
 #pragma unroll
-    for (int c = 0; c < D; ++c) out[c * plane + i] = a[c] * (acc[c] / 255.0f) + b[c];
+    for (int c = 0; c < D; ++c) {
+        const float t = fminf(fmaxf(acc[c], 0.0f), 255.0f);
+        out[c * plane + i] = (uint8_t)roundf(t);
+    }
 }
 
 }  // namespace gcm
 
 extern "C" __global__ void __launch_bounds__(PRE_THREADS)
     gcm_preprocess(const uint8_t* src, int format, uint64_t stride, int roi_x, int roi_y,
-                   int roi_w, int roi_h, int rows, int cols, int channels, float a0, float a1,
-                   float a2, float b0, float b1, float b2, float* out) {
+                   int roi_w, int roi_h, int rows, int cols, int channels, uint8_t* out) {
     if (channels == 1) {
-        gcm::preprocess<1>(src, format, stride, roi_x, roi_y, roi_w, roi_h, rows, cols, a0, a1,
-                           a2, b0, b1, b2, out);
+        gcm::preprocess<1>(src, format, stride, roi_x, roi_y, roi_w, roi_h, rows, cols, out);
     } else {
-        gcm::preprocess<3>(src, format, stride, roi_x, roi_y, roi_w, roi_h, rows, cols, a0, a1,
-                           a2, b0, b1, b2, out);
+        gcm::preprocess<3>(src, format, stride, roi_x, roi_y, roi_w, roi_h, rows, cols, out);
     }
+}
+
+// out[d, p] = a[d] * (x[d, p] / 255) + b[d] for n = D * plane values.
+extern "C" __global__ void __launch_bounds__(PRE_THREADS)
+    gcm_scale(const uint8_t* x, uint64_t n, uint64_t plane, float a0, float a1, float a2,
+              float b0, float b1, float b2, float* out) {
+    const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const uint64_t d = i / plane;
+    const float a = d == 0 ? a0 : (d == 1 ? a1 : a2);
+    const float b = d == 0 ? b0 : (d == 1 ? b1 : b2);
+    out[i] = __fadd_rn(__fmul_rn(a, __fdiv_rn((float)x[i], 255.0f)), b);
 }

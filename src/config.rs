@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::preprocess::{PixelFormat, Roi};
 
 /// The built-in configuration: demo model, synthetic source, outputs under
 /// the state directory (see [`OutputConfig`]).
@@ -96,44 +97,6 @@ impl SourceConfig {
     }
 }
 
-/// Pixel formats a V4L2 camera may deliver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PixelFormat {
-    /// YUV 4:2:2 packed, Y0 U Y1 V.
-    #[serde(rename = "YUYV")]
-    Yuyv,
-    /// Motion JPEG: every frame a JPEG image.
-    #[serde(rename = "MJPEG")]
-    Mjpeg,
-    /// 8-bit grey.
-    #[serde(rename = "GREY")]
-    Grey,
-}
-
-impl PixelFormat {
-    /// The V4L2 four-character code.
-    pub fn fourcc(self) -> [u8; 4] {
-        match self {
-            PixelFormat::Yuyv => *b"YUYV",
-            PixelFormat::Mjpeg => *b"MJPG",
-            PixelFormat::Grey => *b"GREY",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            PixelFormat::Yuyv => "YUYV",
-            PixelFormat::Mjpeg => "MJPEG",
-            PixelFormat::Grey => "GREY",
-        }
-    }
-
-    /// Does the format carry colour?
-    pub fn is_colour(self) -> bool {
-        !matches!(self, PixelFormat::Grey)
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct V4l2Config {
@@ -145,7 +108,7 @@ pub struct V4l2Config {
     pub height_px: u32,
     /// Frame rate asked of the camera, frames per second.
     pub fps: u32,
-    /// `YUYV`, `MJPEG` or `GREY`.
+    /// `YUYV`, `MJPEG`, `GREY` or `RGB3`.
     pub pixel_format: PixelFormat,
     /// mmap buffers shared with the driver.
     #[serde(default = "number::<_, 4>")]
@@ -209,25 +172,13 @@ impl Default for SyntheticConfig {
     }
 }
 
-/// A region of interest in frame pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoiConfig {
-    /// Left edge, pixels from the frame's left.
-    pub x_px: u32,
-    /// Top edge, pixels from the frame's top.
-    pub y_px: u32,
-    pub width_px: u32,
-    pub height_px: u32,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreprocessConfig {
     /// Crop to this region before resizing to the model's input size; the
     /// whole frame when absent. A frame smaller than the region is skipped
     /// and counted.
-    pub roi: Option<RoiConfig>,
+    pub roi: Option<Roi>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -639,7 +590,7 @@ impl SyntheticConfig {
     }
 }
 
-impl RoiConfig {
+impl Roi {
     /// Inside the largest frame: the corner, then the size from there.
     fn check(&self) -> Checked {
         within("preprocess.roi.x_px", self.x_px, 0, MAX_SIDE_PX - 1)?;

@@ -119,17 +119,131 @@ impl QuantCcm {
         }
     }
 
-    /// The class score the stored parts give: their signed mean.
-    pub fn score(&self) -> f64 {
-        let sp: u64 = self.pos.iter().map(|&q| q as u64).sum();
-        let sn: u64 = self.neg.iter().map(|&q| q as u64).sum();
-        (sp as f64 * self.scale_pos - sn as f64 * self.scale_neg) / self.pos.len() as f64
+    /// The sums of the stored parts: all that the score needs.
+    pub fn sum(&self) -> QuantSum {
+        QuantSum {
+            scale_pos: self.scale_pos,
+            scale_neg: self.scale_neg,
+            pos: self.pos.iter().map(|&q| q as u64).sum(),
+            neg: self.neg.iter().map(|&q| q as u64).sum(),
+            len: self.pos.len(),
+        }
     }
 
-    /// The largest difference between [`QuantCcm::score`] and the exact mean
+    /// The class score the stored parts give: their signed mean.
+    pub fn score(&self) -> f64 {
+        self.sum().score()
+    }
+
+    /// See [`QuantSum::tolerance`].
+    pub fn tolerance(&self, score: f64) -> f64 {
+        self.sum().tolerance(score)
+    }
+}
+
+/// A quantised CCM reduced to what its score needs: the scales and the sums
+/// of the stored values (check (a) for frames whose evidence is not kept;
+/// on a GPU only these come back).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantSum {
+    pub scale_pos: f64,
+    pub scale_neg: f64,
+    pub pos: u64,
+    pub neg: u64,
+    /// Values in the CCM (`D * R * C`).
+    pub len: usize,
+}
+
+impl QuantSum {
+    /// The class score the stored parts give: their signed mean.
+    pub fn score(&self) -> f64 {
+        (self.pos as f64 * self.scale_pos - self.neg as f64 * self.scale_neg) / self.len as f64
+    }
+
+    /// The largest difference between [`QuantSum::score`] and the exact mean
     /// that quantisation can cause, plus float rounding of the network's score.
     pub fn tolerance(&self, score: f64) -> f64 {
         (self.scale_pos + self.scale_neg) / 2.0 + 1e-5 * score.abs().max(1.0)
+    }
+}
+
+/// One image's network outputs as evidence is built from them, wherever
+/// they are: [`FrameMaps`] on the host, [`DeviceMaps`] on the device the
+/// network ran on (the CCM is then built and quantised there, and only
+/// what the evidence stores comes back). [`build`] and [`check`] take either.
+pub trait Maps {
+    /// `(D, R, C)` of the input and the number of classes N.
+    fn dims(&self) -> ((usize, usize, usize), usize);
+    /// Class `j`'s weight map `[R, C]` on the host.
+    fn cwm_of(&self, j: usize) -> Result<Vec<f32>>;
+    /// The quantised CCM of every class, in class order.
+    fn quantised(&self) -> Result<Vec<QuantCcm>>;
+    /// [`QuantCcm::sum`] of every class, in class order.
+    fn sums(&self) -> Result<Vec<QuantSum>>;
+}
+
+impl Maps for FrameMaps {
+    fn dims(&self) -> ((usize, usize, usize), usize) {
+        ((self.channels, self.rows, self.cols), self.num_classes())
+    }
+
+    fn cwm_of(&self, j: usize) -> Result<Vec<f32>> {
+        Ok(FrameMaps::cwm_of(self, j).to_vec())
+    }
+
+    fn quantised(&self) -> Result<Vec<QuantCcm>> {
+        Ok((0..self.num_classes())
+            .map(|j| QuantCcm::new(&self.ccm_of(j)))
+            .collect())
+    }
+
+    fn sums(&self) -> Result<Vec<QuantSum>> {
+        Ok(self.quantised()?.iter().map(QuantCcm::sum).collect())
+    }
+}
+
+/// One image's scaled input `[1, D, R, C]` and class weight maps `[1, N, R,
+/// C]` where the network left them (no copy). On a GPU the evidence ops
+/// (`crate::gpu::evidence`) run there; on the CPU their reference runs.
+#[derive(Clone, Debug)]
+pub struct DeviceMaps {
+    scaled: Tensor,
+    cwm: Tensor,
+}
+
+impl DeviceMaps {
+    /// Image `b` of a batch: `scaled` `[B, D, R, C]`, `cwm` `[B, N, R, C]`.
+    pub fn from_batch(scaled: &Tensor, cwm: &Tensor, b: usize) -> Result<Self> {
+        Ok(DeviceMaps {
+            scaled: scaled.narrow(0, b, 1)?,
+            cwm: cwm.narrow(0, b, 1)?,
+        })
+    }
+
+    fn all(&self) -> Result<Vec<crate::gpu::Pick>> {
+        let n = self.cwm.dim(1)?;
+        Ok((0..n)
+            .map(|class| crate::gpu::Pick { frame: 0, class })
+            .collect())
+    }
+}
+
+impl Maps for DeviceMaps {
+    fn dims(&self) -> ((usize, usize, usize), usize) {
+        let (_, d, r, c) = self.scaled.dims4().unwrap_or((1, 0, 0, 0));
+        ((d, r, c), self.cwm.dim(1).unwrap_or(0))
+    }
+
+    fn cwm_of(&self, j: usize) -> Result<Vec<f32>> {
+        Ok(self.cwm.get(0)?.get(j)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn quantised(&self) -> Result<Vec<QuantCcm>> {
+        crate::gpu::ccm_evidence(&self.cwm, &self.scaled, &self.all()?)
+    }
+
+    fn sums(&self) -> Result<Vec<QuantSum>> {
+        crate::gpu::ccm_sums(&self.cwm, &self.scaled, &self.all()?)
     }
 }
 
@@ -302,7 +416,7 @@ impl<'a> ModelInfo<'a> {
 pub fn of_decision(
     p: &Predictor,
     input: &Planar,
-    maps: &FrameMaps,
+    maps: &dyn Maps,
     d: &Decision,
     all_classes: bool,
 ) -> Result<Evidence> {
@@ -327,7 +441,7 @@ pub fn of_decision(
 /// class weight maps; `scores` the network's scores; `decision` the decided class.
 pub fn build(
     input: &Planar,
-    maps: &FrameMaps,
+    maps: &dyn Maps,
     model: ModelInfo,
     scores: &[f32],
     decision: usize,
@@ -339,23 +453,22 @@ pub fn build(
         model_id,
     } = model;
     let n = classes.len();
-    if maps.num_classes() != n || scores.len() != n {
+    let ((d, r, c), maps_n) = maps.dims();
+    if maps_n != n || scores.len() != n {
         return Err(Error::Runtime(format!(
-            "evidence: {} classes, {} maps, {} scores",
+            "evidence: {} classes, {maps_n} maps, {} scores",
             n,
-            maps.num_classes(),
             scores.len()
         )));
     }
-    let (r, c, d) = (maps.rows, maps.cols, maps.channels);
+    let quants = maps.quantised()?;
     let mut files = vec![(
         "input.png".to_string(),
         encode_png(&planar_to_dynamic(input))?,
     )];
     let mut entries = Vec::with_capacity(n);
-    let mut quants = Vec::with_capacity(n);
-    for (j, class) in classes.iter().enumerate() {
-        let q = QuantCcm::new(&maps.ccm_of(j));
+    let mut decided_cwm = None;
+    for (j, (class, q)) in classes.iter().zip(&quants).enumerate() {
         let (pos, neg) = (
             format!("ccm_{}_pos.png", safe(class)),
             format!("ccm_{}_neg.png", safe(class)),
@@ -364,10 +477,14 @@ pub fn build(
         files.push((neg.clone(), encode_png(&u16_image(&q.neg, d, r, c))?));
         let cwm = if heatmaps == HeatmapClasses::All || j == decision {
             let f = format!("cwm_{}.png", safe(class));
+            let map = maps.cwm_of(j)?;
             files.push((
                 f.clone(),
-                encode_png(&DynamicImage::ImageRgb8(heatmap(maps.cwm_of(j), r, c)))?,
+                encode_png(&DynamicImage::ImageRgb8(heatmap(&map, r, c)))?,
             ));
+            if j == decision {
+                decided_cwm = Some(map);
+            }
             Some(f)
         } else {
             None
@@ -384,14 +501,16 @@ pub fn build(
             tolerance: q.tolerance(score),
             cwm,
         });
-        quants.push(q);
     }
+    let decided_cwm = match decided_cwm {
+        Some(m) => m,
+        None => maps.cwm_of(decision)?,
+    };
     files.push((
         "panel.png".to_string(),
         encode_png(&DynamicImage::ImageRgb8(panel(
             input,
-            maps,
-            maps.cwm_of(decision),
+            &decided_cwm,
             &quants[decision],
         )))?,
     ));
@@ -423,19 +542,32 @@ pub fn build(
 /// stores it and recomputes the scores, without encoding any file. Use it for
 /// frames whose evidence is not kept; [`build`] does the same for those that are.
 pub fn check(
-    maps: &FrameMaps,
+    maps: &dyn Maps,
     classes: &[String],
     scores: &[f32],
     decision: usize,
-) -> Reproduction {
-    let mut recomputed = Vec::with_capacity(classes.len());
-    let mut tolerances = Vec::with_capacity(classes.len());
-    for (j, &s) in scores.iter().enumerate() {
-        let q = QuantCcm::new(&maps.ccm_of(j));
-        recomputed.push(q.score());
-        tolerances.push(q.tolerance(s as f64));
+) -> Result<Reproduction> {
+    let sums = maps.sums()?;
+    if sums.len() != scores.len() {
+        return Err(Error::Runtime(format!(
+            "evidence: {} maps, {} scores",
+            sums.len(),
+            scores.len()
+        )));
     }
-    reproduction(classes, scores, &tolerances, decision, &recomputed)
+    let recomputed: Vec<f64> = sums.iter().map(QuantSum::score).collect();
+    let tolerances: Vec<f64> = sums
+        .iter()
+        .zip(scores)
+        .map(|(q, &s)| q.tolerance(s as f64))
+        .collect();
+    Ok(reproduction(
+        classes,
+        scores,
+        &tolerances,
+        decision,
+        &recomputed,
+    ))
 }
 
 impl Reproduction {
@@ -605,8 +737,8 @@ pub fn heatmap(map: &[f32], rows: usize, cols: usize) -> RgbImage {
 }
 
 /// Input | CWM | CCM+ (red) | CCM- (blue), each scaled up to at least 128 px.
-fn panel(input: &Planar, maps: &FrameMaps, cwm: &[f32], q: &QuantCcm) -> RgbImage {
-    let (r, c, d) = (maps.rows, maps.cols, maps.channels);
+fn panel(input: &Planar, cwm: &[f32], q: &QuantCcm) -> RgbImage {
+    let (r, c, d) = (input.rows, input.cols, input.channels);
     let hw = r * c;
     let zoom = (128 / r.max(c)).max(1);
     let gap = 4;

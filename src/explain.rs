@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::data::image_io::{batch_tensor, load_planar, Planar};
 use crate::error::Result;
-use crate::evidence::{self, FrameMaps};
+use crate::evidence::{self, DeviceMaps};
 use crate::model::{Input, Predictor};
 
 /// How to explain.
@@ -68,7 +68,7 @@ pub fn explain(p: &Predictor, images: &[PathBuf], opts: &Options) -> Result<Vec<
             let i = start + b;
             let (mut evidence, mut evidence_reproduces) = (None, None);
             if let Some(dir) = &opts.out {
-                let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, b)?;
+                let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, b)?;
                 let ev = evidence::of_decision(p, &planars[i], &maps, &d, opts.all_classes)?;
                 let target = dir.join(&names[i]);
                 ev.write(&target)?;

@@ -23,6 +23,7 @@ pub mod heap;
 pub mod model;
 pub mod outputs;
 pub mod pipeline;
+pub mod preprocess;
 pub mod rng;
 pub mod sweep;
 pub mod train;

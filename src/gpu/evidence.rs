@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use crate::engine::ops::f32_slice;
 use crate::error::{Error, Result};
-use crate::evidence::QuantCcm;
+use crate::evidence::{QuantCcm, QuantSum};
 
 /// One map to build evidence for: batch item `frame`, class `class`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,33 @@ pub struct Pick {
 /// is on the host and equals `QuantCcm::new(&FrameMaps::ccm_of(class))` of
 /// each pick's frame.
 pub fn ccm_evidence(cwm: &Tensor, scaled: &Tensor, picks: &[Pick]) -> Result<Vec<QuantCcm>> {
+    let Some((flat, per)) = checked(cwm, scaled, picks)? else {
+        return Ok(Vec::new());
+    };
+    let rows = cwm
+        .contiguous()?
+        .apply_op2_no_bwd(&scaled.contiguous()?, &CcmQuant { picks: flat })?
+        .to_vec2::<u32>()?;
+    Ok(rows.iter().map(|row| unpack(row, per)).collect())
+}
+
+/// What check (a) needs of each pick, in pick order: the sums of the
+/// quantised parts ([`QuantSum`], equal to `QuantCcm::new(..).sum()`), six
+/// words a pick from the device instead of the maps.
+pub fn ccm_sums(cwm: &Tensor, scaled: &Tensor, picks: &[Pick]) -> Result<Vec<QuantSum>> {
+    let Some((flat, per)) = checked(cwm, scaled, picks)? else {
+        return Ok(Vec::new());
+    };
+    let rows = cwm
+        .contiguous()?
+        .apply_op2_no_bwd(&scaled.contiguous()?, &CcmSums { picks: flat })?
+        .to_vec2::<u32>()?;
+    Ok(rows.iter().map(|row| unpack_sums(row, per)).collect())
+}
+
+/// The picks as `(frame, class)` words and the values per map, or `None`
+/// when there are no picks; errors name what does not fit.
+fn checked(cwm: &Tensor, scaled: &Tensor, picks: &[Pick]) -> Result<Option<(Vec<u32>, usize)>> {
     let (b, n, r, c) = cwm.dims4()?;
     let (bi, d, ri, ci) = scaled.dims4()?;
     if (b, r, c) != (bi, ri, ci) {
@@ -55,31 +82,39 @@ pub fn ccm_evidence(cwm: &Tensor, scaled: &Tensor, picks: &[Pick]) -> Result<Vec
         )));
     }
     if picks.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let op = CcmQuant {
-        picks: picks
-            .iter()
-            .flat_map(|p| [p.frame as u32, p.class as u32])
-            .collect(),
-    };
-    let rows = cwm
-        .contiguous()?
-        .apply_op2_no_bwd(&scaled.contiguous()?, &op)?
-        .to_vec2::<u32>()?;
-    Ok(rows.iter().map(|row| unpack(row, d * r * c)).collect())
+    let flat = picks
+        .iter()
+        .flat_map(|p| [p.frame as u32, p.class as u32])
+        .collect();
+    Ok(Some((flat, d * r * c)))
 }
 
 /// One output row: `[max_pos bits, max_neg bits, pos | neg << 16 ...]`.
+/// A part's scale from its maximum's f32 bits (as `QuantCcm::new`).
+fn scale(bits: u32) -> f64 {
+    let m = f32::from_bits(bits) as f64;
+    if m > 0.0 {
+        m / 65535.0
+    } else {
+        0.0
+    }
+}
+
+/// One row of the sums op: `[max_pos, max_neg, sum_pos lo, hi, sum_neg lo, hi]`.
+fn unpack_sums(row: &[u32], len: usize) -> QuantSum {
+    let wide = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
+    QuantSum {
+        scale_pos: scale(row[0]),
+        scale_neg: scale(row[1]),
+        pos: wide(row[2], row[3]),
+        neg: wide(row[4], row[5]),
+        len,
+    }
+}
+
 fn unpack(row: &[u32], per: usize) -> QuantCcm {
-    let scale = |bits: u32| {
-        let m = f32::from_bits(bits) as f64;
-        if m > 0.0 {
-            m / 65535.0
-        } else {
-            0.0
-        }
-    };
     let vals = &row[2..2 + per];
     QuantCcm {
         scale_pos: scale(row[0]),
@@ -125,11 +160,7 @@ impl CustomOp2 for CcmQuant {
         let mut out = Vec::with_capacity(k * (2 + d * hw));
         for p in self.picks.chunks_exact(2) {
             let (b, j) = (p[0] as usize, p[1] as usize);
-            let m = &cwm[(b * n + j) * hw..(b * n + j + 1) * hw];
-            let ccm: Vec<f32> = img[b * d * hw..(b + 1) * d * hw]
-                .chunks_exact(hw.max(1))
-                .flat_map(|ch| ch.iter().zip(m).map(|(&x, &w)| x * w))
-                .collect();
+            let ccm = pick_ccm(cwm, img, (b, j), (n, d, hw));
             let q = QuantCcm::new(&ccm);
             let max = |v: &[f32], sign: f32| v.iter().fold(0f32, |a, &x| a.max(sign * x));
             out.push(max(&ccm, 1.0).to_bits());
@@ -152,20 +183,10 @@ impl CustomOp2 for CcmQuant {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 
         use crate::gpu::ptx;
-
-        fn f32_view<'a>(
-            s: &'a candle_core::CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<CudaView<'a, f32>> {
-            match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
-                None => candle_core::bail!("evidence: contiguous f32 input expected"),
-            }
-        }
 
         let (n, d, hw) = sizes(l1, l2)?;
         let (cwm, img) = (f32_view(s1, l1)?, f32_view(s2, l2)?);
@@ -203,6 +224,110 @@ impl CustomOp2 for CcmQuant {
             device: dev.clone(),
         };
         Ok((out, Shape::from((k, 2 + d * hw))))
+    }
+}
+
+/// The quantised parts' sums of the picks: u32 `[K, 6]` (see [`unpack_sums`]).
+struct CcmSums {
+    /// `(frame, class)` pairs, flattened.
+    picks: Vec<u32>,
+}
+
+impl CustomOp2 for CcmSums {
+    fn name(&self) -> &'static str {
+        "gcm-ccm-sums"
+    }
+
+    /// The reference: `QuantCcm::new(..).sum()` of each pick's CCM, packed.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, d, hw) = sizes(l1, l2)?;
+        let (cwm, img) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        let k = self.picks.len() / 2;
+        let mut out = Vec::with_capacity(k * 6);
+        for p in self.picks.chunks_exact(2) {
+            let (b, j) = (p[0] as usize, p[1] as usize);
+            let ccm = pick_ccm(cwm, img, (b, j), (n, d, hw));
+            let s = QuantCcm::new(&ccm).sum();
+            let max = |sign: f32| ccm.iter().fold(0f32, |a, &x| a.max(sign * x));
+            out.extend([max(1.0).to_bits(), max(-1.0).to_bits()]);
+            out.extend([s.pos as u32, (s.pos >> 32) as u32]);
+            out.extend([s.neg as u32, (s.neg >> 32) as u32]);
+        }
+        Ok((CpuStorage::U32(out), Shape::from((k, 6))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+
+        use crate::gpu::ptx;
+
+        let (n, d, hw) = sizes(l1, l2)?;
+        let (cwm, img) = (f32_view(s1, l1)?, f32_view(s2, l2)?);
+        let dev = &s1.device;
+        let k = self.picks.len() / 2;
+        let picks = dev.clone_htod(self.picks.as_slice())?;
+        let stream = dev.cuda_stream();
+        // SAFETY: allocation only; thread 0 of each pick's block writes its
+        // six words.
+        let mut out = unsafe { dev.alloc::<u32>(k * 6)? };
+        let (nn, dd, hh) = (n as u64, d as u64, hw as u64);
+        let f = ptx::function(dev, &ptx::EVIDENCE, "gcm_ccm_qsum")?;
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&cwm).arg(&img).arg(&picks).arg(&mut out);
+        lb.arg(&nn).arg(&dd).arg(&hh);
+        // SAFETY: matches gcm_ccm_qsum (f32*, f32*, u32*, u32*, three u64).
+        // `ccm_sums` checked every pick against B and N; the inputs are
+        // contiguous [B, N, hw] and [B, D, hw] views and `out` holds K rows
+        // of 6 words, one block per pick: every access is in bounds.
+        unsafe { lb.launch(ptx::linear(k, 256)?) }.w()?;
+        let out = candle_core::CudaStorage {
+            slice: CudaStorageSlice::U32(out),
+            device: dev.clone(),
+        };
+        Ok((out, Shape::from((k, 6))))
+    }
+}
+
+/// The CCM of pick `(b, j)` from contiguous host maps.
+fn pick_ccm(
+    cwm: &[f32],
+    img: &[f32],
+    (b, j): (usize, usize),
+    (n, d, hw): (usize, usize, usize),
+) -> Vec<f32> {
+    let m = &cwm[(b * n + j) * hw..(b * n + j + 1) * hw];
+    img[b * d * hw..(b + 1) * d * hw]
+        .chunks_exact(hw.max(1))
+        .flat_map(|ch| ch.iter().zip(m).map(|(&x, &w)| x * w))
+        .collect()
+}
+
+/// The contiguous f32 view of a CUDA input.
+#[cfg(feature = "cuda")]
+fn f32_view<'a>(
+    s: &'a candle_core::CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, f32>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+        None => candle_core::bail!("evidence: contiguous f32 input expected"),
     }
 }
 

@@ -19,10 +19,8 @@
 //! [`Device`]: candle_core::Device
 
 pub mod evidence;
-pub mod preprocess;
 
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;
 
-pub use evidence::{ccm_evidence, Pick};
-pub use preprocess::{preprocess, preprocess_cpu, Frame, PixelFormat, PreprocessSpec, Roi};
+pub use evidence::{ccm_evidence, ccm_sums, Pick};

@@ -2,29 +2,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::PixelFormat;
-
-/// The pixels of a frame, in the form the source delivered them.
-#[derive(Clone, Debug)]
-pub enum FrameData {
-    /// A camera buffer (copied out of the driver's mmap buffer).
-    Camera {
-        format: PixelFormat,
-        width: u32,
-        height: u32,
-        /// Row stride in bytes (0: packed).
-        bytes_per_line: usize,
-        bytes: Vec<u8>,
-    },
-    /// The bytes of an image file (replay); decoded when the frame is prepared.
-    File { bytes: Vec<u8> },
-    /// 8-bit grey, row-major, packed (synthetic).
-    Grey {
-        width: u32,
-        height: u32,
-        bytes: Vec<u8>,
-    },
-}
+pub use crate::preprocess::FrameData;
 
 /// One frame from a source, before it has an id.
 #[derive(Clone, Debug)]

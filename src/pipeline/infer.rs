@@ -12,13 +12,13 @@ use super::frame::Frame;
 use super::metrics::Metrics;
 use super::model::Bundle;
 use super::notify::Notifier;
-use super::preprocess;
 use crate::data::image_io::Planar;
 use crate::decision::Decision;
 use crate::error::{Error, Result};
-use crate::evidence::FrameMaps;
+use crate::evidence::DeviceMaps;
 use crate::model::Input;
 use crate::outputs::{Payload, Publisher, SCHEMA};
+use crate::preprocess::{self, FrameData};
 use crate::verdict::{judge, FrameStats, Judged, Repeats};
 
 /// Per-stage latencies of one decision, in milliseconds.
@@ -47,8 +47,12 @@ pub struct Decided {
     pub judged: Judged,
     /// The input as the model saw it (8-bit).
     pub planar: Planar,
-    /// Scaled input and class weight maps on the host (for the evidence).
-    pub maps: FrameMaps,
+    /// Scaled input and class weight maps where the network left them (the
+    /// evidence is built there).
+    pub maps: DeviceMaps,
+    /// The frame as captured, kept only for the frames of check (b), which
+    /// prepares it again on the CPU reference path.
+    pub source: Option<FrameData>,
     pub latency: Latency,
 }
 
@@ -106,7 +110,7 @@ impl Infer {
         let t0 = Instant::now();
         let queue = t0.duration_since(frame.captured);
         let b = self.bundle.clone();
-        let prepared = match preprocess::prepare(&frame.data, &b.prep) {
+        let prepared = match preprocess::prepare(&frame.data, &b.prep, b.predictor.device()) {
             Ok(p) => p,
             Err(skip) => {
                 self.metrics.skip(skip.reason());
@@ -126,7 +130,8 @@ impl Infer {
             .decide(&out.scores)?
             .pop()
             .ok_or_else(|| Error::Runtime("the network returned no scores".into()))?;
-        let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0)?;
+        let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, 0)?;
+        let keep_source = super::sink::every(b.checks.reference_every_nth_frame, frame.id);
         let stats = FrameStats::of(&prepared.planar.data);
         let run = self.repeats.see(stats.hash);
         let judged = judge(&b.decision, &stats, run, &decision);
@@ -153,6 +158,7 @@ impl Infer {
             judged,
             planar: prepared.planar,
             maps,
+            source: keep_source.then_some(frame.data),
             latency,
         }))
     }

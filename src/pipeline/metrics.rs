@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::preprocess::Skip;
+use crate::preprocess::Skip;
 use crate::verdict::{Health, Judged, Verdict};
 
 #[derive(Debug, Default)]

@@ -28,14 +28,12 @@ use serde::Serialize;
 use crate::config::{Loaded, MetricsConfig, PipelineConfig};
 use crate::error::{Error, Result};
 
-pub mod convert;
 pub mod frame;
 pub mod http;
 pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod notify;
-pub mod preprocess;
 pub mod sink;
 pub mod source;
 

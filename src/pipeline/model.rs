@@ -6,10 +6,10 @@
 
 use candle_core::{Device, Tensor};
 
-use super::preprocess::PrepSpec;
 use crate::config::{ChecksConfig, DecisionConfig, EvidenceConfig, Loaded};
 use crate::error::Result;
 use crate::model::{Gcm, Predictor};
+use crate::preprocess::PreprocessSpec;
 
 /// The path check (b) compares the served scores with: the unfolded network
 /// (BatchNorm as its own layer) on the CPU, a different code path from the
@@ -36,7 +36,7 @@ pub struct Bundle {
     pub device_name: String,
     pub predictor: Predictor,
     pub reference: Reference,
-    pub prep: PrepSpec,
+    pub prep: PreprocessSpec,
     pub evidence: EvidenceConfig,
     pub checks: ChecksConfig,
     pub decision: DecisionConfig,
@@ -66,7 +66,7 @@ impl Bundle {
                 predictor.classes().join(", ")
             );
         }
-        let prep = PrepSpec {
+        let prep = PreprocessSpec {
             roi: cfg.preprocess.roi,
             channels: mc.input_channels,
             rows: mc.input_rows,

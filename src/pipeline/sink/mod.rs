@@ -32,9 +32,19 @@ pub struct Sinks {
 /// How long the stop waits for a decision log that cannot be written.
 const FINAL_LOG_PATIENCE: Duration = Duration::from_secs(2);
 
-/// Check (b): the reference path's scores against the served ones.
+/// Check (b): the reference path's scores against the served ones. The
+/// reference prepares the captured frame again with the CPU backend of the
+/// preprocessing contract and runs the unfolded network on the CPU, so on a
+/// GPU it shares no code with the served path but the contract.
 pub fn reference_check(d: &Decided) -> Result<Check> {
-    let raw = d.planar.to_tensor(&Device::Cpu)?;
+    let Some(source) = &d.source else {
+        return Err(crate::error::Error::Runtime(
+            "the frame was not kept for the reference check".into(),
+        ));
+    };
+    let planar = crate::preprocess::reference(source, &d.bundle.prep)
+        .map_err(|e| crate::error::Error::Runtime(format!("reference preprocessing: {e}")))?;
+    let raw = planar.to_tensor(&Device::Cpu)?;
     let r = d.bundle.reference.scores(&raw)?;
     let s = &d.decision.scores;
     let max_abs_error = s
@@ -90,13 +100,18 @@ fn evidence_check(ev: &Evidence) -> Check {
 /// files nobody will read.
 pub fn quantised_check(d: &Decided) -> Check {
     let classes = d.bundle.predictor.classes();
-    as_check(
-        &evidence::check(&d.maps, classes, &d.decision.scores, d.decision.class_index),
-        classes,
-    )
+    match evidence::check(&d.maps, classes, &d.decision.scores, d.decision.class_index) {
+        Ok(r) => as_check(&r, classes),
+        Err(e) => Check {
+            ok: false,
+            max_abs_error: None,
+            detail: Some(format!("the evidence check failed: {e}")),
+        },
+    }
 }
 
-fn every(n: u64, id: u64) -> bool {
+/// Whether frame `id` is one of every `n` (0: none).
+pub(crate) fn every(n: u64, id: u64) -> bool {
     n > 0 && id.is_multiple_of(n)
 }
 
@@ -260,27 +275,24 @@ impl Sinks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::image_io::Planar;
-    use crate::evidence::FrameMaps;
-    use crate::pipeline::preprocess::{self, Prepared};
+    use crate::evidence::DeviceMaps;
+    use crate::preprocess::{self, FrameData};
     use std::path::Path;
 
     fn decided(dir: &Path) -> Decided {
         let bundle = Arc::new(crate::pipeline::model::test_bundle(dir));
-        let planar = Planar {
-            channels: 1,
-            rows: 8,
-            cols: 8,
-            data: (0..64).map(|i| (i * 4) as u8).collect(),
+        let source = FrameData::Grey {
+            width: 8,
+            height: 8,
+            bytes: (0..64).map(|i| (i * 4) as u8).collect(),
         };
-        let scaled = preprocess::scale(&planar, &bundle.prep.scaling).unwrap();
-        let prepared = Prepared { planar, scaled };
+        let prepared = preprocess::prepare(&source, &bundle.prep, &Device::Cpu).unwrap();
         let out = bundle
             .predictor
             .forward(crate::model::Input::Scaled(&prepared.scaled))
             .unwrap();
         let decision = bundle.predictor.decide(&out.scores).unwrap().remove(0);
-        let maps = FrameMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
+        let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, 0).unwrap();
         let stats = crate::verdict::FrameStats::of(&prepared.planar.data);
         let judged = crate::verdict::judge(&bundle.decision, &stats, 1, &decision);
         Decided {
@@ -292,6 +304,7 @@ mod tests {
             judged,
             planar: prepared.planar,
             maps,
+            source: Some(source),
             latency: Default::default(),
         }
     }
@@ -314,5 +327,8 @@ mod tests {
         let built = evidence_check(&build_evidence(&d).unwrap());
         assert!(!fast.ok && !built.ok, "{fast:?} {built:?}");
         assert!(!reference_check(&d).unwrap().ok);
+        // Without the captured frame there is nothing to prepare again.
+        d.source = None;
+        assert!(reference_check(&d).is_err());
     }
 }

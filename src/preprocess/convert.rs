@@ -1,9 +1,9 @@
 //! Camera pixel formats to images: YUYV, MJPEG and GREY buffers as V4L2
 //! delivers them (rows may be padded to `bytes_per_line`).
 //!
-//! Colour to grey uses the luma the camera already sends (YUYV's Y, a JPEG's
-//! Y after decoding); grey is never widened to colour (a grey camera on a
-//! colour model is refused when the daemon starts).
+//! The colour step of the preprocessing contract on the CPU (the reference;
+//! [`super`] documents each format's conversion). Grey is never widened to
+//! colour (a grey camera on a colour model is refused when the daemon starts).
 
 use image::{DynamicImage, GrayImage, RgbImage};
 
@@ -78,9 +78,32 @@ pub fn grey(buf: Buffer) -> Result<GrayImage, ConvertError> {
     buf.every(1)
 }
 
-/// YUYV (Y0 U Y1 V per two pixels) to grey: the Y samples.
-pub fn yuyv_to_grey(buf: Buffer) -> Result<GrayImage, ConvertError> {
-    buf.every(2)
+/// YUYV to grey: the luma of [`yuyv_to_rgb`] (full range, as a grey model
+/// trained on PNGs sees it; the camera's own Y is limited range).
+pub fn yuyv_to_luma(buf: Buffer) -> Result<GrayImage, ConvertError> {
+    Ok(DynamicImage::ImageRgb8(yuyv_to_rgb(buf)?).to_luma8())
+}
+
+/// The grey value of an 8-bit RGB pixel: the `image` crate's `to_luma8` for
+/// sRGB, in f32 in exactly this order (no fused multiply-add), with `q =
+/// 1/255` as an f32: `Y = round(255 * (((R q) 0.21264784 + (G q)
+/// 0.715179205) + (B q) 0.072173037))`, clamped to 0..255. The GPU backend
+/// computes the same (`kernels/preprocess.cu`).
+pub fn luma(rgb: [u8; 3]) -> u8 {
+    const Q: f32 = 1.0 / 255.0;
+    let [r, g, b] = rgb.map(|v| v as f32 * Q);
+    let y = r * 0.212_647_84 + g * 0.715_179_2 + b * 0.072_173_04;
+    (255.0 * y).round().clamp(0.0, 255.0) as u8
+}
+
+/// 8-bit R, G, B.
+pub fn rgb24(buf: Buffer) -> Result<RgbImage, ConvertError> {
+    let out: Vec<u8> = buf
+        .rows(3 * buf.width as usize)?
+        .flatten()
+        .copied()
+        .collect();
+    Ok(RgbImage::from_raw(buf.width, buf.height, out).expect("sized"))
 }
 
 /// One YUV sample (BT.601, limited range, as UVC cameras send) to RGB.
@@ -153,12 +176,49 @@ mod tests {
     }
 
     #[test]
-    fn yuyv_grey_takes_the_luma_and_skips_row_padding() {
-        let buf = record_yuyv(6, 3, 4, |r, c| [(r * 10 + c) as u8, 90, 200]);
-        let g = yuyv_to_grey(buffer(&buf, 6, 3, 16)).unwrap();
+    fn yuyv_grey_is_the_full_range_luma_and_skips_row_padding() {
+        // Neutral chroma: the luma is the expanded Y, (298 (Y - 16) + 128) >> 8.
+        let buf = record_yuyv(6, 3, 4, |r, c| [(16 + r * 60 + c * 10) as u8, 128, 128]);
+        let g = yuyv_to_luma(buffer(&buf, 6, 3, 16)).unwrap();
+        let expand = |y: i32| ((298 * (y - 16) + 128) >> 8).clamp(0, 255) as u8;
         assert_eq!(g.get_pixel(0, 0).0, [0]);
-        assert_eq!(g.get_pixel(5, 2).0, [25]);
-        assert_eq!(g.get_pixel(3, 1).0, [13]);
+        assert_eq!(g.get_pixel(5, 2).0, [expand(16 + 120 + 50)]);
+        assert_eq!(g.get_pixel(3, 1).0, [expand(16 + 60 + 30)]);
+        // Colour: the luma of the converted RGB, as to_luma8 of a saved PNG.
+        let buf = record_yuyv(2, 1, 0, |_, _| [81, 90, 240]);
+        let rgb = yuyv_to_rgb(buffer(&buf, 2, 1, 0)).unwrap();
+        let want = luma(rgb.get_pixel(0, 0).0);
+        assert_eq!(
+            yuyv_to_luma(buffer(&buf, 2, 1, 0))
+                .unwrap()
+                .get_pixel(1, 0)
+                .0,
+            [want]
+        );
+    }
+
+    /// [`luma`] is `to_luma8`, for every 8-bit RGB value.
+    #[test]
+    fn luma_is_the_image_crates_for_every_colour() {
+        let all = RgbImage::from_fn(4096, 4096, |x, y| {
+            let i = y * 4096 + x;
+            image::Rgb([(i >> 16) as u8, (i >> 8) as u8, i as u8])
+        });
+        let theirs = DynamicImage::ImageRgb8(all.clone()).to_luma8();
+        let wrong = all
+            .pixels()
+            .zip(theirs.pixels())
+            .filter(|(p, l)| luma(p.0) != l.0[0])
+            .count();
+        assert_eq!(wrong, 0, "colours whose luma differs from to_luma8");
+    }
+
+    #[test]
+    fn rgb24_honours_the_stride() {
+        let buf = [1, 2, 3, 4, 5, 6, 0xEE, 7, 8, 9, 10, 11, 12, 0xEE];
+        let img = rgb24(buffer(&buf, 2, 2, 7)).unwrap();
+        assert_eq!(img.into_raw(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert!(rgb24(buffer(&buf[..12], 2, 2, 7)).is_err());
     }
 
     #[test]
@@ -198,7 +258,7 @@ mod tests {
 
     #[test]
     fn short_buffers_are_refused() {
-        let e = yuyv_to_grey(buffer(&[0; 10], 4, 2, 0)).unwrap_err();
+        let e = yuyv_to_luma(buffer(&[0; 10], 4, 2, 0)).unwrap_err();
         assert_eq!(e, ConvertError::Short { have: 10, need: 16 });
         assert!(grey(buffer(&[0; 5], 3, 2, 0)).is_err());
         assert!(yuyv_to_rgb(buffer(&[0; 15], 4, 2, 8)).is_err());
