@@ -16,4 +16,16 @@ trap 'rm -rf "$tmp"' EXIT
 sed "s#/usr/local/bin/gcm-inspect#$bin#g" "$here/gcm-inspect.service" >"$tmp/gcm-inspect.service"
 systemd-analyze verify "$tmp/gcm-inspect.service"
 echo "systemd-analyze verify: OK"
+# The CUDA drop-in applied on top of the unit.
+mkdir "$tmp/gcm-inspect.service.d"
+cp "$here/gcm-inspect.service.d/cuda.conf" "$tmp/gcm-inspect.service.d/"
+# verify only warns about a drop-in's unknown keys: any word about it fails.
+SYSTEMD_UNIT_PATH="$tmp:" systemd-analyze verify "$tmp/gcm-inspect.service" 2>"$tmp/dropin.err" || {
+    cat "$tmp/dropin.err" >&2; exit 1; }
+if grep -q "cuda.conf" "$tmp/dropin.err"; then
+    cat "$tmp/dropin.err" >&2
+    echo "check-unit: gcm-inspect.service.d/cuda.conf has errors" >&2
+    exit 1
+fi
+echo "systemd-analyze verify with gcm-inspect.service.d/cuda.conf: OK"
 systemd-analyze security --offline=true --no-pager "$tmp/gcm-inspect.service" | tail -n 1
