@@ -1,5 +1,6 @@
 //! Our own GPU ops besides the fused score (which lives with the model, in
-//! [`crate::model::score`]): frame preprocessing and CCM evidence.
+//! [`crate::model::score`]) and frame preprocessing (the contract's device
+//! backend, in [`crate::preprocess::device`]): CCM evidence.
 //!
 //! Each op is a candle custom op with two implementations: `cpu_fwd`, plain
 //! Rust that is the reference, and, with the `cuda` feature, `cuda_fwd`, our
@@ -8,13 +9,10 @@
 //! on the CPU and the kernel on a GPU; the GPU parity tests
 //! (`tests/it/gpu.rs`) compare the two.
 //!
-//! - [`preprocess`]: camera bytes (GREY, YUYV, RGB24) -> model input
-//!   `[1, D, R, C]` f32 with crop, resize and the model's input scaling. Only
-//!   the camera bytes of the region of interest cross the bus.
 //! - [`evidence`]: the CCM of chosen (frame, class) pairs, split into positive
 //!   and negative parts and quantised to 16 bits exactly as the evidence
 //!   format stores them ([`crate::evidence::QuantCcm`]), so only those values
-//!   come back to the host.
+//!   come back to the host; for check (a) only the sums of those values.
 //!
 //! [`Device`]: candle_core::Device
 

@@ -17,7 +17,7 @@ pub enum Input<'a> {
     /// Input in [0, 1] (bytes / 255): the model's scaling is applied first.
     Raw(&'a Tensor),
     /// Input the model's scaling has already been applied to (the daemon
-    /// scales while it prepares a frame, see `pipeline::preprocess::scale`).
+    /// scales while it prepares a frame, see `preprocess::scale`).
     Scaled(&'a Tensor),
 }
 
