@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::data::image_io::{batch_tensor, load_planar, Planar};
-use crate::error::Result;
+use candle_core::Tensor;
+
+use crate::data::image_io::{check_decoded, decode_bytes};
+use crate::error::{Error, Result};
 use crate::evidence::{self, DeviceMaps};
 use crate::model::{Input, Predictor};
+use crate::preprocess::{self, FrameData, Prepared, PreprocessSpec};
 
 /// How to explain.
 #[derive(Clone, Debug)]
@@ -40,36 +43,45 @@ pub struct Explained {
     pub evidence_reproduces: Option<bool>,
 }
 
-/// Decides every image (and writes its evidence when asked), in order.
+/// An image file read and checked against the model (its channels, and its
+/// size unless resizing), before any image is decided.
+fn checked(path: &Path, spec: &PreprocessSpec, resize: bool) -> Result<FrameData> {
+    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let img =
+        decode_bytes(&bytes).map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?;
+    check_decoded(path, &img, spec.channels, spec.rows, spec.cols, resize)?;
+    Ok(FrameData::File { bytes })
+}
+
+/// Decides every image (and writes its evidence when asked), in order. The
+/// images go through the preprocessing contract on the model's device, as
+/// the daemon's frames do.
 pub fn explain(p: &Predictor, images: &[PathBuf], opts: &Options) -> Result<Vec<Explained>> {
-    let cfg = p.config();
-    let planars: Vec<Planar> = images
+    let spec = PreprocessSpec::for_model(p.config(), None);
+    let frames: Vec<FrameData> = images
         .iter()
-        .map(|f| {
-            load_planar(
-                f,
-                cfg.input_channels,
-                cfg.input_rows,
-                cfg.input_cols,
-                opts.resize,
-            )
-        })
+        .map(|f| checked(f, &spec, opts.resize))
         .collect::<Result<_>>()?;
     let names = evidence_names(images);
     let batch = opts.batch_size.max(1);
     let mut results = Vec::with_capacity(images.len());
-    for (start, chunk) in (0..planars.len())
-        .step_by(batch)
-        .map(|s| (s, &planars[s..(s + batch).min(planars.len())]))
-    {
-        let refs: Vec<&Planar> = chunk.iter().collect();
-        let out = p.forward(Input::Raw(&batch_tensor(&refs, p.device())?))?;
+    for start in (0..frames.len()).step_by(batch) {
+        let end = (start + batch).min(frames.len());
+        let prepared: Vec<Prepared> = (start..end)
+            .map(|i| {
+                preprocess::prepare(&frames[i], &spec, p.device())
+                    .map_err(|e| Error::data(&images[i], e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let scaled: Vec<&Tensor> = prepared.iter().map(|x| &x.scaled).collect();
+        let out = p.forward(Input::Scaled(&Tensor::cat(&scaled, 0)?))?;
         for (b, d) in p.decide(&out.scores)?.into_iter().enumerate() {
             let i = start + b;
             let (mut evidence, mut evidence_reproduces) = (None, None);
             if let Some(dir) = &opts.out {
                 let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, b)?;
-                let ev = evidence::of_decision(p, &planars[i], &maps, &d, opts.all_classes)?;
+                let planar = &prepared[b].planar;
+                let ev = evidence::of_decision(p, planar, &maps, &d, opts.all_classes)?;
                 let target = dir.join(&names[i]);
                 ev.write(&target)?;
                 evidence_reproduces = Some(ev.check.ok());

@@ -129,7 +129,21 @@ pub fn load_planar(
     resize: bool,
 ) -> Result<Planar> {
     let img = decode(path)?;
-    let have = channels_of(&img);
+    check_decoded(path, &img, channels, rows, cols, resize)?;
+    Ok(planar_from_dynamic(img, channels, rows, cols))
+}
+
+/// Refuses, naming `path`, an image whose channels are not `channels` or,
+/// unless `resize`, whose size is not `rows x cols`.
+pub fn check_decoded(
+    path: &Path,
+    img: &DynamicImage,
+    channels: usize,
+    rows: usize,
+    cols: usize,
+    resize: bool,
+) -> Result<()> {
+    let have = channels_of(img);
     if have != channels {
         return Err(Error::data(
             path,
@@ -147,7 +161,7 @@ pub fn load_planar(
             format!("image is {w}x{h} (width x height), the model takes {cols}x{rows}; pass --resize to resize it"),
         ));
     }
-    Ok(planar_from_dynamic(img, channels, rows, cols))
+    Ok(())
 }
 
 /// The image as 8-bit grey (`channels` 1) or 8-bit RGB (3): the one place
