@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use crate::data::image_io::{check_decoded, decode_bytes};
 use crate::error::{Error, Result};
-use crate::evidence::{self, DeviceMaps};
+use crate::evidence::{self, DeviceMaps, Seen};
 use crate::model::{Input, Predictor};
 use crate::preprocess::{self, FrameData, Prepared, PreprocessSpec};
 
@@ -80,8 +80,14 @@ pub fn explain(p: &Predictor, images: &[PathBuf], opts: &Options) -> Result<Vec<
             let (mut evidence, mut evidence_reproduces) = (None, None);
             if let Some(dir) = &opts.out {
                 let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, b)?;
-                let planar = &prepared[b].planar;
-                let ev = evidence::of_decision(p, planar, &maps, &d, opts.all_classes)?;
+                let frame = preprocess::full_frame(&frames[i], &spec)
+                    .map_err(|e| Error::data(&images[i], e.to_string()))?;
+                let seen = Seen {
+                    frame: Some(&frame),
+                    name: images[i].file_name().and_then(|n| n.to_str()),
+                    ..Seen::input(&prepared[b].planar)
+                };
+                let ev = evidence::of_decision(p, &seen, &maps, &d, opts.all_classes)?;
                 let target = dir.join(&names[i]);
                 ev.write(&target)?;
                 evidence_reproduces = Some(ev.check.ok());

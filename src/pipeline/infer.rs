@@ -50,9 +50,9 @@ pub struct Decided {
     /// Scaled input and class weight maps where the network left them (the
     /// evidence is built there).
     pub maps: DeviceMaps,
-    /// The frame as captured, kept only for the frames of check (b), which
+    /// The frame as captured: the evidence's `frame.png`, and check (b)
     /// prepares it again on the CPU reference path.
-    pub source: Option<FrameData>,
+    pub source: FrameData,
     pub latency: Latency,
 }
 
@@ -131,7 +131,6 @@ impl Infer {
             .pop()
             .ok_or_else(|| Error::Runtime("the network returned no scores".into()))?;
         let maps = DeviceMaps::from_batch(&out.scaled, &out.cwm, 0)?;
-        let keep_source = super::sink::every(b.checks.reference_every_nth_frame, frame.id);
         let stats = FrameStats::of(&prepared.planar.data);
         let run = self.repeats.see(stats.hash);
         let judged = judge(&b.decision, &stats, run, &decision);
@@ -158,7 +157,7 @@ impl Infer {
             judged,
             planar: prepared.planar,
             maps,
-            source: keep_source.then_some(frame.data),
+            source: frame.data,
             latency,
         }))
     }

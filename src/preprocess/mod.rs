@@ -375,10 +375,15 @@ pub fn scale(planar: &Planar, scaling: &InputScaling) -> candle_core::Result<Ten
     )
 }
 
+/// The frame with the model's channels, within the region of interest, at
+/// full resolution: what the resize starts from (the evidence's `frame.png`).
+pub fn full_frame(data: &FrameData, spec: &PreprocessSpec) -> Result<DynamicImage, Skip> {
+    crop(to_image(data, spec.channels)?, spec.roi.as_ref())
+}
+
 /// The CPU backend, the reference: the 8-bit model input of a frame.
 pub fn reference(data: &FrameData, spec: &PreprocessSpec) -> Result<Planar, Skip> {
-    let img = to_image(data, spec.channels)?;
-    let img = crop(img, spec.roi.as_ref())?;
+    let img = full_frame(data, spec)?;
     Ok(planar_from_dynamic(
         img,
         spec.channels,

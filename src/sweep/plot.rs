@@ -1,21 +1,15 @@
 //! Line plots as PNG files: drawn by plotters into a memory buffer, text in
-//! DejaVu Sans embedded in the binary (assets/fonts/), so plotting needs no
-//! system font, fontconfig or display.
-
-use std::path::Path;
-use std::sync::OnceLock;
+//! the embedded font ([`crate::font`]).
 
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
+use std::path::Path;
 
 use crate::data::image_io::save_rgb;
 use crate::error::{Error, Result};
+use crate::font::{self, FAMILY};
 
 /// Width and height of every plot, in pixels.
 pub const SIZE: (u32, u32) = (640, 480);
-
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-const FAMILY: &str = "sans-serif";
 
 /// One curve on the unit square.
 pub struct Plot<'a> {
@@ -25,18 +19,6 @@ pub struct Plot<'a> {
     pub points: &'a [(f64, f64)],
     /// Draw the chance diagonal (ROC).
     pub diagonal: bool,
-}
-
-/// Registers the embedded font once.
-fn font() -> Result<()> {
-    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            register_font(FAMILY, FontStyle::Normal, FONT)
-                .map_err(|_| "the embedded font does not parse".to_string())
-        })
-        .clone()
-        .map_err(Error::Runtime)
 }
 
 type Drawn = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -68,7 +50,7 @@ fn draw(buf: &mut [u8], p: &Plot) -> Drawn {
 
 /// Draws `p` into the PNG file `path` ([`SIZE`]).
 pub fn png(path: &Path, p: &Plot) -> Result<()> {
-    font()?;
+    font::register()?;
     let (w, h) = (SIZE.0 as usize, SIZE.1 as usize);
     let mut buf = vec![0u8; w * h * 3];
     draw(&mut buf, p)

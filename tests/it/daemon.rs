@@ -28,7 +28,7 @@ fn replay_of_n_images_logs_n_decisions_identical_to_explain_json() {
     // 24x24 files for a 16x16 model: the daemon resizes as the offline tools do.
     replay_folder(&frames, 9, 24);
     let src = format!("  replay:\n    dir: {}\n", frames.display());
-    let cfg = config(root, &model, &src, "");
+    let cfg = config(root, &model, &src, "evidence:\n  all_frames: true\n");
     let d = Daemon::start(root, &["--config", p(&cfg)]);
     let (st, out, err) = d.wait(120);
     assert!(st.success(), "{err}");
@@ -74,6 +74,16 @@ fn replay_of_n_images_logs_n_decisions_identical_to_explain_json() {
             .as_ref()
             .expect("check (a) runs on every frame by default");
         assert!(ev.ok, "{name}: {ev:?}");
+        // The evidence keeps the frame as captured, at full resolution.
+        let dir = l.evidence.as_ref().expect("all_frames keeps evidence");
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("evidence.json")).unwrap())
+                .unwrap();
+        assert_eq!(rec["format"], "gcm-inspect-evidence/2");
+        assert_eq!(rec["frame"], "frame.png");
+        let kept = image::open(dir.join("frame.png")).unwrap().to_luma8();
+        let captured = image::open(frames.join(&name)).unwrap().to_luma8();
+        assert_eq!(kept, captured, "{name}: frame.png is the captured frame");
     }
 }
 

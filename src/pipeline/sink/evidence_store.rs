@@ -230,6 +230,7 @@ mod tests {
                 scaling: "raw".into(),
                 model_id: None,
                 input: "input.png".into(),
+                frame: None,
                 panel: "panel.png".into(),
                 ccm: vec![],
             },

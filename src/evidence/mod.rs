@@ -5,9 +5,10 @@
 //! | file | what |
 //! |---|---|
 //! | `input.png` | the input as the model saw it (after preprocessing, before scaling), 8-bit |
+//! | `frame.png` | the frame within the region of interest at full resolution, before resizing, 8-bit (format /2; the daemon and `explain`) |
 //! | `cwm_<class>.png` | the class weight map as a heatmap (red > 0, blue < 0, white 0; symmetric scale) |
 //! | `ccm_<class>_pos.png`, `ccm_<class>_neg.png` | the CCM's positive part and the magnitude of its negative part, 16-bit (grey, or RGB for 3-channel models) |
-//! | `panel.png` | input, CWM, CCM+ (red), CCM- (blue) side by side for the decided class |
+//! | `panel.png` | frame id, time, scores, probabilities and margin as text; input, CCM overlaid on the input, CWM, CCM+ (red), CCM- (blue) of the decided class and the runner-up |
 //! | `evidence.json` | classes, decision, scores, and the scale of every CCM file |
 //!
 //! A CCM file stores `round(value / scale)` with `scale = max / 65535`, so the
@@ -29,7 +30,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::write_atomic;
 use crate::model::Predictor;
 
-pub const EVIDENCE_FORMAT: &str = "gcm-inspect-evidence/1";
+mod panel;
+pub use panel::heatmap;
+
+pub const EVIDENCE_FORMAT: &str = "gcm-inspect-evidence/2";
+/// The formats [`reproduce`] reads: /1 had no `frame.png`.
+pub const EVIDENCE_FORMATS_READ: [&str; 2] = ["gcm-inspect-evidence/1", EVIDENCE_FORMAT];
 pub const EVIDENCE_JSON: &str = "evidence.json";
 
 /// One image's network outputs on the host, as evidence is made from them.
@@ -284,6 +290,10 @@ pub struct EvidenceRecord {
     #[serde(default)]
     pub model_id: Option<String>,
     pub input: String,
+    /// The frame at full resolution within the region of interest (format
+    /// /2, when the frame was known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<String>,
     pub panel: String,
     pub ccm: Vec<CcmEntry>,
 }
@@ -415,7 +425,7 @@ impl<'a> ModelInfo<'a> {
 /// every class, not only the decided one.
 pub fn of_decision(
     p: &Predictor,
-    input: &Planar,
+    seen: &Seen,
     maps: &dyn Maps,
     d: &Decision,
     all_classes: bool,
@@ -426,7 +436,7 @@ pub fn of_decision(
         HeatmapClasses::Decided
     };
     build(
-        input,
+        seen,
         maps,
         ModelInfo::of(p),
         &d.scores,
@@ -435,12 +445,42 @@ pub fn of_decision(
     )
 }
 
+/// What the evidence shows of the image itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    /// The input as the model saw it, 8-bit (`input.png`).
+    pub input: &'a Planar,
+    /// The frame within the region of interest at full resolution, before
+    /// resizing (`frame.png`), so that a relabelled frame can train a model
+    /// of any input size.
+    pub frame: Option<&'a DynamicImage>,
+    /// For the panel's caption.
+    pub frame_id: Option<u64>,
+    pub captured_unix_us: Option<u64>,
+    /// The source's name for the image (a replayed file's name).
+    pub name: Option<&'a str>,
+}
+
+impl<'a> Seen<'a> {
+    /// Only the model's input (no frame, no caption).
+    pub fn input(input: &'a Planar) -> Self {
+        Seen {
+            input,
+            frame: None,
+            frame_id: None,
+            captured_unix_us: None,
+            name: None,
+        }
+    }
+}
+
 /// Builds the evidence for one image.
 ///
-/// `input` is the 8-bit image as the model saw it; `maps` its scaled input and
-/// class weight maps; `scores` the network's scores; `decision` the decided class.
+/// `seen` is the image as the model saw it and, if known, as captured; `maps`
+/// its scaled input and class weight maps; `scores` the network's scores;
+/// `decision` the decided class.
 pub fn build(
-    input: &Planar,
+    seen: &Seen,
     maps: &dyn Maps,
     model: ModelInfo,
     scores: &[f32],
@@ -462,10 +502,18 @@ pub fn build(
         )));
     }
     let quants = maps.quantised()?;
+    let input = seen.input;
     let mut files = vec![(
         "input.png".to_string(),
         encode_png(&planar_to_dynamic(input))?,
     )];
+    let frame = match seen.frame {
+        Some(img) => {
+            files.push(("frame.png".to_string(), encode_png(img)?));
+            Some("frame.png".to_string())
+        }
+        None => None,
+    };
     let mut entries = Vec::with_capacity(n);
     let mut decided_cwm = None;
     for (j, (class, q)) in classes.iter().zip(&quants).enumerate() {
@@ -506,13 +554,16 @@ pub fn build(
         Some(m) => m,
         None => maps.cwm_of(decision)?,
     };
+    let picture = panel_of(
+        seen,
+        maps,
+        (classes, scores),
+        &quants,
+        (decision, decided_cwm),
+    )?;
     files.push((
         "panel.png".to_string(),
-        encode_png(&DynamicImage::ImageRgb8(panel(
-            input,
-            &decided_cwm,
-            &quants[decision],
-        )))?,
+        encode_png(&DynamicImage::ImageRgb8(picture))?,
     ));
     let record = EvidenceRecord {
         format: EVIDENCE_FORMAT.into(),
@@ -524,6 +575,7 @@ pub fn build(
         scaling: scaling.to_string(),
         model_id: model_id.map(str::to_string),
         input: "input.png".into(),
+        frame,
         panel: "panel.png".into(),
         ccm: entries,
     };
@@ -536,6 +588,43 @@ pub fn build(
         files,
         check,
     })
+}
+
+/// The panel of the decided class and the runner-up (the best other score).
+fn panel_of(
+    seen: &Seen,
+    maps: &dyn Maps,
+    (classes, scores): (&[String], &[f32]),
+    quants: &[QuantCcm],
+    (decision, decided_cwm): (usize, Vec<f32>),
+) -> Result<RgbImage> {
+    let p = crate::decision::softmax(scores);
+    let runner_up = (0..scores.len()).filter(|&j| j != decision).reduce(|a, b| {
+        if scores[b] > scores[a] {
+            b
+        } else {
+            a
+        }
+    });
+    let ru_cwm = runner_up.map(|k| maps.cwm_of(k)).transpose()?;
+    let mut rows = vec![panel::ClassRow {
+        class: &classes[decision],
+        score: scores[decision],
+        probability: p[decision],
+        cwm: &decided_cwm,
+        q: &quants[decision],
+    }];
+    if let (Some(k), Some(cwm)) = (runner_up, ru_cwm.as_deref()) {
+        rows.push(panel::ClassRow {
+            class: &classes[k],
+            score: scores[k],
+            probability: p[k],
+            cwm,
+            q: &quants[k],
+        });
+    }
+    let margin = runner_up.map_or(0.0, |k| scores[decision] - scores[k]);
+    panel::panel(seen, &rows, margin)
 }
 
 /// Check (a) in memory: quantises every class's CCM exactly as [`build`]
@@ -628,10 +717,13 @@ pub fn reproduce(dir: &Path) -> Result<(EvidenceRecord, Reproduction)> {
     let text = std::fs::read_to_string(&jp).at(&jp)?;
     let record: EvidenceRecord = serde_json::from_str(&text)
         .map_err(|e| Error::data(&jp, format!("invalid evidence record: {e}")))?;
-    if record.format != EVIDENCE_FORMAT {
+    if !EVIDENCE_FORMATS_READ.contains(&record.format.as_str()) {
         return Err(Error::data(
             &jp,
-            format!("format {:?} is not {EVIDENCE_FORMAT:?}", record.format),
+            format!(
+                "format {:?} is not one of {EVIDENCE_FORMATS_READ:?}",
+                record.format
+            ),
         ));
     }
     let expect = record.rows * record.cols * record.channels;
@@ -715,64 +807,6 @@ fn read_u16(path: &PathBuf, rec: &EvidenceRecord) -> Result<Vec<u16>> {
     }
 }
 
-/// Diverging colour map: -1 blue, 0 white, +1 red.
-fn diverging(t: f32) -> [u8; 3] {
-    let t = t.clamp(-1.0, 1.0);
-    let fade = |a: f32| (255.0 * (1.0 - a)).round() as u8;
-    if t >= 0.0 {
-        [255, fade(t), fade(t)]
-    } else {
-        [fade(-t), fade(-t), 255]
-    }
-}
-
-/// A class weight map as a heatmap on a symmetric scale.
-pub fn heatmap(map: &[f32], rows: usize, cols: usize) -> RgbImage {
-    let m = map
-        .iter()
-        .fold(0f32, |m, &v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    let data: Vec<u8> = map.iter().flat_map(|&v| diverging(v / m)).collect();
-    RgbImage::from_raw(cols as u32, rows as u32, data).expect("sized")
-}
-
-/// Input | CWM | CCM+ (red) | CCM- (blue), each scaled up to at least 128 px.
-fn panel(input: &Planar, cwm: &[f32], q: &QuantCcm) -> RgbImage {
-    let (r, c, d) = (input.rows, input.cols, input.channels);
-    let hw = r * c;
-    let zoom = (128 / r.max(c)).max(1);
-    let gap = 4;
-    let (pw, ph) = (c * zoom, r * zoom);
-    let mut out = RgbImage::from_pixel((4 * pw + 3 * gap) as u32, ph as u32, Rgb([255, 255, 255]));
-    let input_rgb = planar_to_dynamic(input).to_rgb8();
-    let cwm_img = heatmap(cwm, r, c);
-    let part = |v: &[u16], colour: [u8; 3]| -> RgbImage {
-        let m = v.iter().copied().max().unwrap_or(0).max(1) as f32;
-        RgbImage::from_fn(c as u32, r as u32, |x, y| {
-            let i = y as usize * c + x as usize;
-            let a = (0..d).map(|ch| v[ch * hw + i] as f32).fold(0f32, f32::max) / m;
-            let mix = |k: usize| (255.0 * (1.0 - a) + colour[k] as f32 * a).round() as u8;
-            Rgb([mix(0), mix(1), mix(2)])
-        })
-    };
-    let tiles = [
-        input_rgb,
-        cwm_img,
-        part(&q.pos, [200, 0, 0]),
-        part(&q.neg, [0, 0, 200]),
-    ];
-    for (t, tile) in tiles.iter().enumerate() {
-        let x0 = t * (pw + gap);
-        for y in 0..ph {
-            for x in 0..pw {
-                let p = *tile.get_pixel((x / zoom) as u32, (y / zoom) as u32);
-                out.put_pixel((x0 + x) as u32, y as u32, p);
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -832,7 +866,7 @@ mod tests {
             let scores = exact_scores(&m);
             let dec = argmax(&scores);
             let ev = build(
-                &input,
+                &Seen::input(&input),
                 &m,
                 info(&classes, "centred", Some("abc")),
                 &scores,
@@ -860,7 +894,7 @@ mod tests {
         let (input, m) = maps(1, 2, 16, 16, 7);
         let scores = exact_scores(&m);
         let ev = build(
-            &input,
+            &Seen::input(&input),
             &m,
             info(&classes, "raw", None),
             &scores,
