@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod evidence;
 pub mod explain;
+pub mod export;
 pub mod font;
 pub mod fs;
 pub mod gpu;

@@ -57,3 +57,6 @@ mod outputs;
 
 #[path = "it/sweep.rs"]
 mod sweep;
+
+#[path = "it/review_loop.rs"]
+mod review_loop;

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod check_config;
 pub mod eval;
 pub mod explain;
+pub mod export;
 pub mod logging;
 pub mod paint;
 pub mod run;
@@ -47,6 +48,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Train a GCM on image folders or a CSV manifest.
     Train(train::Args),
+    /// Reviewed frames (labels.jsonl) as a training manifest with copies of their frame.png.
+    Export(export::Args),
     /// Measure how fast this machine runs a model: images/s and latency percentiles.
     Bench(bench::Args),
     /// Paint thin cracks on a manifest's clean training cells: a pretraining set for `train --init`.
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig(a) => check_config::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Train(a) => train::run(a),
+        Command::Export(a) => export::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),

@@ -48,6 +48,11 @@ pub struct Args {
     /// Share of each class held out for validation (without a manifest split).
     #[arg(long)]
     pub val_fraction: Option<f64>,
+    /// Mix RATIO training images of PATH (e.g. the original training
+    /// manifest) per image of --data, so that fine-tuning on collected
+    /// frames does not forget (config key `mix`).
+    #[arg(long, value_name = "PATH:RATIO")]
+    pub mix: Option<crate::train::config::MixConfig>,
     /// No progress bar (one line per epoch is printed regardless).
     #[arg(long)]
     pub no_progress: bool,
@@ -88,6 +93,9 @@ impl Args {
         if let Some(v) = self.val_fraction {
             c.val_fraction = v;
         }
+        if let Some(m) = &self.mix {
+            c.mix = Some(m.clone());
+        }
         c.validate()
             .map_err(|m| Error::Usage(format!("--{}", m.replace('_', "-"))))?;
         Ok(c)
@@ -105,7 +113,8 @@ pub fn run(a: Args) -> Result<()> {
             || a.size.is_some()
             || a.resize
             || a.scaling.is_some()
-            || a.val_fraction.is_some();
+            || a.val_fraction.is_some()
+            || a.mix.is_some();
         if others {
             return Err(Error::Usage(
                 "--resume continues with the saved configuration: only --epochs may be given with it".into(),

@@ -386,7 +386,9 @@ impl Evidence {
 }
 
 /// File-name-safe form of a class name.
-fn safe(class: &str) -> String {
+/// A class name as a file-name part: ASCII letters, digits, `-` and `_`
+/// kept, anything else `_`.
+pub fn safe_name(class: &str) -> String {
     class
         .chars()
         .map(|c| {
@@ -518,13 +520,13 @@ pub fn build(
     let mut decided_cwm = None;
     for (j, (class, q)) in classes.iter().zip(&quants).enumerate() {
         let (pos, neg) = (
-            format!("ccm_{}_pos.png", safe(class)),
-            format!("ccm_{}_neg.png", safe(class)),
+            format!("ccm_{}_pos.png", safe_name(class)),
+            format!("ccm_{}_neg.png", safe_name(class)),
         );
         files.push((pos.clone(), encode_png(&u16_image(&q.pos, d, r, c))?));
         files.push((neg.clone(), encode_png(&u16_image(&q.neg, d, r, c))?));
         let cwm = if heatmaps == HeatmapClasses::All || j == decision {
-            let f = format!("cwm_{}.png", safe(class));
+            let f = format!("cwm_{}.png", safe_name(class));
             let map = maps.cwm_of(j)?;
             files.push((
                 f.clone(),

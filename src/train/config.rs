@@ -9,7 +9,7 @@
 //! SGD at lr 0.1 on networks of this size; `weights/README.md` records the
 //! measurement on the synthetic set that kept it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -298,6 +298,45 @@ pub struct TrainConfig {
     pub augment: Augment,
     #[serde(default)]
     pub model: ArchConfig,
+    /// Fine-tuning on collected frames without forgetting (off by default):
+    /// training images of another data set mixed into the training split.
+    #[serde(default)]
+    pub mix: Option<MixConfig>,
+}
+
+/// `mix`: `ratio` training images of `data` (its train split, or all of it
+/// less a stratified validation share when it has no split column) for each
+/// training image of the main data, drawn stratified by label with the seed;
+/// its validation images join the validation set, so model selection weighs
+/// the old data as well as the new.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// Image folder or CSV manifest (e.g. the original training manifest).
+    pub data: PathBuf,
+    /// Images of `data` per image of the main data (> 0).
+    pub ratio: f64,
+}
+
+impl std::str::FromStr for MixConfig {
+    type Err = String;
+
+    /// `PATH:RATIO`, as `--mix` takes it.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (path, ratio) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not PATH:RATIO"))?;
+        let ratio: f64 = ratio
+            .parse()
+            .map_err(|_| format!("{ratio:?} in {s:?} is not a number"))?;
+        if path.is_empty() {
+            return Err(format!("{s:?} names no data"));
+        }
+        Ok(MixConfig {
+            data: PathBuf::from(path),
+            ratio,
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -322,6 +361,11 @@ impl TrainConfig {
 
     /// Checks values; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(m) = &self.mix {
+            if !(m.ratio.is_finite() && m.ratio > 0.0) {
+                return Err(format!("mix.ratio: {} is not a number > 0", m.ratio));
+            }
+        }
         if self.epochs == 0 {
             return Err("epochs: must be at least 1".into());
         }
@@ -419,6 +463,19 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mix_reads_path_colon_ratio_and_refuses_the_rest() {
+        let m: MixConfig = "data/train.csv:0.5".parse().unwrap();
+        assert_eq!((m.data, m.ratio), (PathBuf::from("data/train.csv"), 0.5));
+        let m: MixConfig = "C:/x:2".parse().unwrap();
+        assert_eq!(m.data, PathBuf::from("C:/x"));
+        assert!("data.csv".parse::<MixConfig>().is_err());
+        assert!("data.csv:many".parse::<MixConfig>().is_err());
+        assert!(":1".parse::<MixConfig>().is_err());
+        let c = TrainConfig::from_yaml("mix:\n  data: a.csv\n  ratio: 0\n", Path::new("t.yaml"));
+        assert!(c.unwrap_err().to_string().contains("mix.ratio"));
+    }
 
     #[test]
     fn defaults_are_table4() {

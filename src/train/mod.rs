@@ -116,6 +116,7 @@ pub fn train(job: TrainJob) -> Result<TrainSummary> {
     let begin = Begin::resolve(&job)?;
     let classes = begin.classes(&ds, &job.data)?;
     let (train_s, val_s, split_desc) = split(&ds, &begin.cfg)?;
+    let (train_s, val_s, split_desc) = mix_in((train_s, val_s, split_desc), &begin.cfg, &classes)?;
     let shape = begin.input_shape(&train_s)?;
     let sets = load_sets(&job.data, &begin.cfg, (&train_s, &val_s), &classes, shape)?;
     let model_cfg = begin.architecture(shape, &classes, &sets.0)?;
@@ -185,6 +186,50 @@ fn split(ds: &Dataset, cfg: &TrainConfig) -> Result<SplitSamples> {
         va.iter().map(|&i| pool[i].clone()).collect(),
         serde_json::json!({"kind": "stratified", "val_fraction": cfg.val_fraction, "seed": cfg.seed}),
     ))
+}
+
+/// The `mix` data's share added to the training and validation samples
+/// (see [`config::MixConfig`]); the split's description records what came
+/// from where.
+fn mix_in(
+    (mut tr, mut va, desc): SplitSamples,
+    cfg: &TrainConfig,
+    classes: &[String],
+) -> Result<SplitSamples> {
+    let Some(mix) = &cfg.mix else {
+        return Ok((tr, va, desc));
+    };
+    let other = Dataset::open(&mix.data)?;
+    if let Some(s) = other.samples.iter().find(|s| !classes.contains(&s.label)) {
+        return Err(Error::data(
+            &mix.data,
+            format!(
+                "label {:?} ({}) is not a class of the model: {}",
+                s.label,
+                s.path.display(),
+                classes.join(", ")
+            ),
+        ));
+    }
+    let (pool, mix_val, _) = split(&other, cfg)?;
+    let want = ((tr.len() as f64 * mix.ratio).round() as usize).min(pool.len());
+    let labels: Vec<&str> = pool.iter().map(|s| s.label.as_str()).collect();
+    let share = want as f64 / pool.len().max(1) as f64;
+    // The held-out side of a stratified split: `want` images, stratified by label.
+    let (_, drawn) = stratified_split_by_name(&labels, share, cfg.seed ^ 0x006d_6978);
+    let drawn: Vec<crate::data::Sample> = drawn.iter().map(|&i| pool[i].clone()).collect();
+    let summary = serde_json::json!({
+        "data": mix.data,
+        "ratio": mix.ratio,
+        "train": drawn.len(),
+        "of_train": pool.len(),
+        "val": mix_val.len(),
+        "main_train": tr.len(),
+        "main_val": va.len(),
+    });
+    tr.extend(drawn);
+    va.extend(mix_val);
+    Ok((tr, va, serde_json::json!({"main": desc, "mix": summary})))
 }
 
 fn validate(

@@ -1,0 +1,208 @@
+//! `gcm-inspect export`: reviewed frames as training data.
+//!
+//! Reads the labels a reviewer gave (`labels.jsonl`, appended by `review`:
+//! one line per act, the newest line for a frame wins, a line without a
+//! label undoes the frame's earlier ones) and the decision log they refer
+//! to, and writes a training manifest `export.csv` (`path,label,split`, the
+//! format `train` reads) with a copy of each frame's `frame.png` under
+//! `images/<label>/`. A frame whose evidence predates `frame.png` (format /1)
+//! contributes its `input.png` (the model's input size) and is counted as
+//! such; a frame whose evidence is gone is counted and left out. The split
+//! is stratified by label and seeded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::dataset::{csv_field, stratified_split_by_name};
+use crate::error::{Error, IoContext, Result};
+use crate::pipeline::sink::log::{log_files, LogLine};
+
+/// One reviewer act in `labels.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelLine {
+    /// The decision's frame id.
+    pub frame: u64,
+    /// The decision's evidence folder.
+    #[serde(default)]
+    pub evidence: Option<PathBuf>,
+    /// The class the reviewer gave; `None` undoes the frame's label.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The class the model decided.
+    #[serde(default)]
+    pub previous: Option<String>,
+}
+
+/// What to export.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub log: PathBuf,
+    /// `labels.jsonl`'s folder.
+    pub labels: PathBuf,
+    /// Evidence folder, when the evidence was moved after the log was written.
+    pub evidence: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Only frames whose label differs from the decision.
+    pub only_corrected: bool,
+    /// Share of each label held out for validation.
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub manifest: PathBuf,
+    /// Frames per label and split.
+    pub per_label: BTreeMap<String, BTreeMap<String, usize>>,
+    pub corrected: usize,
+    pub confirmed: usize,
+    /// Exported from `input.png` (evidence format /1, no `frame.png`).
+    pub from_input_png: usize,
+    /// Labelled, but no evidence folder to copy from.
+    pub without_evidence: Vec<u64>,
+}
+
+/// The newest label act per frame (acts without a label remove the frame).
+pub fn current_labels(dir: &Path) -> Result<BTreeMap<u64, LabelLine>> {
+    let path = dir.join("labels.jsonl");
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let mut out = BTreeMap::new();
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        if !raw.ends_with('\n') {
+            break; // A torn tail: the act was never acknowledged.
+        }
+        let l: LabelLine = serde_json::from_str(raw.trim_end())
+            .map_err(|e| Error::data(&path, format!("line {}: {e}", i + 1)))?;
+        if l.label.is_some() {
+            out.insert(l.frame, l);
+        } else {
+            out.remove(&l.frame);
+        }
+    }
+    Ok(out)
+}
+
+/// Decision log lines by frame id.
+fn decisions(log: &Path) -> Result<BTreeMap<u64, LogLine>> {
+    let mut out = BTreeMap::new();
+    for f in log_files(log)? {
+        let text = std::fs::read_to_string(&f).at(&f)?;
+        for raw in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            if let Ok(l) = serde_json::from_str::<LogLine>(raw.trim_end()) {
+                out.insert(l.frame, l);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the export (see the module docs).
+pub fn export(o: &Options) -> Result<Summary> {
+    let labels = current_labels(&o.labels)?;
+    let log = decisions(&o.log)?;
+    let mut s = Summary::default();
+    let mut rows: Vec<(u64, String, PathBuf)> = Vec::new();
+    for (frame, l) in &labels {
+        let label = l.label.clone().expect("current labels have one");
+        let decided = log
+            .get(frame)
+            .map(|d| d.class.clone())
+            .or(l.previous.clone());
+        let corrected = decided.as_deref() != Some(label.as_str());
+        if o.only_corrected && !corrected {
+            continue;
+        }
+        let ev = l
+            .evidence
+            .clone()
+            .or_else(|| log.get(frame).and_then(|d| d.evidence.clone()));
+        let dir = match (ev, &o.evidence) {
+            (Some(e), Some(root)) => Some(root.join(e.file_name().unwrap_or_default())),
+            (e, None) => e,
+            (None, Some(_)) => None,
+        };
+        let Some(src) = dir.and_then(|d| picture(&d)) else {
+            s.without_evidence.push(*frame);
+            continue;
+        };
+        if src.file_name().is_some_and(|n| n == "input.png") {
+            s.from_input_png += 1;
+        }
+        if corrected {
+            s.corrected += 1;
+        } else {
+            s.confirmed += 1;
+        }
+        rows.push((*frame, label, src));
+    }
+    let names: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let (_, val) = stratified_split_by_name(&names, o.val_fraction, o.seed);
+    let mut text = String::from("path,label,split\n");
+    for (i, (frame, label, src)) in rows.iter().enumerate() {
+        let split = if val.binary_search(&i).is_ok() {
+            "val"
+        } else {
+            "train"
+        };
+        let rel = PathBuf::from("images")
+            .join(crate::evidence::safe_name(label))
+            .join(format!("f{frame:012}.png"));
+        let dst = o.out.join(&rel);
+        let parent = dst.parent().expect("has a folder");
+        std::fs::create_dir_all(parent).at(parent)?;
+        std::fs::copy(src, &dst).at(&dst)?;
+        text.push_str(&format!(
+            "{},{},{split}\n",
+            csv_field(&rel.to_string_lossy()),
+            csv_field(label)
+        ));
+        *s.per_label
+            .entry(label.clone())
+            .or_default()
+            .entry(split.to_string())
+            .or_default() += 1;
+    }
+    s.manifest = o.out.join("export.csv");
+    std::fs::create_dir_all(&o.out).at(&o.out)?;
+    crate::fs::write_atomic(&s.manifest, text.as_bytes())?;
+    Ok(s)
+}
+
+/// The evidence's full-resolution frame, else its model input.
+fn picture(dir: &Path) -> Option<PathBuf> {
+    ["frame.png", "input.png"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_act_wins_undo_removes_and_a_torn_tail_is_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        let acts = [
+            r#"{"frame":1,"label":"crack","previous":"ok"}"#,
+            r#"{"frame":2,"label":"ok","previous":"ok"}"#,
+            r#"{"frame":1,"label":"ok","previous":"ok"}"#,
+            r#"{"frame":2,"label":null}"#,
+            r#"{"frame":3,"label":"crack","previous":"ok"}"#,
+        ];
+        let text = acts.join("\n") + "\n" + r#"{"frame":4,"lab"#;
+        std::fs::write(t.path().join("labels.jsonl"), text).unwrap();
+        let got = current_labels(t.path()).unwrap();
+        let got: Vec<(u64, &str)> = got
+            .iter()
+            .map(|(f, l)| (*f, l.label.as_deref().unwrap()))
+            .collect();
+        assert_eq!(got, vec![(1, "ok"), (3, "crack")]);
+        std::fs::write(t.path().join("labels.jsonl"), "not json\n").unwrap();
+        let e = current_labels(t.path()).unwrap_err().to_string();
+        assert!(e.contains("labels.jsonl") && e.contains("line 1"), "{e}");
+    }
+}
