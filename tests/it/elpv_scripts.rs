@@ -616,3 +616,66 @@ fn elpv_average_decides_on_the_mean_score_and_refuses_models_that_saw_the_images
         "{err}"
     );
 }
+
+/// A stand-in whose cell types come in runs, as ELPV's modules do: runs of
+/// 120 mono, 60 poly, 90 mono and 30 poly cells make 2 + 1 + 2 + 1 module
+/// blocks of 60, 60, 60, 45, 45 and 30 cells; the defects cluster by block.
+fn stand_in_by_module(root: &Path) -> PathBuf {
+    let data = root.join("elpv_dataset/data");
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    let img = image::GrayImage::from_pixel(8, 8, image::Luma([128]));
+    let mut labels = String::new();
+    let mut n = 0;
+    for (kind, len) in [("mono", 120), ("poly", 60), ("mono", 90), ("poly", 30)] {
+        for i in 0..len {
+            n += 1;
+            let name = format!("images/cell{n:04}.png");
+            img.save(data.join(&name)).unwrap();
+            // Every third block-sized stretch is mostly defective.
+            let prob = if (n / 45) % 3 == 0 && i % 4 != 0 { "1.0" } else { "0.0" };
+            labels += &format!("{name}  {prob}  {kind}\n");
+        }
+    }
+    std::fs::write(data.join("labels.csv"), labels).unwrap();
+    root.to_path_buf()
+}
+
+#[test]
+fn the_grouped_split_keeps_module_blocks_whole_and_the_floor_script_reads_both_splits() {
+    let t = tempfile::tempdir().unwrap();
+    let src = stand_in_by_module(&t.path().join("src"));
+    let out = t.path().join("elpv");
+    let log = fetch_ok(&["--from", p(&src), "--out", p(&out)]);
+    assert!(log.contains("grouped split: 6 module blocks"), "{log}");
+    let text = std::fs::read_to_string(out.join("binary-grouped.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,label,split,type,probability,module"));
+    let mut blocks: BTreeMap<u32, (usize, BTreeSet<String>)> = BTreeMap::new();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        let e = blocks.entry(f[5].parse().unwrap()).or_default();
+        e.0 += 1;
+        e.1.insert(f[2].to_string());
+    }
+    let sizes: Vec<usize> = blocks.values().map(|b| b.0).collect();
+    assert_eq!(sizes, vec![60, 60, 60, 45, 45, 30]);
+    assert!(blocks.values().all(|b| b.1.len() == 1), "a block on both sides");
+    let test: usize = blocks.values().filter(|b| b.1.contains("test")).map(|b| b.0).sum();
+    assert!((60..=90).contains(&test), "{test} of 300 cells in test");
+    let four = std::fs::read_to_string(out.join("four_class-grouped.csv")).unwrap();
+    let split = |t: &str| -> Vec<String> {
+        t.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().to_string()).collect()
+    };
+    assert_eq!(split(&text), split(&four));
+
+    let floor = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-file-order-floor.py"))
+        .arg(out.join("binary.csv"))
+        .arg(out.join("binary-grouped.csv"))
+        .output()
+        .unwrap();
+    assert!(floor.status.success(), "{}", String::from_utf8_lossy(&floor.stderr));
+    let table = String::from_utf8(floor.stdout).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.contains("binary-grouped.csv | "), "{table}");
+}
