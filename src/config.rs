@@ -39,6 +39,11 @@ pub struct DaemonConfig {
     /// Compute device for inference: `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "DaemonConfig::default_device")]
     pub device: String,
+    /// Test-time symmetry averaging: `none`, or `d4` (scores and evidence
+    /// averaged over the 8 flips and quarter turns of a square input; 8
+    /// forward passes a frame; see `crate::model::tta`).
+    #[serde(default)]
+    pub tta: crate::model::tta::Tta,
     /// Where frames come from.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub source: SourceConfig,
@@ -1030,6 +1035,7 @@ mod tests {
             // Required keys, no defaults: the bundled demo model ...
             model: "builtin:demo".into(),
             device: DaemonConfig::default_device(),
+            tta: Default::default(),
             // ... and a source that needs no camera and no files.
             source: SourceConfig::Synthetic(SyntheticConfig::default()),
             preprocess: PreprocessConfig::default(),

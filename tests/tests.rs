@@ -60,3 +60,6 @@ mod sweep;
 
 #[path = "it/review_loop.rs"]
 mod review_loop;
+
+#[path = "it/tta.rs"]
+mod tta;

@@ -32,11 +32,15 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32, value_parser = super::positive)]
     pub batch_size: usize,
+    /// Test-time symmetry averaging: `d4` averages the scores (and the
+    /// evidence) over the 8 flips and quarter turns of a square input.
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: crate::model::tta::Tta,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
-    let p = Predictor::open(&a.model, &device)?;
+    let p = Predictor::open(&a.model, &device)?.with_tta(a.tta)?;
     let opts = Options {
         out: a.out.clone(),
         all_classes: a.all_classes,

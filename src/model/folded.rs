@@ -178,12 +178,14 @@ impl FoldedGcm {
         Tensor::from_vec(cwm, (b, n, r, c), scaled.device())
     }
 
+    /// The model's input scaling of raw input in [0, 1], `[B, D, R, C]`.
+    pub fn scale(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.scale_a)?.broadcast_add(&self.scale_b)
+    }
+
     /// Scaling, CWM and scores for raw input in [0, 1], `[B, D, R, C]`.
     pub fn forward(&self, x: &Tensor) -> Result<GcmOutput> {
-        let scaled = x
-            .broadcast_mul(&self.scale_a)?
-            .broadcast_add(&self.scale_b)?;
-        self.forward_scaled(scaled)
+        self.forward_scaled(self.scale(x)?)
     }
 
     /// CWM and scores for input the model's scaling has been applied to.

@@ -9,6 +9,7 @@ pub mod gcm;
 pub mod layers;
 pub mod predictor;
 pub mod score;
+pub mod tta;
 
 pub use checkpoint::{load_model, ModelCard};
 pub use config::{InputScaling, ModelConfig};

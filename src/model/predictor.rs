@@ -8,6 +8,7 @@ use super::checkpoint::{self, ModelCard};
 use super::config::ModelConfig;
 use super::folded::FoldedGcm;
 use super::gcm::GcmOutput;
+use super::tta::Tta;
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 
@@ -28,6 +29,8 @@ pub struct Predictor {
     pub card: ModelCard,
     net: FoldedGcm,
     device: Device,
+    /// Test-time symmetry averaging ([`super::tta`]); none by default.
+    tta: Tta,
 }
 
 impl Predictor {
@@ -40,6 +43,7 @@ impl Predictor {
             card: m.card.clone(),
             net,
             device: device.clone(),
+            tta: Tta::None,
         })
     }
 
@@ -69,12 +73,39 @@ impl Predictor {
         &self.net
     }
 
+    /// Averages every later forward pass over the symmetries of `tta`;
+    /// refused when the model's input cannot take them.
+    pub fn with_tta(mut self, tta: Tta) -> Result<Self> {
+        let c = self.config();
+        tta.check(c.input_rows, c.input_cols)
+            .map_err(|m| Error::model(&self.dir, m))?;
+        self.tta = tta;
+        Ok(self)
+    }
+
+    pub fn tta(&self) -> Tta {
+        self.tta
+    }
+
     /// Runs the network on a batch `[B, D, R, C]` (moved to the model's
     /// device first): the one way inference enters the network.
     pub fn forward(&self, input: Input<'_>) -> Result<GcmOutput> {
-        Ok(match input {
-            Input::Raw(x) => self.net.forward(&x.to_device(&self.device)?)?,
-            Input::Scaled(x) => self.net.forward_scaled(x.to_device(&self.device)?)?,
+        if self.tta == Tta::None {
+            return Ok(match input {
+                Input::Raw(x) => self.net.forward(&x.to_device(&self.device)?)?,
+                Input::Scaled(x) => self.net.forward_scaled(x.to_device(&self.device)?)?,
+            });
+        }
+        let scaled = match input {
+            Input::Raw(x) => self.net.scale(&x.to_device(&self.device)?)?,
+            Input::Scaled(x) => x.to_device(&self.device)?,
+        };
+        let cwm = super::tta::d4_cwm(&scaled, |t| self.net.cwm(t))?;
+        let scores = super::score::gcm_score(&cwm, &scaled)?;
+        Ok(GcmOutput {
+            scaled,
+            cwm,
+            scores,
         })
     }
 

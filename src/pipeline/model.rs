@@ -7,7 +7,9 @@
 use candle_core::{Device, Tensor};
 
 use crate::config::{ChecksConfig, DecisionConfig, EvidenceConfig, Loaded};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::score::gcm_score;
+use crate::model::tta::{d4_cwm, Tta};
 use crate::model::{Gcm, Predictor};
 use crate::preprocess::PreprocessSpec;
 
@@ -15,16 +17,24 @@ use crate::preprocess::PreprocessSpec;
 /// (BatchNorm as its own layer) on the CPU, a different code path from the
 /// served one (folded BatchNorm, the engine's planned executor, maybe a GPU).
 #[derive(Clone, Debug)]
-pub struct Reference(pub Box<Gcm>);
+pub struct Reference(pub Box<Gcm>, pub Tta);
 
 impl Reference {
     pub fn describe(&self) -> &'static str {
         "the unfolded network on the CPU"
     }
 
-    /// Scores `[N]` for one raw input `[1, D, R, C]` in [0, 1] (on the CPU).
+    /// Scores `[N]` for one raw input `[1, D, R, C]` in [0, 1] (on the CPU),
+    /// averaged over the same symmetries as the served model's.
     pub fn scores(&self, raw: &Tensor) -> Result<Vec<f32>> {
-        let s = self.0.forward_t(raw, false)?.scores;
+        let out = self.0.forward_t(raw, false)?;
+        let s = match self.1 {
+            Tta::None => out.scores,
+            Tta::D4 => {
+                let cwm = d4_cwm(raw, |t| Ok(self.0.forward_t(t, false)?.cwm))?;
+                gcm_score(&cwm, &out.scaled)?
+            }
+        };
         Ok(s.to_device(&Device::Cpu)?.get(0)?.to_vec1::<f32>()?)
     }
 }
@@ -50,8 +60,10 @@ impl Bundle {
         let device = crate::device::open(&cfg.device)?;
         let spec = loaded.model_spec();
         let m = crate::model::bundled::open(&spec)?;
-        let predictor = Predictor::from_loaded(&m, &device)?;
-        let reference = Reference(Box::new(m.build(&Device::Cpu)?));
+        let predictor = Predictor::from_loaded(&m, &device)?
+            .with_tta(cfg.tta)
+            .map_err(|e| Error::config(&loaded.origin, format!("tta: {e}")))?;
+        let reference = Reference(Box::new(m.build(&Device::Cpu)?), cfg.tta);
         let mc = predictor.config();
         cfg.check_against_model(
             predictor.classes(),
@@ -93,13 +105,17 @@ impl Bundle {
     pub fn describe(&self) -> String {
         let c = self.predictor.config();
         format!(
-            "model {} ({}; {}x{}x{}; classes {}) on {}",
+            "model {} ({}; {}x{}x{}; classes {}{}) on {}",
             self.spec,
             self.predictor.card.short_id(),
             c.input_channels,
             c.input_rows,
             c.input_cols,
             c.classes.join(", "),
+            match self.predictor.tta() {
+                crate::model::tta::Tta::None => String::new(),
+                t => format!("; tta {}", t.name()),
+            },
             self.device_name
         )
     }

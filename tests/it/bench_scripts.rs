@@ -135,9 +135,12 @@ fn bench_publish_reports_every_decision_received_and_the_three_throughputs() {
         .map(str::trim)
         .collect();
     // | date | model | fps | decisions | received | sent / dropped | p50 | p99 | max | ...
-    assert_eq!(row[4], "40", "{out}");
-    assert_eq!(row[5], "40", "{out}");
-    assert_eq!(row[6], "40 / 0", "{out}");
+    // 40 frames are captured; a loaded machine may drop a few before the
+    // model (counted by the daemon), but every decision made is received.
+    let decisions: usize = row[4].parse().unwrap();
+    assert!((30..=40).contains(&decisions), "{out}");
+    assert_eq!(row[5], row[4], "{out}");
+    assert_eq!(row[6], format!("{decisions} / 0"), "{out}");
     let p50: f64 = row[7].parse().unwrap();
     let p99: f64 = row[8].parse().unwrap();
     assert!(p50 > 0.0 && p99 >= p50, "{out}");

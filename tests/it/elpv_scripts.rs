@@ -632,7 +632,11 @@ fn stand_in_by_module(root: &Path) -> PathBuf {
             let name = format!("images/cell{n:04}.png");
             img.save(data.join(&name)).unwrap();
             // Every third block-sized stretch is mostly defective.
-            let prob = if (n / 45) % 3 == 0 && i % 4 != 0 { "1.0" } else { "0.0" };
+            let prob = if (n / 45) % 3 == 0 && i % 4 != 0 {
+                "1.0"
+            } else {
+                "0.0"
+            };
             labels += &format!("{name}  {prob}  {kind}\n");
         }
     }
@@ -649,7 +653,10 @@ fn the_grouped_split_keeps_module_blocks_whole_and_the_floor_script_reads_both_s
     assert!(log.contains("grouped split: 6 module blocks"), "{log}");
     let text = std::fs::read_to_string(out.join("binary-grouped.csv")).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("path,label,split,type,probability,module"));
+    assert_eq!(
+        lines.next(),
+        Some("path,label,split,type,probability,module")
+    );
     let mut blocks: BTreeMap<u32, (usize, BTreeSet<String>)> = BTreeMap::new();
     for l in lines {
         let f: Vec<&str> = l.split(',').collect();
@@ -659,12 +666,22 @@ fn the_grouped_split_keeps_module_blocks_whole_and_the_floor_script_reads_both_s
     }
     let sizes: Vec<usize> = blocks.values().map(|b| b.0).collect();
     assert_eq!(sizes, vec![60, 60, 60, 45, 45, 30]);
-    assert!(blocks.values().all(|b| b.1.len() == 1), "a block on both sides");
-    let test: usize = blocks.values().filter(|b| b.1.contains("test")).map(|b| b.0).sum();
+    assert!(
+        blocks.values().all(|b| b.1.len() == 1),
+        "a block on both sides"
+    );
+    let test: usize = blocks
+        .values()
+        .filter(|b| b.1.contains("test"))
+        .map(|b| b.0)
+        .sum();
     assert!((60..=90).contains(&test), "{test} of 300 cells in test");
     let four = std::fs::read_to_string(out.join("four_class-grouped.csv")).unwrap();
     let split = |t: &str| -> Vec<String> {
-        t.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().to_string()).collect()
+        t.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(2).unwrap().to_string())
+            .collect()
     };
     assert_eq!(split(&text), split(&four));
 
@@ -674,7 +691,11 @@ fn the_grouped_split_keeps_module_blocks_whole_and_the_floor_script_reads_both_s
         .arg(out.join("binary-grouped.csv"))
         .output()
         .unwrap();
-    assert!(floor.status.success(), "{}", String::from_utf8_lossy(&floor.stderr));
+    assert!(
+        floor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&floor.stderr)
+    );
     let table = String::from_utf8(floor.stdout).unwrap();
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.contains("binary-grouped.csv | "), "{table}");

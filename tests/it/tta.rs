@@ -1,0 +1,125 @@
+//! Test-time symmetry averaging end to end: the averaged score is the mean
+//! of the 8 symmetric images' scores, its evidence reproduces it, and the
+//! daemon's two divergence checks hold with it.
+
+use std::path::Path;
+
+use image::{imageops, GrayImage};
+
+use crate::daemon_util::{config, log_lines, summary, tiny_model, Daemon};
+use crate::util::{fails, ok, p};
+
+/// The 8 symmetries of a square image: quarter turns, then the same after
+/// a left-right flip.
+fn symmetries(img: &GrayImage) -> Vec<GrayImage> {
+    let mut out = Vec::new();
+    for flip in [false, true] {
+        let mut g = if flip {
+            imageops::flip_horizontal(img)
+        } else {
+            img.clone()
+        };
+        for _ in 0..4 {
+            out.push(g.clone());
+            g = imageops::rotate90(&g);
+        }
+    }
+    out
+}
+
+fn scores(json: &str) -> Vec<Vec<f64>> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    v.iter()
+        .map(|e| serde_json::from_value(e["scores"].clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn d4_scores_are_the_mean_of_the_eight_symmetric_images_and_their_evidence_reproduces() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 3);
+    let (_, px) =
+        gcm_inspect::data::synth::sample(5, 1, 16, &[gcm_inspect::data::synth::Kind::Crack]);
+    let img = GrayImage::from_raw(16, 16, px).unwrap();
+    let mut files = Vec::new();
+    for (i, s) in symmetries(&img).iter().enumerate() {
+        let f = root.join(format!("s{i}.png"));
+        s.save(&f).unwrap();
+        files.push(f.display().to_string());
+    }
+    let mut args = vec!["explain", "--model", p(&model), "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let each = scores(&ok(&args));
+    let out = root.join("ev");
+    let tta = ok(&[
+        "explain",
+        "--model",
+        p(&model),
+        "--json",
+        "--tta",
+        "d4",
+        "--out",
+        p(&out),
+        &files[0],
+    ]);
+    let avg = &scores(&tta)[0];
+    for (j, a) in avg.iter().enumerate() {
+        let mean = each.iter().map(|s| s[j]).sum::<f64>() / 8.0;
+        assert!(
+            (a - mean).abs() <= 1e-5 * mean.abs().max(1.0),
+            "class {j}: {a} vs {mean}"
+        );
+    }
+    let v: Vec<serde_json::Value> = serde_json::from_str(&tta).unwrap();
+    assert_eq!(v[0]["evidence_reproduces"], true, "{tta}");
+    // A turned image has the same averaged scores.
+    let turned = scores(&ok(&[
+        "explain",
+        "--model",
+        p(&model),
+        "--json",
+        "--tta",
+        "d4",
+        &files[1],
+    ]));
+    for (a, b) in turned[0].iter().zip(avg) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn the_daemon_with_d4_passes_both_divergence_checks_and_refuses_non_square_models() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 4);
+    let cfg = config(
+        root,
+        &model,
+        "  synthetic:\n    fps: 0\n    size_px: 24\n",
+        "tta: d4\nevidence:\n  every_nth_frame: 2\nchecks:\n  reference_every_nth_frame: 1\n",
+    );
+    let (st, out, err) = Daemon::start(root, &["--config", p(&cfg), "--max-frames", "6"]).wait(120);
+    assert!(st.success(), "{err}");
+    assert_eq!(summary(&out)["divergences"].as_u64(), Some(0), "{out}");
+    for l in log_lines(root) {
+        assert!(l.checks.evidence.as_ref().unwrap().ok, "{l:?}");
+        assert!(l.checks.reference.as_ref().unwrap().ok, "{l:?}");
+    }
+    let wide = root.join("wide");
+    gcm_inspect_wide_model(&wide);
+    let cfg = config(root, &wide, "  synthetic:\n    fps: 0\n", "tta: d4\n");
+    let e = fails(&["check-config", p(&cfg)], 3);
+    assert!(e.contains("tta") && e.contains("square"), "{e}");
+}
+
+/// A model of 16x32 input (not square).
+fn gcm_inspect_wide_model(dir: &Path) {
+    use gcm_inspect::model::{checkpoint, gcm, Gcm, ModelConfig};
+    let mut cfg = ModelConfig::table3(16, 32, 1, vec!["ok".into(), "crack".into()]);
+    cfg.encoder_widths = vec![2, 3, 4];
+    let (_, vm) = Gcm::init(&cfg, 1, &candle_core::Device::Cpu).unwrap();
+    checkpoint::save(dir, &gcm::varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap();
+}
