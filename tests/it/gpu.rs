@@ -541,3 +541,119 @@ fn gpu_replay_reference_cross_check() {
     }
     println!("replay cross-check: {agree}/{frames} decisions identical, all scores within 1e-4");
 }
+
+/// The preprocessing contract through `prepare` for every kind of frame the
+/// daemon gets (camera buffers, MJPEG, image files, synthetic grey): the
+/// GPU's 8-bit input and scaled input are the CPU reference's, bit for bit,
+/// and the evidence built from the GPU's maps (quantised CCMs and check
+/// (a)'s sums) equals the host's.
+#[test]
+#[ignore = "needs a GPU: run by scripts/gpu-run.sh (tests gpu_ --ignored)"]
+fn gpu_prepare_takes_every_frame_kind_through_the_one_contract() {
+    use gcm_inspect::evidence::{DeviceMaps, Maps};
+    use gcm_inspect::preprocess::{prepare, FrameData};
+    let dev = gpu();
+    let mut rng = Rng::new(17);
+    let (w, h) = (96u32, 72u32);
+    let rgb = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&rgb)
+        .unwrap();
+    let png = |img: image::DynamicImage| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let camera = |format, bytes: Vec<u8>| FrameData::Camera {
+        format,
+        width: w,
+        height: h,
+        bytes_per_line: 0,
+        bytes,
+    };
+    for channels in [1usize, 3] {
+        let mut cfg = ModelConfig::table3(32, 32, channels, vec!["a".into(), "b".into()]);
+        cfg.scaling = InputScaling::Inverted;
+        let dir = model_dir(&cfg, 3);
+        let (cpu, gpu_p) = (
+            Predictor::load(dir.path(), &Device::Cpu).unwrap(),
+            Predictor::load(dir.path(), &dev).unwrap(),
+        );
+        let spec = PreprocessSpec {
+            roi: Some(Roi {
+                x_px: 5,
+                y_px: 3,
+                width_px: 80,
+                height_px: 64,
+            }),
+            ..PreprocessSpec::for_model(&cfg, None)
+        };
+        let mut frames = vec![
+            (
+                "YUYV",
+                camera(PixelFormat::Yuyv, noise(&mut rng, (2 * w * h) as usize)),
+            ),
+            ("RGB3", camera(PixelFormat::Rgb24, rgb.clone().into_raw())),
+            ("MJPEG", camera(PixelFormat::Mjpeg, jpeg.clone())),
+        ];
+        if channels == 1 {
+            let grey = image::DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
+            frames.push(("GREY", camera(PixelFormat::Grey, grey.clone().into_raw())));
+            frames.push((
+                "PNG",
+                FrameData::File {
+                    bytes: png(grey.into()),
+                },
+            ));
+            frames.push((
+                "synthetic",
+                FrameData::Grey {
+                    width: w,
+                    height: h,
+                    bytes: noise(&mut rng, (w * h) as usize),
+                },
+            ));
+        } else {
+            frames.push((
+                "PNG",
+                FrameData::File {
+                    bytes: png(rgb.clone().into()),
+                },
+            ));
+        }
+        for (name, frame) in &frames {
+            let want = prepare(frame, &spec, &Device::Cpu).unwrap();
+            let got = prepare(frame, &spec, &dev).unwrap();
+            assert!(got.scaled.device().is_cuda(), "{name}");
+            assert_eq!(got.planar, want.planar, "{name}, D = {channels}");
+            assert_eq!(
+                vec1(&got.scaled),
+                vec1(&want.scaled),
+                "{name}, D = {channels}"
+            );
+            let (oc, og) = (
+                cpu.forward(Input::Scaled(&want.scaled)).unwrap(),
+                gpu_p.forward(Input::Scaled(&got.scaled)).unwrap(),
+            );
+            let mc = DeviceMaps::from_batch(&oc.scaled, &oc.cwm, 0).unwrap();
+            let mg = DeviceMaps::from_batch(&og.scaled, &og.cwm, 0).unwrap();
+            // Same maps within the network's float tolerance; the quantised
+            // evidence of the GPU's own maps equals the host's quantisation
+            // of those same maps.
+            let host =
+                gcm_inspect::evidence::FrameMaps::from_batch(&og.scaled, &og.cwm, 0).unwrap();
+            assert_eq!(mg.quantised().unwrap(), host.quantised().unwrap(), "{name}");
+            assert_eq!(mg.sums().unwrap(), host.sums().unwrap(), "{name}");
+            let (sc, sg) = (mc.sums().unwrap(), mg.sums().unwrap());
+            for (a, b) in sc.iter().zip(&sg) {
+                assert!(
+                    (a.score() - b.score()).abs() <= 1e-3 * a.score().abs().max(1.0),
+                    "{name}"
+                );
+            }
+        }
+    }
+}
