@@ -197,6 +197,25 @@ pub fn valid_prefix(bytes: &[u8]) -> (usize, u64) {
     (end, lines)
 }
 
+/// Cuts a torn tail off the JSON-lines file `path` (see [`valid_prefix`]),
+/// fsyncing the cut; returns the bytes cut and the whole lines kept. The
+/// decision log and the review page's `labels.jsonl` both open this way.
+pub fn cut_torn_tail(path: &Path) -> Result<(u64, u64)> {
+    let bytes = std::fs::read(path).at(path)?;
+    let (keep, lines) = valid_prefix(&bytes);
+    let cut = (bytes.len() - keep) as u64;
+    if cut > 0 {
+        let f = OpenOptions::new().write(true).open(path).at(path)?;
+        f.set_len(keep as u64).at(path)?;
+        f.sync_all().at(path)?;
+        tracing::warn!(
+            file = %path.display(),
+            "cut a torn tail of {cut} bytes (a line cut short by a crash or power loss); {lines} whole lines kept"
+        );
+    }
+    Ok((cut, lines))
+}
+
 /// The frame id of the last decision line of `path`, read backwards from
 /// the end in blocks (a rotated file is large; its last decision is near
 /// its end).
@@ -275,20 +294,7 @@ impl DecisionLog {
         let path = dir.join(ACTIVE);
         let mut rec = Recovery::default();
         if path.exists() {
-            let bytes = std::fs::read(&path).at(&path)?;
-            let (keep, lines) = valid_prefix(&bytes);
-            if keep < bytes.len() {
-                let f = OpenOptions::new().write(true).open(&path).at(&path)?;
-                f.set_len(keep as u64).at(&path)?;
-                f.sync_all().at(&path)?;
-                rec.cut_bytes = (bytes.len() - keep) as u64;
-                tracing::warn!(
-                    log = %path.display(),
-                    "cut a torn tail of {} bytes (a line cut short by a crash or power loss); {lines} whole lines kept",
-                    rec.cut_bytes
-                );
-            }
-            rec.lines = lines;
+            (rec.cut_bytes, rec.lines) = cut_torn_tail(&path)?;
         }
         for f in log_files(dir)? {
             if let Some(frame) = last_decision_frame(&f)? {
