@@ -26,6 +26,7 @@ pub mod model;
 pub mod outputs;
 pub mod pipeline;
 pub mod preprocess;
+pub mod review;
 pub mod rng;
 pub mod sweep;
 pub mod train;

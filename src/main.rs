@@ -9,10 +9,13 @@ fn main() {
     let spin = gcm_inspect::engine::tune_candle_pool();
     // A one-shot command whose output is cut short (`gcm-inspect eval ... |
     // head`) ends as other Unix tools do, on SIGPIPE, instead of panicking in
-    // println!. The daemon keeps SIGPIPE ignored: an HTTP client that hangs
-    // up must not stop the line.
+    // println!. The daemon and the review server keep SIGPIPE ignored: an
+    // HTTP client that hangs up must not stop them.
     #[cfg(target_os = "linux")]
-    if !matches!(cli.command, gcm_inspect::cli::Command::Run(_)) {
+    if !matches!(
+        cli.command,
+        gcm_inspect::cli::Command::Run(_) | gcm_inspect::cli::Command::Review(_)
+    ) {
         // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod export;
 pub mod logging;
 pub mod paint;
+pub mod review;
 pub mod run;
 pub mod sweep;
 pub mod synth;
@@ -52,6 +53,8 @@ pub enum Command {
     Export(export::Args),
     /// Measure how fast this machine runs a model: images/s and latency percentiles.
     Bench(bench::Args),
+    /// The review page: browse decisions and their evidence, relabel them (labels.jsonl).
+    Review(review::Args),
     /// Paint thin cracks on a manifest's clean training cells: a pretraining set for `train --init`.
     PaintCracks(paint::Args),
 }
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::PaintCracks(a) => paint::run(a),
+        Command::Review(a) => review::run(a),
     }
 }
 
