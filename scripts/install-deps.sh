@@ -3,7 +3,9 @@
 # machine that has Rust: libclang-dev (the v4l crate runs bindgen),
 # systemd (systemd-analyze checks the unit), and mosquitto with its clients
 # (the MQTT output's tests start a real broker; the publish latency script
-# subscribes with mosquitto_sub). Idempotent: installs only what is missing.
+# subscribes with mosquitto_sub), chromium and chromium-driver (the review
+# page's browser test drives a headless chromium over WebDriver; it fails
+# without them). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -11,6 +13,8 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     sudo=""

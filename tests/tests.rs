@@ -58,6 +58,9 @@ mod outputs;
 #[path = "it/sweep.rs"]
 mod sweep;
 
+#[path = "it/review.rs"]
+mod review;
+
 #[path = "it/review_loop.rs"]
 mod review_loop;
 
