@@ -1,6 +1,7 @@
 //! The benchmark scripts: `scripts/bench-ab.sh` (two binaries' `bench`
-//! figures, interleaved, and the medians and ratio it reports from them) and
-//! `scripts/bench-publish.sh` (capture-to-publish through a real broker).
+//! figures, interleaved, and the medians and ratio it reports from them),
+//! `scripts/bench-publish.sh` (capture-to-publish through a real broker) and
+//! `scripts/bench-review.sh` (the review page over a large log).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -151,5 +152,45 @@ fn bench_publish_reports_every_decision_received_and_the_three_throughputs() {
             .and_then(|l| l.split('|').nth(2)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {way} row in:\n{out}"));
         assert!(rate > 0.0, "{out}");
+    }
+}
+
+/// `scripts/bench-review.sh` on a small log: the page starts on it and
+/// every request it times answers.
+#[test]
+fn bench_review_times_every_request_over_the_generated_log() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("bash")
+        .arg(root.join("scripts/bench-review.sh"))
+        .env("BIN", env!("CARGO_BIN_EXE_gcm-inspect"))
+        .env("DECISIONS", "3000")
+        .env("SEED", "20")
+        .env("ROUNDS", "3")
+        .output()
+        .expect("bash runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.starts_with("bench-review: 3000 decisions"), "{out}");
+    for what in [
+        "gallery, newest page",
+        "gallery, page 1000",
+        "gallery, filtered",
+        "detail",
+        "summary",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{out}"));
+        let median: f64 = line
+            .split("median")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no median in {line:?}"));
+        assert!(median > 0.0 && line.ends_with("(3 requests)"), "{line}");
     }
 }
