@@ -1,6 +1,6 @@
 //! The decision log in memory, for the review page: read once, then only
-//! what the daemon appended since (a rotation reads it all again), and the
-//! filters, pages and counts the page asks for.
+//! what the daemon appended since, and the filters, pages and counts the
+//! page asks for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -11,14 +11,24 @@ use serde::Serialize;
 
 use super::labels::{Labels, Status};
 use crate::error::{IoContext, Result};
-use crate::pipeline::sink::log::{log_files, LogLine};
+use crate::pipeline::sink::log::{log_files, LogLine, ACTIVE};
+
+/// A log file as far as it was read.
+#[derive(Clone, Debug)]
+struct FileRead {
+    path: PathBuf,
+    /// Bytes read (up to the last whole line).
+    read: u64,
+    /// The last line read, newline included: still there, at the same
+    /// place, when nothing but appends happened.
+    last: Vec<u8>,
+}
 
 /// The decisions of a log folder, oldest first.
 pub struct Index {
     dir: PathBuf,
-    /// The log files read, oldest first, with the bytes read of each (up to
-    /// its last whole line).
-    files: Vec<(PathBuf, u64)>,
+    /// The log files read, oldest first.
+    files: Vec<FileRead>,
     pub lines: Vec<LogLine>,
     by_frame: HashMap<u64, usize>,
     /// Lines that are not decision lines (skipped).
@@ -41,25 +51,51 @@ impl Index {
         Ok(ix)
     }
 
-    /// Reads what was appended since the last call. When the set of rotated
-    /// files changed (the daemon rotated), reads everything again.
+    /// Reads what was appended since the last call. A rotation (the active
+    /// file renamed to the next rotated one, a new active file) is followed
+    /// where the old active file was left off; any other change (files gone,
+    /// the active file's end rewritten: the daemon cuts garbage lines when
+    /// it starts) reads everything again.
     pub fn refresh(&mut self) -> Result<()> {
         let files = log_files(&self.dir)?;
-        let same = files.len() == self.files.len()
-            && files.iter().zip(&self.files).all(|(a, (b, _))| a == b);
-        if !same {
-            self.files = files.into_iter().map(|f| (f, 0)).collect();
+        let known = |f: &[PathBuf], old: &[FileRead]| {
+            f.len() == old.len() && f.iter().zip(old).all(|(a, b)| *a == b.path)
+        };
+        let fresh = |path: &PathBuf| FileRead {
+            path: path.clone(),
+            read: 0,
+            last: Vec::new(),
+        };
+        let n = self.files.len();
+        let rotated_once = n > 0
+            && files.len() == n + 1
+            && self.files[n - 1].path.ends_with(ACTIVE)
+            && known(&files[..n - 1], &self.files[..n - 1])
+            && files[n].ends_with(ACTIVE);
+        if rotated_once {
+            // What was read of the old active file is the start of the
+            // newest rotated file.
+            self.files[n - 1].path = files[n - 1].clone();
+            self.files.push(fresh(&files[n]));
+        }
+        if !known(&files, &self.files) || !self.files.last().is_none_or(still_there) {
+            self.files = files.iter().map(fresh).collect();
             self.lines.clear();
             self.by_frame.clear();
             self.foreign = 0;
         }
         for i in 0..self.files.len() {
-            let (path, from) = self.files[i].clone();
-            let (text, read) = read_whole_lines(&path, from)?;
-            self.files[i].1 = from + read;
-            for raw in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let f = &mut self.files[i];
+            let text = read_whole_lines(&f.path, f.read)?;
+            f.read += text.len() as u64;
+            let mut lines = text.split_inclusive(|&b| b == b'\n').peekable();
+            while let Some(raw) = lines.next() {
+                if lines.peek().is_none() {
+                    self.files[i].last = raw.to_vec();
+                }
                 match serde_json::from_slice::<LogLine>(raw) {
                     Ok(l) => self.push(l),
+                    Err(_) if raw.trim_ascii().is_empty() => {}
                     Err(_) => self.foreign += 1,
                 }
             }
@@ -135,19 +171,31 @@ impl Index {
     }
 }
 
-/// The bytes of `path` from `from` to its last newline, and their length.
-fn read_whole_lines(path: &Path, from: u64) -> Result<(Vec<u8>, u64)> {
+/// The bytes of `path` from `from` to its last newline.
+fn read_whole_lines(path: &Path, from: u64) -> Result<Vec<u8>> {
     let mut f = File::open(path).at(path)?;
     let len = f.metadata().at(path)?.len();
     if len <= from {
-        return Ok((Vec::new(), 0));
+        return Ok(Vec::new());
     }
     f.seek(SeekFrom::Start(from)).at(path)?;
     let mut text = Vec::with_capacity((len - from) as usize);
     f.take(len - from).read_to_end(&mut text).at(path)?;
     let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     text.truncate(whole);
-    Ok((text, whole as u64))
+    Ok(text)
+}
+
+/// Whether the last line read of `f` is still where it was.
+fn still_there(f: &FileRead) -> bool {
+    let at = f.read - f.last.len() as u64;
+    let mut now = vec![0u8; f.last.len()];
+    File::open(&f.path)
+        .and_then(|mut h| {
+            h.seek(SeekFrom::Start(at))?;
+            h.read_exact(&mut now)
+        })
+        .is_ok_and(|()| now == f.last)
 }
 
 /// What the gallery shows; every field optional (absent: no restriction).
@@ -260,7 +308,7 @@ pub struct Bucket {
 mod tests {
     use super::*;
     use crate::pipeline::infer::Latency;
-    use crate::pipeline::sink::log::{Checks, ACTIVE};
+    use crate::pipeline::sink::log::Checks;
 
     fn line(frame: u64, class: usize, margin: f32, divergent: bool) -> LogLine {
         let classes = vec!["crack".to_string(), "ok".to_string()];
@@ -314,12 +362,35 @@ mod tests {
         std::fs::write(&active, &all).unwrap();
         ix.refresh().unwrap();
         assert_eq!(ix.lines.len(), 3, "the torn line is not read yet");
+        // The torn line completed, then a rotation and a new active file:
+        // nothing is read twice, nothing is missed.
+        all.push_str(&text(&[line(3, 0, 0.3, false)])[r#"{"frame":3,"capt"#.len()..]);
+        std::fs::write(&active, &all).unwrap();
         std::fs::rename(&active, d.path().join("decisions.000001.jsonl")).unwrap();
         std::fs::write(&active, text(&[line(4, 1, 0.4, false)])).unwrap();
         ix.refresh().unwrap();
         let frames: Vec<u64> = ix.lines.iter().map(|l| l.frame).collect();
-        assert_eq!(frames, vec![0, 1, 2, 4]);
+        assert_eq!(frames, vec![0, 1, 2, 3, 4]);
         assert_eq!(ix.get(4).unwrap().class, "ok");
+        // A file cut shorter than what was read (garbage lines cut by the
+        // daemon) is read again.
+        let kept = text(&[line(4, 1, 0.4, false)]);
+        std::fs::write(&active, format!("{kept}{{\"note\":1}}\n")).unwrap();
+        ix.refresh().unwrap();
+        assert_eq!((ix.lines.len(), ix.foreign), (5, 1));
+        std::fs::write(
+            &active,
+            format!("{kept}{}", text(&[line(5, 0, 0.5, false)])),
+        )
+        .unwrap();
+        ix.refresh().unwrap();
+        let frames: Vec<u64> = ix.lines.iter().map(|l| l.frame).collect();
+        assert_eq!((frames, ix.foreign), (vec![0, 1, 2, 3, 4, 5], 0));
+        // Any other change reads everything again.
+        std::fs::remove_file(d.path().join("decisions.000001.jsonl")).unwrap();
+        ix.refresh().unwrap();
+        assert_eq!(ix.lines.len(), 2);
+        assert_eq!(ix.get(0), None);
     }
 
     #[test]

@@ -881,17 +881,7 @@ async fn browse(addr: &str, driver_port: u16, fx: &Fixture, shot: &Path) -> (u64
         .click()
         .await
         .unwrap();
-    until("the detail view", || async {
-        let t = c
-            .find(Locator::Css("#d-title"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        t.starts_with(&format!("Frame {frame}:")).then_some(())
-    })
-    .await;
+    until("the detail view", || shows(&c, frame, "unreviewed")).await;
     let classes = &fx.lines[0].classes;
     let k = classes.iter().position(|x| *x != class).unwrap();
     c.find(Locator::Css("body"))
@@ -905,8 +895,10 @@ async fn browse(addr: &str, driver_port: u16, fx: &Fixture, shot: &Path) -> (u64
         (!labels_lines(&labels).is_empty()).then_some(())
     })
     .await;
-    // Back to it with the left arrow (the page moved on): it shows as corrected.
-    if shown.len() > 1 {
+    // The page moves on to the next decision; back with the left arrow, the
+    // labelled one shows as corrected.
+    if let Some(&next) = shown.get(1) {
+        until("the next decision", || shows(&c, next, "unreviewed")).await;
         c.find(Locator::Css("body"))
             .await
             .unwrap()
@@ -914,26 +906,29 @@ async fn browse(addr: &str, driver_port: u16, fx: &Fixture, shot: &Path) -> (u64
             .await
             .unwrap();
     }
-    until("the corrected status", || async {
-        let t = c
-            .find(Locator::Css("#d-title"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let f = c
-            .find(Locator::Css("#d-facts"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        (t.starts_with(&format!("Frame {frame}:")) && f.contains("corrected")).then_some(())
-    })
-    .await;
+    until("the corrected status", || shows(&c, frame, "corrected")).await;
     let png = c.screenshot().await.unwrap();
     std::fs::write(shot, png).unwrap();
     c.close().await.unwrap();
     (frame, classes[k].clone())
+}
+
+/// `Some` when the detail view shows `frame` with `status` in its facts.
+async fn shows(c: &fantoccini::Client, frame: u64, status: &str) -> Option<()> {
+    use fantoccini::Locator;
+    let title = c
+        .find(Locator::Css("#d-title"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let facts = c
+        .find(Locator::Css("#d-facts"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    (title.starts_with(&format!("Frame {frame}:")) && facts.contains(status)).then_some(())
 }
