@@ -236,11 +236,30 @@ fn make_format_2(folder: &Path) {
 #[test]
 fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
     let fx = fixture(6);
-    let newest = fx.lines.last().unwrap().clone();
-    make_format_2(newest.evidence.as_ref().unwrap());
+    make_format_2(fx.lines.last().unwrap().evidence.as_ref().unwrap());
     let r = Review::start(fx.root(), &["--log", p(&fx.log()), "--bind", "127.0.0.1:0"]);
     let a = r.addr.as_str();
+    page_and_gallery(a, &fx);
+    filters(a, &fx);
+    detail(a, &fx);
+    summary(a, &fx);
+    assert_eq!(get(a, "/nothing").status, 404);
+    assert_eq!(exchange(a, "DELETE", "/api/summary", &[], b"").status, 405);
+}
 
+/// The newest first, as the gallery orders them, of the lines `keep` keeps.
+fn newest_first(fx: &Fixture, keep: &dyn Fn(&LogLine) -> bool) -> Vec<u64> {
+    fx.lines
+        .iter()
+        .rev()
+        .filter(|l| keep(l))
+        .map(|l| l.frame)
+        .collect()
+}
+
+/// The page, its assets, `/api/meta` and the gallery's pages.
+fn page_and_gallery(a: &str, fx: &Fixture) {
+    let newest = fx.lines.last().unwrap();
     let page = get(a, "/");
     assert_eq!(page.status, 200);
     assert!(page.text().contains("/static/app.js"));
@@ -266,7 +285,7 @@ fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
     assert_eq!(meta["csrf"].as_str().unwrap().len(), 64);
 
     // Gallery: newest first, paged.
-    let all: Vec<u64> = fx.lines.iter().rev().map(|l| l.frame).collect();
+    let all = newest_first(fx, &|_| true);
     let g = get(a, "/api/decisions?per=5&page=1").json();
     assert_eq!(
         (g["total"].as_u64(), g["pages"].as_u64()),
@@ -279,16 +298,13 @@ fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
         first["thumb"],
         format!("/evidence/{}/input.png", newest.frame)
     );
+}
 
-    // Every filter against the log itself.
-    let expect = |keep: &dyn Fn(&LogLine) -> bool| -> Vec<u64> {
-        fx.lines
-            .iter()
-            .rev()
-            .filter(|l| keep(l))
-            .map(|l| l.frame)
-            .collect()
-    };
+/// Every filter, against the log itself.
+fn filters(a: &str, fx: &Fixture) {
+    let newest = fx.lines.last().unwrap();
+    let all = newest_first(fx, &|_| true);
+    let expect = |keep: &dyn Fn(&LogLine) -> bool| newest_first(fx, keep);
     let q = |query: &str| frames_of(&get(a, &format!("/api/decisions?per=500&{query}")).json());
     for c in CLASSES {
         assert_eq!(
@@ -323,8 +339,13 @@ fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
     assert!(q("status=corrected").is_empty());
     assert_eq!(get(a, "/api/decisions?margin_min=wide").status, 400);
     assert_eq!(get(a, "/api/decisions?status=maybe").status, 400);
+}
 
-    // Detail of the newest (format /2): every image is served.
+/// The detail of the newest decision (evidence format /2: every image
+/// served, the frame too) and of the oldest (format /1), with neighbours.
+fn detail(a: &str, fx: &Fixture) {
+    let newest = fx.lines.last().unwrap();
+    let all = newest_first(fx, &|_| true);
     let d = get(a, &format!("/api/decisions/{}", newest.frame)).json();
     assert_eq!(d["line"]["frame"], newest.frame);
     assert_eq!(d["line"]["model"], newest.model.as_str());
@@ -373,11 +394,13 @@ fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
     assert_eq!(d["evidence"]["format"], "gcm-inspect-evidence/1");
     assert_eq!(d["evidence"]["frame"], Value::Null);
     assert!(is_png(&get(a, d["evidence"]["input"].as_str().unwrap())));
-    let same_class = expect(&|l| l.class == old.class);
+    let same_class = newest_first(fx, &|l| l.class == old.class);
     assert_eq!(d["total"].as_u64(), Some(same_class.len() as u64));
     assert_eq!(d["prev"], json!(same_class[same_class.len() - 2]));
     assert_eq!(get(a, "/api/decisions/999999").status, 404);
+}
 
+fn summary(a: &str, fx: &Fixture) {
     let s = get(a, "/api/summary").json();
     assert_eq!(s["decisions"], 12);
     for c in CLASSES {
@@ -392,8 +415,6 @@ fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
         .map(|b| b["decisions"].as_u64().unwrap())
         .sum();
     assert_eq!(bucketed, 12);
-    assert_eq!(get(a, "/nothing").status, 404);
-    assert_eq!(exchange(a, "DELETE", "/api/summary", &[], b"").status, 405);
 }
 
 #[test]
@@ -489,8 +510,17 @@ fn review_labels_are_appended_newest_wins_undo_is_a_line_and_the_log_is_untouche
     );
     assert_eq!(labels_lines(&labels_dir.join("labels.jsonl")).len(), 4);
     drop(r);
+    restart_cuts_a_torn_tail(&fx, &labels_dir, f0.frame);
+    assert_eq!(
+        log_files_bytes(&fx.log()),
+        before,
+        "the decision log is never written"
+    );
+}
 
-    // A torn tail is cut when the page starts again; the labels so far stay.
+/// A torn tail is cut when the page starts again; the labels so far stay
+/// (`confirmed`: the one confirmed frame).
+fn restart_cuts_a_torn_tail(fx: &Fixture, labels_dir: &Path, confirmed: u64) {
     let path = labels_dir.join("labels.jsonl");
     let whole = std::fs::read(&path).unwrap();
     let mut torn = whole.clone();
@@ -504,18 +534,13 @@ fn review_labels_are_appended_newest_wins_undo_is_a_line_and_the_log_is_untouche
             "--bind",
             "127.0.0.1:0",
             "--labels",
-            p(&labels_dir),
+            p(labels_dir),
         ],
     );
     assert_eq!(std::fs::read(&path).unwrap(), whole);
     assert!(r.stderr().contains("cut a torn tail"), "{}", r.stderr());
-    let confirmed = frames_of(&get(&r.addr, "/api/decisions?status=confirmed").json());
-    assert_eq!(confirmed, vec![f0.frame]);
-    assert_eq!(
-        log_files_bytes(&fx.log()),
-        before,
-        "the decision log is never written"
-    );
+    let now = frames_of(&get(&r.addr, "/api/decisions?status=confirmed").json());
+    assert_eq!(now, vec![confirmed]);
 }
 
 fn log_files_bytes(dir: &Path) -> Vec<Vec<u8>> {
