@@ -957,3 +957,35 @@ async fn shows(c: &fantoccini::Client, frame: u64, status: &str) -> Option<()> {
         .ok()?;
     (title.starts_with(&format!("Frame {frame}:")) && facts.contains(status)).then_some(())
 }
+
+/// A copy of the log and evidence moved elsewhere: `--evidence` finds the
+/// folders by name; without it they are reported as deleted.
+#[test]
+fn review_finds_moved_evidence_with_the_evidence_option() {
+    let fx = fixture(1);
+    let moved = fx.root().join("copy");
+    std::fs::create_dir_all(&moved).unwrap();
+    std::fs::rename(evidence_dir(fx.root()), moved.join("evidence")).unwrap();
+    let frame = fx.lines.last().unwrap().frame;
+    let path = format!("/api/decisions/{frame}");
+    let r = Review::start(fx.root(), &["--log", p(&fx.log()), "--bind", "127.0.0.1:0"]);
+    assert_eq!(get(&r.addr, &path).json()["evidence"]["state"], "deleted");
+    let r = Review::start(
+        fx.root(),
+        &[
+            "--log",
+            p(&fx.log()),
+            "--evidence",
+            p(&moved.join("evidence")),
+            "--bind",
+            "127.0.0.1:0",
+            "--labels",
+            p(&moved),
+        ],
+    );
+    let ev = get(&r.addr, &path).json()["evidence"].clone();
+    assert_eq!(ev["state"], "kept", "{ev}");
+    assert!(is_png(&get(&r.addr, ev["input"].as_str().unwrap())));
+    let thumb = &get(&r.addr, "/api/decisions").json()["items"][0]["thumb"];
+    assert_eq!(thumb, &json!(format!("/evidence/{frame}/input.png")));
+}
