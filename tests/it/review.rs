@@ -934,6 +934,7 @@ async fn browse(addr: &str, driver_port: u16, fx: &Fixture, shot: &Path) -> (u64
     until("the corrected status", || shows(&c, frame, "corrected")).await;
     let png = c.screenshot().await.unwrap();
     std::fs::write(shot, png).unwrap();
+    summary_counts_one_correction(&c, addr, fx.lines.len()).await;
     c.close().await.unwrap();
     (frame, classes[k].clone())
 }
@@ -988,4 +989,28 @@ fn review_finds_moved_evidence_with_the_evidence_option() {
     assert!(is_png(&get(&r.addr, ev["input"].as_str().unwrap())));
     let thumb = &get(&r.addr, "/api/decisions").json()["items"][0]["thumb"];
     assert_eq!(thumb, &json!(format!("/evidence/{frame}/input.png")));
+}
+
+/// The summary view counts the one correction.
+async fn summary_counts_one_correction(c: &fantoccini::Client, addr: &str, n: usize) {
+    use fantoccini::Locator;
+    c.goto(&format!("http://{addr}/#/summary")).await.unwrap();
+    let want: Vec<String> = [
+        "unreviewed",
+        &(n - 1).to_string(),
+        "confirmed",
+        "0",
+        "corrected",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    until("the summary's label status", || async {
+        let mut cells = Vec::new();
+        for td in c.find_all(Locator::Css("#s-status td")).await.ok()? {
+            cells.push(td.text().await.ok()?);
+        }
+        (cells == want).then_some(())
+    })
+    .await;
 }
