@@ -89,7 +89,14 @@ pub fn start(o: Options) -> Result<Review> {
     }
     let index = index::Index::open(&o.log_dir)?;
     let labels_dir = o.labels_dir.clone().unwrap_or_else(|| o.log_dir.clone());
-    let labels = labels::LabelLog::open(&labels_dir)?;
+    let labels = labels::LabelLog::open(&labels_dir).map_err(|e| match (&o.labels_dir, e) {
+        // The log folder is often the daemon's, not the reviewer's.
+        (None, Error::Io { path, source }) => Error::Runtime(format!(
+            "{}: {source}; give --labels DIR for a folder you can write",
+            path.display()
+        )),
+        (_, e) => e,
+    })?;
     let labels_path = labels.path().to_path_buf();
     let listener = TcpListener::bind(&o.bind)
         .map_err(|e| Error::Runtime(format!("--bind {}: cannot listen: {e}", o.bind)))?;

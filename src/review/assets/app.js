@@ -169,6 +169,7 @@ function renderImages(ev) {
   for (const c of ev.classes) {
     const who = `${c.role} ${c.class}`;
     if (c.cwm) figs.push(figure(c.cwm, `CWM ${who}`));
+    else figs.push(el("figure", { class: "missing" }, el("figcaption", {}, `CWM ${who}: not kept (evidence.heatmaps_all_classes is off)`)));
     figs.push(figure(c.pos, `CCM+ ${who} (score ${fmt(c.score, 4)})`));
     figs.push(figure(c.neg, `CCM− ${who}`));
   }
