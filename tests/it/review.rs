@@ -213,30 +213,21 @@ fn is_png(r: &Resp) -> bool {
         && r.body.starts_with(b"\x89PNG")
 }
 
-/// Turns frame `f`'s evidence into format /2: a `frame.png` (the input at
-/// twice the size, standing in for the full-resolution frame) named in
-/// `evidence.json`.
-fn make_format_2(folder: &Path) {
-    let input = image::open(folder.join("input.png")).unwrap();
-    input
-        .resize(
-            input.width() * 2,
-            input.height() * 2,
-            image::imageops::FilterType::Nearest,
-        )
-        .save(folder.join("frame.png"))
-        .unwrap();
+/// Turns an evidence folder the daemon wrote (format /2) into one an
+/// older daemon wrote (/1: no `frame.png`).
+fn make_format_1(folder: &Path) {
+    std::fs::remove_file(folder.join("frame.png")).unwrap();
     let jp = folder.join("evidence.json");
     let mut rec: Value = serde_json::from_str(&std::fs::read_to_string(&jp).unwrap()).unwrap();
-    rec["format"] = json!("gcm-inspect-evidence/2");
-    rec["frame"] = json!("frame.png");
+    rec["format"] = json!("gcm-inspect-evidence/1");
+    rec.as_object_mut().unwrap().remove("frame");
     std::fs::write(&jp, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
 }
 
 #[test]
 fn review_serves_gallery_filters_detail_summary_and_evidence_of_both_formats() {
     let fx = fixture(6);
-    make_format_2(fx.lines.last().unwrap().evidence.as_ref().unwrap());
+    make_format_1(fx.lines[0].evidence.as_ref().unwrap());
     let r = Review::start(fx.root(), &["--log", p(&fx.log()), "--bind", "127.0.0.1:0"]);
     let a = r.addr.as_str();
     page_and_gallery(a, &fx);
@@ -379,11 +370,13 @@ fn detail(a: &str, fx: &Fixture) {
     }
     let framed = get(a, ev["frame"].as_str().unwrap());
     let img = image::load_from_memory(&framed.body).unwrap();
+    let input = image::load_from_memory(&get(a, ev["input"].as_str().unwrap()).body).unwrap();
     assert_eq!(
         (img.width(), img.height()),
-        (32, 32),
-        "frame.png, not input.png"
+        (24, 24),
+        "the replayed cell at full size"
     );
+    assert_ne!(img.width(), input.width(), "frame.png, not input.png");
     // A format /1 folder: no frame, the rest as before; neighbours follow the filter.
     let old = &fx.lines[0];
     let d = get(
