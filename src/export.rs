@@ -1,9 +1,9 @@
 //! `gcm-inspect export`: reviewed frames as training data.
 //!
-//! Reads the labels a reviewer gave (`labels.jsonl`, appended by `review`:
-//! one line per act, the newest line for a frame wins, a line without a
-//! label undoes the frame's earlier ones) and the decision log they refer
-//! to, and writes a training manifest `export.csv` (`path,label,split`, the
+//! Reads the labels reviewers gave (`labels.jsonl`, appended by `review`
+//! and read with its reader, [`crate::review::labels`]: one line per act,
+//! the newest line for a frame wins, an undo is a line of its own) and the
+//! decision log they refer to, and writes a training manifest `export.csv` (`path,label,split`, the
 //! format `train` reads) with a copy of each frame's `frame.png` under
 //! `images/<label>/`. A frame whose evidence predates `frame.png` (format /1)
 //! contributes its `input.png` (the model's input size) and is counted as
@@ -13,27 +13,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::data::dataset::{csv_field, stratified_split_by_name};
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::sink::log::{log_files, LogLine};
-
-/// One reviewer act in `labels.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LabelLine {
-    /// The decision's frame id.
-    pub frame: u64,
-    /// The decision's evidence folder.
-    #[serde(default)]
-    pub evidence: Option<PathBuf>,
-    /// The class the reviewer gave; `None` undoes the frame's label.
-    #[serde(default)]
-    pub label: Option<String>,
-    /// The class the model decided.
-    #[serde(default)]
-    pub previous: Option<String>,
-}
+use crate::review::labels::{LabelLine, Labels, LABELS};
 
 /// What to export.
 #[derive(Clone, Debug)]
@@ -65,24 +50,31 @@ pub struct Summary {
     pub without_evidence: Vec<u64>,
 }
 
-/// The newest label act per frame (acts without a label remove the frame).
+/// The frames with a label now, in frame order, with their newest act.
 pub fn current_labels(dir: &Path) -> Result<BTreeMap<u64, LabelLine>> {
-    let path = dir.join("labels.jsonl");
-    let text = std::fs::read_to_string(&path).at(&path)?;
-    let mut out = BTreeMap::new();
-    for (i, raw) in text.split_inclusive('\n').enumerate() {
-        if !raw.ends_with('\n') {
-            break; // A torn tail: the act was never acknowledged.
-        }
-        let l: LabelLine = serde_json::from_str(raw.trim_end())
-            .map_err(|e| Error::data(&path, format!("line {}: {e}", i + 1)))?;
-        if l.label.is_some() {
-            out.insert(l.frame, l);
-        } else {
-            out.remove(&l.frame);
-        }
+    let path = dir.join(LABELS);
+    if !path.is_file() {
+        return Err(Error::data(
+            &path,
+            "no labels here: review writes them (give --labels DIR where they are)",
+        ));
     }
-    Ok(out)
+    let labels = Labels::read(dir)?;
+    if labels.foreign > 0 {
+        return Err(Error::data(
+            &path,
+            format!("{} line(s) are not reviewer acts", labels.foreign),
+        ));
+    }
+    Ok(labels
+        .frames()
+        .filter_map(|f| {
+            labels
+                .latest(f)
+                .filter(|l| l.label.is_some())
+                .map(|l| (f, l.clone()))
+        })
+        .collect())
 }
 
 /// Decision log lines by frame id.
@@ -110,7 +102,7 @@ pub fn export(o: &Options) -> Result<Summary> {
         let decided = log
             .get(frame)
             .map(|d| d.class.clone())
-            .or(l.previous.clone());
+            .or_else(|| Some(l.previous_decision.clone()));
         let corrected = decided.as_deref() != Some(label.as_str());
         if o.only_corrected && !corrected {
             continue;
@@ -183,26 +175,49 @@ fn picture(dir: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    fn act(frame: u64, label: Option<&str>, undo: bool) -> String {
+        serde_json::to_string(&LabelLine {
+            frame,
+            evidence: None,
+            label: label.map(str::to_string),
+            previous_decision: "ok".into(),
+            model: "m".into(),
+            reviewer: "r".into(),
+            time_unix_us: frame,
+            undo,
+        })
+        .unwrap()
+    }
+
     #[test]
-    fn the_newest_act_wins_undo_removes_and_a_torn_tail_is_ignored() {
+    fn the_newest_act_wins_undo_restores_and_a_torn_tail_is_ignored() {
         let t = tempfile::tempdir().unwrap();
         let acts = [
-            r#"{"frame":1,"label":"crack","previous":"ok"}"#,
-            r#"{"frame":2,"label":"ok","previous":"ok"}"#,
-            r#"{"frame":1,"label":"ok","previous":"ok"}"#,
-            r#"{"frame":2,"label":null}"#,
-            r#"{"frame":3,"label":"crack","previous":"ok"}"#,
+            act(1, Some("crack"), false),
+            act(2, Some("ok"), false),
+            act(1, Some("ok"), false),
+            act(2, None, true), // undo of frame 2's only label: unreviewed
+            act(3, Some("crack"), false),
+            act(5, Some("crack"), false),
+            act(5, Some("ok"), false),
+            act(5, Some("crack"), true), // undo: back to crack
         ];
         let text = acts.join("\n") + "\n" + r#"{"frame":4,"lab"#;
-        std::fs::write(t.path().join("labels.jsonl"), text).unwrap();
+        std::fs::write(t.path().join(LABELS), text).unwrap();
         let got = current_labels(t.path()).unwrap();
         let got: Vec<(u64, &str)> = got
             .iter()
             .map(|(f, l)| (*f, l.label.as_deref().unwrap()))
             .collect();
-        assert_eq!(got, vec![(1, "ok"), (3, "crack")]);
-        std::fs::write(t.path().join("labels.jsonl"), "not json\n").unwrap();
+        assert_eq!(got, vec![(1, "ok"), (3, "crack"), (5, "crack")]);
+        std::fs::write(t.path().join(LABELS), "not json\n").unwrap();
         let e = current_labels(t.path()).unwrap_err().to_string();
-        assert!(e.contains("labels.jsonl") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("labels.jsonl") && e.contains("not reviewer acts"),
+            "{e}"
+        );
+        std::fs::remove_file(t.path().join(LABELS)).unwrap();
+        let e = current_labels(t.path()).unwrap_err().to_string();
+        assert!(e.contains("labels.jsonl") && e.contains("--labels"), "{e}");
     }
 }

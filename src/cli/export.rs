@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::export::{export, Options};
 
 #[derive(Debug, clap::Args)]
@@ -11,8 +11,8 @@ pub struct Args {
     /// The decision log folder the labels refer to.
     #[arg(long, value_name = "LOG_DIR")]
     pub log: PathBuf,
-    /// The folder holding labels.jsonl (default: the log folder's parent,
-    /// where `review` writes it).
+    /// The folder holding labels.jsonl (default: the log folder, where
+    /// `review` writes it by default).
     #[arg(long, value_name = "DIR")]
     pub labels: Option<PathBuf>,
     /// Look for evidence folders here instead of where the log lines say.
@@ -34,14 +34,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let labels = match a.labels {
-        Some(d) => d,
-        None => a
-            .log
-            .parent()
-            .map(|p| p.to_path_buf())
-            .ok_or_else(|| Error::Usage("--labels: the log folder has no parent".into()))?,
-    };
+    let labels = a.labels.unwrap_or_else(|| a.log.clone());
     let s = export(&Options {
         log: a.log,
         labels,

@@ -111,6 +111,13 @@ impl Labels {
         self.history.entry(l.frame).or_default().push(l);
     }
 
+    /// The frames with at least one act, in frame order.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut f: Vec<u64> = self.history.keys().copied().collect();
+        f.sort_unstable();
+        f.into_iter()
+    }
+
     /// The frame's current label (its newest line's).
     pub fn label(&self, frame: u64) -> Option<&str> {
         self.latest(frame).and_then(|l| l.label.as_deref())

@@ -1,5 +1,6 @@
 //! The review loop end to end on synthetic data: a weak model on the line,
-//! its mistakes relabelled from the known truth, the reviewed frames
+//! its mistakes relabelled from the known truth through the review page's
+//! API (as the page's buttons and keys send them), the reviewed frames
 //! exported, the model fine-tuned on them mixed with its original data, and
 //! held-back frames decided better than before.
 
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::daemon_util::{config, log_dir, log_lines, Daemon};
+use crate::review::{get, post_label, Review};
 use crate::util::{ok, p, synth};
 
 /// A small network that learns the synthetic cells in a few epochs (dark
@@ -43,23 +45,6 @@ fn accuracy(model: &Path, data: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no accuracy in {v}"))
 }
 
-/// Appends one reviewer act to `labels.jsonl` in `dir`.
-fn relabel(dir: &Path, frame: u64, evidence: &Path, label: &str, previous: &str) {
-    use std::io::Write;
-    let line = serde_json::json!({
-        "frame": frame,
-        "evidence": evidence,
-        "label": label,
-        "previous": previous,
-    });
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("labels.jsonl"))
-        .unwrap();
-    writeln!(f, "{line}").unwrap();
-}
-
 #[test]
 fn relabelled_mistakes_exported_and_fine_tuned_raise_held_back_accuracy() {
     let t = tempfile::tempdir().unwrap();
@@ -94,21 +79,23 @@ fn relabelled_mistakes_exported_and_fine_tuned_raise_held_back_accuracy() {
     let (st, _, err) = Daemon::start(root, &["--config", p(&daemon_cfg)]).wait(180);
     assert!(st.success(), "{err}");
     // The reviewer corrects the mistakes and confirms the rest.
-    let labels = log_dir(root).parent().unwrap().to_path_buf();
+    let review = Review::start(root, &["--log", p(&log_dir(root)), "--bind", "127.0.0.1:0"]);
+    let a = review.addr.as_str();
+    let csrf = get(a, "/api/meta").json()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (mut mistakes, mut lines) = (0, 0);
     for l in log_lines(root) {
         let name = l.source.clone().unwrap();
         let right = &truth[&name];
         mistakes += (&l.class != right) as usize;
-        relabel(
-            &labels,
-            l.frame,
-            l.evidence.as_ref().unwrap(),
-            right,
-            &l.class,
-        );
+        let act = serde_json::json!({"frame": l.frame, "label": right});
+        let r = post_label(a, &csrf, &act);
+        assert_eq!(r.status, 200, "{}", r.text());
         lines += 1;
     }
+    drop(review);
     assert_eq!(lines, truth.len());
     assert!(
         mistakes > 0,
