@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing gcm-inspect needs on a Debian/Ubuntu
-# machine that has Rust: libclang-dev (the v4l crate runs bindgen),
+# machine that has Rust: libclang-dev (the v4l crate runs bindgen), a C++
+# compiler (the tests run our CUDA kernels under a host emulation,
+# kernels/emu/),
 # systemd (systemd-analyze checks the unit), and mosquitto with its clients
 # (the MQTT output's tests start a real broker; the publish latency script
 # subscribes with mosquitto_sub), chromium and chromium-driver (the review
@@ -10,6 +12,7 @@ set -euo pipefail
 
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)

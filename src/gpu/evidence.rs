@@ -20,6 +20,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use crate::engine::ops::f32_slice;
 use crate::error::{Error, Result};
 use crate::evidence::{QuantCcm, QuantSum};
+#[cfg(any(feature = "cuda", test))]
+use crate::gpu::launch::{self, Launch};
 
 /// One map to build evidence for: batch item `frame`, class `class`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,7 +210,7 @@ impl CustomOp2 for CcmQuant {
             // u64). `ccm_evidence` checked every pick against B and N; the
             // inputs are contiguous [B, N, hw] and [B, D, hw] views and `out`
             // holds K rows of 2 + D*hw words: every access is in bounds.
-            unsafe { lb.launch(ptx::linear(k, 256)?) }.w()?;
+            unsafe { lb.launch(per_pick_launch(k)?.into()) }.w()?;
         }
         {
             let f = ptx::function(dev, &ptx::EVIDENCE, "gcm_ccm_quantise")?;
@@ -217,7 +219,7 @@ impl CustomOp2 for CcmQuant {
             lb.arg(&kk).arg(&nn).arg(&dd).arg(&hh);
             // SAFETY: matches gcm_ccm_quantise (f32*, f32*, u32*, u32*, four
             // u64); same bounds as above.
-            unsafe { lb.launch(ptx::strided_2d(hw, k, 256)) }.w()?;
+            unsafe { lb.launch(quantise_launch(hw, k).into()) }.w()?;
         }
         let out = candle_core::CudaStorage {
             slice: CudaStorageSlice::U32(out),
@@ -296,7 +298,7 @@ impl CustomOp2 for CcmSums {
         // `ccm_sums` checked every pick against B and N; the inputs are
         // contiguous [B, N, hw] and [B, D, hw] views and `out` holds K rows
         // of 6 words, one block per pick: every access is in bounds.
-        unsafe { lb.launch(ptx::linear(k, 256)?) }.w()?;
+        unsafe { lb.launch(per_pick_launch(k)?.into()) }.w()?;
         let out = candle_core::CudaStorage {
             slice: CudaStorageSlice::U32(out),
             device: dev.clone(),
@@ -319,6 +321,20 @@ fn pick_ccm(
         .collect()
 }
 
+/// The launch of `gcm_ccm_max` and `gcm_ccm_qsum`: one block of
+/// `EV_THREADS` (256) per pick.
+#[cfg(any(feature = "cuda", test))]
+fn per_pick_launch(k: usize) -> candle_core::Result<Launch> {
+    launch::linear(k, 256)
+}
+
+/// The launch of `gcm_ccm_quantise`: grid-striding, x over the `hw` plane,
+/// y over the `k` picks.
+#[cfg(any(feature = "cuda", test))]
+fn quantise_launch(hw: usize, k: usize) -> Launch {
+    launch::strided_2d(hw, k, 256)
+}
+
 /// The contiguous f32 view of a CUDA input.
 #[cfg(feature = "cuda")]
 fn f32_view<'a>(
@@ -330,6 +346,9 @@ fn f32_view<'a>(
         None => candle_core::bail!("evidence: contiguous f32 input expected"),
     }
 }
+
+#[cfg(test)]
+mod emu_tests;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,11 @@
 //! [`Device`]: candle_core::Device
 
 pub mod evidence;
+#[cfg(any(feature = "cuda", test))]
+pub(crate) mod launch;
+
+#[cfg(test)]
+pub(crate) mod emu;
 
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx;

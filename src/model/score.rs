@@ -386,6 +386,56 @@ impl CustomOp2 for ScoreGrad {
     }
 }
 
+/// The launch geometry of `kernels/score.cu`, for the CUDA launches and
+/// the emulation tests.
+#[cfg(any(feature = "cuda", test))]
+pub(crate) mod geometry {
+    use candle_core::Result;
+
+    use super::{Grad, ScoreDims};
+    use crate::gpu::launch::{self, Launch};
+
+    /// Threads per block and plane elements per block of the partial kernel
+    /// (`SCORE_THREADS` and `SCORE_THREADS * SCORE_K` in `kernels/score.cu`).
+    const SCORE_THREADS: u32 = 256;
+    const SCORE_TILE: usize = 256 * 4;
+
+    /// The two launches of the forward pass, for `B * N > 0` scores.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct ScoreLaunch {
+        /// `gcm_score_partial_*`: one block per (batch item, tile of the plane).
+        pub partial: Launch,
+        /// `gcm_score_finish_*`: one warp per score, 8 a block.
+        pub finish: Launch,
+        /// Tiles of `SCORE_TILE` plane elements (at least one).
+        pub n_chunks: usize,
+    }
+
+    pub(crate) fn score_launch(dims: ScoreDims) -> Result<ScoreLaunch> {
+        let ScoreDims { b, n, hw, .. } = dims;
+        let n_chunks = hw.div_ceil(SCORE_TILE).max(1);
+        Ok(ScoreLaunch {
+            partial: launch::linear(b * n_chunks, SCORE_THREADS)?,
+            finish: launch::linear((b * n).div_ceil(8), 256)?,
+            n_chunks,
+        })
+    }
+
+    /// The kernel (without its dtype suffix), the output length and the launch
+    /// of gradient `which` for sizes `(b, n, d, hw)`: grid-striding, x over the
+    /// plane, y over the output's planes (`B * N`) or batch items.
+    pub(crate) fn grad_launch(
+        which: Grad,
+        (b, n, d, hw): (usize, usize, usize, usize),
+    ) -> (&'static str, usize, Launch) {
+        let (name, len, rows) = match which {
+            Grad::Cwm => ("gcm_score_grad_cwm", b * n * hw, b * n),
+            Grad::Image { .. } => ("gcm_score_grad_img", b * d * hw, b),
+        };
+        (name, len, launch::strided_2d(hw, rows, 256))
+    }
+}
+
 /// The launches of `kernels/score.cu`.
 #[cfg(feature = "cuda")]
 mod cuda {
@@ -395,13 +445,9 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
     use half::{bf16, f16};
 
+    use super::geometry::{grad_launch, score_launch};
     use super::{plane_strides, Grad, PlaneStrides, ScoreDims};
     use crate::gpu::ptx;
-
-    /// Threads per block and plane elements per block of the partial kernel
-    /// (`SCORE_THREADS * SCORE_K` in the kernel).
-    const THREADS: u32 = 256;
-    const TILE: usize = 256 * 4;
 
     pub(super) fn score_fwd(
         s1: &CudaStorage,
@@ -492,13 +538,14 @@ mod cuda {
         ) -> Result<CudaSlice<T>> {
             let ScoreDims { b, n, d, hw } = self.dims;
             let dev = self.dev;
-            let n_chunks = hw.div_ceil(TILE).max(1);
             // SAFETY: allocation only; every element is written by the finishing
             // kernel below (one warp per score) before anyone reads it.
             let mut out = unsafe { dev.alloc::<T>(b * n)? };
             if b * n == 0 {
                 return Ok(out);
             }
+            let launches = score_launch(self.dims)?;
+            let n_chunks = launches.n_chunks;
             // SAFETY: allocation only; block (b, chunk) of the partial kernel
             // writes partial[(b * n + j) * n_chunks + chunk] for every j < n,
             // and the grid has one block per (b, chunk): all of it is written.
@@ -516,7 +563,7 @@ mod cuda {
                 lb.arg(&cwm).arg(&img).arg(&mut partial);
                 lb.arg(&nn).arg(&dd).arg(&hh).arg(&csb).arg(&csn);
                 lb.arg(&isb).arg(&isd).arg(&nc);
-                let cfg = ptx::linear(b * n_chunks, THREADS)?;
+                let cfg = launches.partial.into();
                 // SAFETY: the arguments match gcm_score_partial_* in
                 // kernels/score.cu (T*, T*, A*, then eight u64). With the
                 // strides of the layouts and their start offsets, every read
@@ -534,7 +581,7 @@ mod cuda {
                     .arg(&scores)
                     .arg(&nc)
                     .arg(&inv);
-                let cfg = ptx::linear((b * n).div_ceil(8), 256)?;
+                let cfg = launches.finish.into();
                 // SAFETY: matches gcm_score_finish_* (A*, T*, u64, u64, A);
                 // warp i < scores reads partial[i * n_chunks ..][..n_chunks]
                 // and writes out[i], both inside their allocations.
@@ -588,10 +635,7 @@ mod cuda {
             inv: A,
         ) -> Result<CudaSlice<T>> {
             let (b, n, d, hw) = self.sizes;
-            let (name, len, rows) = match self.which {
-                Grad::Cwm => ("gcm_score_grad_cwm", b * n * hw, b * n),
-                Grad::Image { .. } => ("gcm_score_grad_img", b * d * hw, b),
-            };
+            let (name, len, cfg) = grad_launch(self.which, self.sizes);
             // SAFETY: allocation only; the kernel writes every element: each
             // (plane row, position) pair of the output is visited by the grid-
             // striding loops over rows and positions.
@@ -606,12 +650,11 @@ mod cuda {
             let mut lb = stream.launch_builder(&f);
             lb.arg(&x).arg(&g).arg(&mut out);
             lb.arg(&bb).arg(&nn).arg(&dd).arg(&hh).arg(&inv);
-            let cfg = ptx::strided_2d(hw, rows, 256);
             // SAFETY: matches gcm_score_grad_{cwm,img}_* (T*, T*, T*, four u64,
             // A). The inputs are contiguous from their offsets with the sizes
             // given (image or CWM [B, D or N, hw], g [B, N]), so every read
             // and write is in bounds.
-            unsafe { lb.launch(cfg) }.w()?;
+            unsafe { lb.launch(cfg.into()) }.w()?;
             Ok(out)
         }
     }
@@ -642,6 +685,9 @@ pub(crate) mod num_like {
         }
     }
 }
+
+#[cfg(test)]
+mod emu_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -196,6 +196,13 @@ impl ScaleOp {
     }
 }
 
+/// The launch of `gcm_preprocess` (one thread per output pixel) and of
+/// `gcm_scale` (one per value) over `items`: blocks of `PRE_THREADS` (256).
+#[cfg(any(feature = "cuda", test))]
+fn pixel_launch(items: usize) -> candle_core::Result<crate::gpu::launch::Launch> {
+    crate::gpu::launch::linear(items.div_ceil(256), 256)
+}
+
 /// The contiguous bytes of a u8 input.
 fn bytes<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [u8]> {
     let CpuStorage::U8(bytes) = s else {
@@ -259,7 +266,7 @@ impl CustomOp1 for PreprocessOp {
         lb.arg(&rx).arg(&ry).arg(&rw).arg(&rh);
         lb.arg(&rows).arg(&cols).arg(&d);
         lb.arg(&mut out);
-        let cfg = crate::gpu::ptx::linear((self.rows * self.cols).div_ceil(256), 256)?;
+        let cfg = pixel_launch(self.rows * self.cols)?.into();
         // SAFETY: the arguments match gcm_preprocess in kernels/preprocess.cu
         // (u8*, i32, u64, seven i32, u8*). `PreprocessOp::new` checked that
         // the region lies inside the frame and that the uploaded bytes hold
@@ -323,7 +330,7 @@ impl CustomOp1 for ScaleOp {
         lb.arg(&a[0]).arg(&a[1]).arg(&a[2]);
         lb.arg(&b[0]).arg(&b[1]).arg(&b[2]);
         lb.arg(&mut out);
-        let cfg = crate::gpu::ptx::linear((n as usize).div_ceil(256), 256)?;
+        let cfg = pixel_launch(n as usize)?.into();
         // SAFETY: the arguments match gcm_scale in kernels/preprocess.cu
         // (u8*, u64, u64, six f32, f32*); thread i reads x[i] and writes
         // out[i] only for i < n, and both hold n values.
@@ -335,6 +342,9 @@ impl CustomOp1 for ScaleOp {
         Ok((out, l.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod emu_tests;
 
 #[cfg(test)]
 mod tests {
