@@ -179,3 +179,174 @@ fn preprocess_kernels_equal_the_cpu_path_for_every_format() {
     }
 }
 
+/// A scene with detail everywhere: gradients, a product term and an XOR
+/// pattern, so that every tap of the resize matters.
+fn scene(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 7 + y * 3) as u8,
+            ((x * y) % 251) as u8,
+            ((x ^ y) * 13) as u8,
+        ])
+    })
+}
+
+/// `rgb` as YUYV bytes (BT.601 limited range, the pair's chroma from its
+/// left pixel), with `pad` bytes after each row.
+fn as_yuyv(rgb: &image::RgbImage, pad: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for y in 0..rgb.height() {
+        for x in (0..rgb.width()).step_by(2) {
+            let yuv = |p: &image::Rgb<u8>| {
+                let [r, g, b] = p.0.map(f32::from);
+                (
+                    16.0 + 0.257 * r + 0.504 * g + 0.098 * b,
+                    128.0 - 0.148 * r - 0.291 * g + 0.439 * b,
+                    128.0 + 0.439 * r - 0.368 * g - 0.071 * b,
+                )
+            };
+            let (y0, u, v) = yuv(rgb.get_pixel(x, y));
+            let (y1, _, _) = yuv(rgb.get_pixel(x + 1, y));
+            out.extend([y0, u, y1, v].map(|c| c.round().clamp(0.0, 255.0) as u8));
+        }
+        out.extend(std::iter::repeat_n(0x5a, pad));
+    }
+    out
+}
+
+/// The contract as `prepare` runs it on a GPU (the frame in its upload form,
+/// MJPEG and image files decoded on the CPU first, then both kernels) equals
+/// the CPU reference (`reference` and `scale`) bit for bit: for YUYV, MJPEG,
+/// GREY and RGB3 camera frames (padded rows where the format has them), grey
+/// buffers and image files, grey and colour models, with and without a
+/// region of interest, resizing down and up, to 1x1 and to the region's own
+/// size.
+#[test]
+fn the_device_path_equals_the_cpu_reference_for_every_frame_kind() {
+    use crate::data::image_io::encode_png;
+    use crate::data::jpeg::test_jpegs::encode;
+    use crate::preprocess::{reference, scale, upload_form, FrameData};
+    use image::DynamicImage;
+
+    let (w, h) = (46u32, 30u32);
+    let rgb = scene(w, h);
+    let luma = DynamicImage::ImageRgb8(rgb.clone()).to_luma8();
+    let camera = |format, bytes_per_line, bytes| FrameData::Camera {
+        format,
+        width: w,
+        height: h,
+        bytes_per_line,
+        bytes,
+    };
+    let padded = |raw: &[u8], row: usize, pad: usize| -> Vec<u8> {
+        raw.chunks(row)
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0x5a, pad)))
+            .collect()
+    };
+    let (rw, gw) = (3 * w as usize, w as usize);
+    let colour_png = encode_png(&DynamicImage::ImageRgb8(rgb.clone())).unwrap();
+    let grey_png = encode_png(&DynamicImage::ImageLuma8(luma.clone())).unwrap();
+    let kinds: Vec<(&str, FrameData, &[usize])> = vec![
+        (
+            "YUYV",
+            camera(PixelFormat::Yuyv, 2 * gw + 6, as_yuyv(&rgb, 6)),
+            &[1, 3],
+        ),
+        (
+            "MJPEG colour",
+            camera(
+                PixelFormat::Mjpeg,
+                0,
+                encode(&DynamicImage::ImageRgb8(rgb.clone())),
+            ),
+            &[1, 3],
+        ),
+        (
+            "MJPEG grey",
+            camera(
+                PixelFormat::Mjpeg,
+                0,
+                encode(&DynamicImage::ImageLuma8(luma.clone())),
+            ),
+            &[1, 3],
+        ),
+        (
+            "RGB3",
+            camera(PixelFormat::Rgb24, rw + 3, padded(rgb.as_raw(), rw, 3)),
+            &[1, 3],
+        ),
+        (
+            "GREY",
+            camera(PixelFormat::Grey, gw + 2, padded(luma.as_raw(), gw, 2)),
+            &[1],
+        ),
+        (
+            "grey buffer",
+            FrameData::Grey {
+                width: w,
+                height: h,
+                bytes: luma.as_raw().clone(),
+            },
+            &[1],
+        ),
+        ("PNG colour", FrameData::File { bytes: colour_png }, &[3]),
+        ("PNG grey", FrameData::File { bytes: grey_png }, &[1]),
+    ];
+    let roi = |x, y, width, height| {
+        Some(Roi {
+            x_px: x,
+            y_px: y,
+            width_px: width,
+            height_px: height,
+        })
+    };
+    let cases = [
+        (None, 17, 23),
+        (None, 61, 97),
+        (roi(5, 3, 31, 19), 7, 11),
+        (roi(6, 7, 9, 5), 40, 50),
+        (roi(0, 0, 46, 30), 1, 1),
+        (roi(2, 1, 14, 9), 9, 14),
+        (roi(45, 29, 1, 1), 3, 2),
+    ];
+    let mut checked = 0;
+    for (kind, data, channels) in &kinds {
+        for &d in *channels {
+            for &(region, rows, cols) in &cases {
+                let spec = PreprocessSpec {
+                    roi: region,
+                    rows,
+                    cols,
+                    channels: d,
+                    scaling: match d {
+                        3 => InputScaling::Centred {
+                            mean: vec![0.4, 0.5, 0.6],
+                        },
+                        _ => InputScaling::Inverted,
+                    },
+                };
+                let what = format!("{kind} D={d} {region:?} -> {rows}x{cols}");
+                let want = reference(data, &spec).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                let up = upload_form(data, d).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                let (op, bytes) = PreprocessOp::new(&up.as_frame(), &spec).unwrap();
+                let (planar, scaled) = emulate(&op, bytes);
+                let levels = planar
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(&a, &b)| a.abs_diff(b))
+                    .max();
+                assert_eq!(planar, want.data, "{what}: up to {levels:?} levels apart");
+                let want = scale(&want, &spec.scaling)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let bad = bit_mismatches(&scaled, &want);
+                assert!(bad.is_empty(), "{what}, scaled: {bad:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 12 * cases.len(), "format and model pairs");
+}
