@@ -7,7 +7,9 @@
 //! kernel in `kernels/*.cu`. The public functions take a [`Device`] (or work
 //! on the device of their input tensors), so the same call runs the reference
 //! on the CPU and the kernel on a GPU; the GPU parity tests
-//! (`tests/it/gpu.rs`) compare the two.
+//! (`tests/it/gpu.rs`) compare the two on a GPU, and without one the
+//! emulation tests (`gpu::emu`, every kernel run on the CPU with the launch
+//! geometry of `gpu::launch`) do.
 //!
 //! - [`evidence`]: the CCM of chosen (frame, class) pairs, split into positive
 //!   and negative parts and quantised to 16 bits exactly as the evidence
