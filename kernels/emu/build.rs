@@ -1,7 +1,7 @@
 //! Compiles the unmodified CUDA kernels (`../*.cu`) with the host C++
 //! compiler against our emulation header (`include/cuda_emu.h`), plus the
 //! scheduler (`src/runtime.cpp`), the emulation's own test kernels
-//! (`selftest.cu`) and a mutant of `score.cu` for the mutation check.
+//! (`selftest.cu`) and two mutants of `score.cu` for the mutation check.
 //!
 //! Each unit is a generated C++ file that includes the `.cu` file and lists
 //! its kernels in a table; `gcm_emu_find` (generated too) looks a kernel up
@@ -23,17 +23,40 @@ const EVIDENCE: &[&str] = &["gcm_ccm_max", "gcm_ccm_quantise", "gcm_ccm_qsum"];
 const PREPROCESS: &[&str] = &["gcm_preprocess", "gcm_scale"];
 const SELFTEST: &[&str] = &["emu_lanes", "emu_barrier", "emu_bad_mask"];
 
-/// The mutation of the mutation check: an off-by-one in the bound of
-/// score_partial's channel loop (the last channel is left out of S).
-const MUTATE_FROM: &str =
-    "for (uint64_t ch = 0; ch < d; ++ch) acc += load(im + ch * img_sd + idx);";
-const MUTATE_TO: &str =
-    "for (uint64_t ch = 0; ch + 1 < d; ++ch) acc += load(im + ch * img_sd + idx);";
+/// One mutation of the mutation check: `score.cu` with the one line `from`
+/// replaced by `to`, compiled as unit `number`.
+struct Mutation {
+    tag: &'static str,
+    number: u32,
+    from: &'static str,
+    to: &'static str,
+}
 
-/// Unit numbers, as `src/lib.rs`'s `Unit` has them.
+const MUTATIONS: &[Mutation] = &[
+    // An off-by-one in the bound of score_partial's channel loop: the last
+    // channel is left out of S.
+    Mutation {
+        tag: "channel_bound",
+        number: 2,
+        from: "for (uint64_t ch = 0; ch < d; ++ch) acc += load(im + ch * img_sd + idx);",
+        to: "for (uint64_t ch = 0; ch + 1 < d; ++ch) acc += load(im + ch * img_sd + idx);",
+    },
+    // An off-by-one in score_partial's index of the plane: each thread reads
+    // the element after its own, so every tile reads the next tile's first
+    // element instead of its own and element 0 of the plane is never read
+    // (the bound check keeps the reads inside the plane).
+    Mutation {
+        tag: "tile_index",
+        number: 3,
+        from: "const uint64_t base = chunk * (SCORE_THREADS * SCORE_K) + threadIdx.x;",
+        to: "const uint64_t base = chunk * (SCORE_THREADS * SCORE_K) + threadIdx.x + 1;",
+    },
+];
+
+/// Unit numbers, as `src/lib.rs`'s `Unit` has them (the mutants' are in
+/// `MUTATIONS`).
 const KERNELS: u32 = 0;
 const SELF_TEST: u32 = 1;
-const MUTANT: u32 = 2;
 
 struct Unit {
     /// The C++ file's stem and the table's symbol.
@@ -64,12 +87,7 @@ fn main() {
         .flat_map(|k| SCORE_TYPES.iter().map(move |t| format!("{k}_{t}")))
         .collect();
     let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let mutant = mutant_source(&kernels_dir, &out);
-    let mut prelude = String::from("#define gcm gcm_mutant\n");
-    for k in &score {
-        writeln!(prelude, "#define {k} mutant_{k}").unwrap();
-    }
-    let units = [
+    let mut units = vec![
         unit(
             "score",
             KERNELS,
@@ -94,11 +112,24 @@ fn main() {
             here.join("selftest.cu"),
             list(SELFTEST),
         ),
-        Unit {
-            prelude,
-            ..unit("mutant", MUTANT, mutant, score)
-        },
     ];
+    for m in MUTATIONS {
+        // Renamed, so that the mutant's kernels and templates do not clash
+        // with the originals' in the one library.
+        let mut prelude = format!("#define gcm gcm_{}\n", m.tag);
+        for k in &score {
+            writeln!(prelude, "#define {k} {}_{k}", m.tag).unwrap();
+        }
+        units.push(Unit {
+            prelude,
+            ..unit(
+                m.tag,
+                m.number,
+                mutant_source(m, &kernels_dir, &out),
+                score.clone(),
+            )
+        });
+    }
 
     let mut build = cc::Build::new();
     build
@@ -127,16 +158,17 @@ fn unit(tag: &'static str, number: u32, source: PathBuf, kernels: Vec<String>) -
     }
 }
 
-/// `score.cu` with the mutation applied, in `$OUT_DIR/mutant/`; tells the
-/// crate whether the mutation applied (`GCM_EMU_MUTATION_APPLIED`).
-fn mutant_source(kernels_dir: &Path, out: &Path) -> PathBuf {
+/// `score.cu` with mutation `m` applied, in `$OUT_DIR/<tag>/`; tells the
+/// crate whether it applied (`GCM_EMU_MUTANT_<number>`: the line it
+/// replaces occurs once in `score.cu`).
+fn mutant_source(m: &Mutation, kernels_dir: &Path, out: &Path) -> PathBuf {
     let src = std::fs::read_to_string(kernels_dir.join("score.cu")).expect("read score.cu");
-    let applied = src.matches(MUTATE_FROM).count() == 1;
-    println!("cargo:rustc-env=GCM_EMU_MUTATION_APPLIED={applied}");
-    let dir = out.join("mutant");
-    std::fs::create_dir_all(&dir).expect("create $OUT_DIR/mutant");
+    let applied = src.matches(m.from).count() == 1;
+    println!("cargo:rustc-env=GCM_EMU_MUTANT_{}={applied}", m.number);
+    let dir = out.join(m.tag);
+    std::fs::create_dir_all(&dir).expect("create a mutant's directory");
     let path = dir.join("score.cu");
-    std::fs::write(&path, src.replace(MUTATE_FROM, MUTATE_TO)).expect("write the mutant");
+    std::fs::write(&path, src.replace(m.from, m.to)).expect("write the mutant");
     path
 }
 

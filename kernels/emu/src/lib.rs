@@ -58,16 +58,27 @@ pub enum Unit {
     Kernels = 0,
     /// The emulation's own test kernels (`selftest.cu`).
     SelfTest = 1,
-    /// `score.cu` with the mutation of the mutation check: the bound of
+    /// `score.cu` with a mutation of the mutation check: the bound of
     /// `score_partial`'s channel loop is off by one, so the channel sum S
     /// leaves out the last channel (see [`mutation_applied`]).
-    Mutant = 2,
+    MutantChannelBound = 2,
+    /// `score.cu` with the other mutation: `score_partial`'s index into the
+    /// plane is off by one (each thread reads the element after its own,
+    /// each tile of 1024 the next one's first element instead of its own),
+    /// so element 0 of every plane is left out.
+    MutantTileIndex = 3,
 }
 
-/// Whether `build.rs` found the line it mutates in `score.cu`; if not,
-/// [`Unit::Mutant`] is the unmodified kernel and the mutation check fails.
-pub fn mutation_applied() -> bool {
-    env!("GCM_EMU_MUTATION_APPLIED") == "true"
+/// Whether `build.rs` found the line it mutates in `score.cu` for mutant
+/// `unit` (false for the other units); if not, the mutant is the
+/// unmodified kernel and the mutation check fails.
+pub fn mutation_applied(unit: Unit) -> bool {
+    let applied = match unit {
+        Unit::MutantChannelBound => env!("GCM_EMU_MUTANT_2"),
+        Unit::MutantTileIndex => env!("GCM_EMU_MUTANT_3"),
+        Unit::Kernels | Unit::SelfTest => "false",
+    };
+    applied == "true"
 }
 
 /// An element type of kernel buffers and arguments, with its code (the

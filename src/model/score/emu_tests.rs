@@ -303,38 +303,55 @@ fn gradient_kernels_match_the_reference_in_every_dtype() {
 }
 
 /// The mutation check: `score.cu` with an off-by-one in the bound of the
-/// channel loop (`build.rs` of `gcm-cuda-emu` compiles it as
-/// [`Unit::Mutant`]) fails the very comparison the test above makes, on
-/// every shape and in every dtype; and its scores are exactly those of the
-/// image without its last channel (scaled by (D-1)/D: the mutant still
-/// divides by D), so the comparison catches it for the reason planted.
+/// channel loop, and with one in the index into the plane (`build.rs` of
+/// `gcm-cuda-emu` compiles both mutants), each fails the very comparison the
+/// tests above make, on every shape and in every dtype.
 #[test]
-fn an_off_by_one_in_the_score_kernel_is_caught() {
-    assert!(
-        gcm_cuda_emu::mutation_applied(),
-        "the mutation no longer applies to score.cu"
-    );
-    let caught = [
-        score_failures::<f32>(Unit::Mutant).len(),
-        score_failures::<f64>(Unit::Mutant).len(),
-        score_failures::<f16>(Unit::Mutant).len(),
-        score_failures::<bf16>(Unit::Mutant).len(),
-    ];
-    assert_eq!(
-        caught,
-        [SHAPES.len(); 4],
-        "shapes on which the mutant fails, f32/f64/f16/bf16"
-    );
+fn off_by_ones_in_the_score_kernel_are_caught() {
+    for unit in [Unit::MutantChannelBound, Unit::MutantTileIndex] {
+        assert!(
+            gcm_cuda_emu::mutation_applied(unit),
+            "{unit:?}: the mutation no longer applies to score.cu"
+        );
+        let caught = [
+            score_failures::<f32>(unit).len(),
+            score_failures::<f64>(unit).len(),
+            score_failures::<f16>(unit).len(),
+            score_failures::<bf16>(unit).len(),
+        ];
+        assert_eq!(
+            caught,
+            [SHAPES.len(); 4],
+            "{unit:?}: shapes on which the mutant fails, f32/f64/f16/bf16"
+        );
+    }
+}
 
+/// The mutants fail for the reason planted: their scores are exactly those
+/// of the image without its last channel (scaled by (D-1)/D: the mutant
+/// still divides by D), and of the maps without their element 0 (each tile
+/// of 1024 reads the next one's first element instead of its own; a 33x37
+/// plane has two tiles).
+#[test]
+fn the_mutants_compute_what_their_mutation_says() {
     let mut rng = Rng::new(13);
     let (b, n, d, r, c) = (2, 11, 3, 33, 37);
     let (cwm, img) = strided_inputs::<f64>(&mut rng, (b, n, d, r, c));
-    let got = emulated_score::<f64>(Unit::Mutant, &cwm, &img);
-    let dropped = img.narrow(1, 0, d - 1).unwrap();
-    let partial = gcm_score(&cwm, &dropped).unwrap();
-    let explained = tensor_values(&(partial * ((d - 1) as f64 / d as f64)).unwrap());
     let mag = tensor_values(&gcm_score(&cwm.abs().unwrap(), &img.abs().unwrap()).unwrap());
-    let tol = |i: usize| f64::OUT_EPS * explained[i].abs() + f64::SUM_EPS * mag[i];
-    let bad = mismatches(&got, &explained, tol);
-    assert!(bad.is_empty(), "the mutant differs otherwise: {bad:?}");
+    let check = |unit: Unit, explained: Tensor| {
+        let got = emulated_score::<f64>(unit, &cwm, &img);
+        let explained = tensor_values(&explained);
+        let tol = |i: usize| f64::OUT_EPS * explained[i].abs() + f64::SUM_EPS * mag[i];
+        let bad = mismatches(&got, &explained, tol);
+        assert!(bad.is_empty(), "{unit:?} differs otherwise: {bad:?}");
+    };
+    let without_last = gcm_score(&cwm, &img.narrow(1, 0, d - 1).unwrap()).unwrap();
+    check(
+        Unit::MutantChannelBound,
+        (without_last * ((d - 1) as f64 / d as f64)).unwrap(),
+    );
+    let mask: Vec<f64> = (0..r * c).map(|p| if p == 0 { 0.0 } else { 1.0 }).collect();
+    let mask = Tensor::from_vec(mask, (1, 1, r, c), &Device::Cpu).unwrap();
+    let masked = cwm.broadcast_mul(&mask).unwrap();
+    check(Unit::MutantTileIndex, gcm_score(&masked, &img).unwrap());
 }
