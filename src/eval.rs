@@ -62,6 +62,8 @@ pub struct Evaluator {
     classes: Vec<String>,
     confusion: Vec<Vec<usize>>,
     map_correct: [usize; 3],
+    /// Whether any batch came with maps (the decline rows need them).
+    maps_seen: bool,
     loss_sum: f64,
     n: usize,
 }
@@ -73,6 +75,7 @@ impl Evaluator {
             classes: classes.to_vec(),
             confusion: vec![vec![0; n]; n],
             map_correct: [0; 3],
+            maps_seen: false,
             loss_sum: 0.0,
             n: 0,
         }
@@ -80,6 +83,7 @@ impl Evaluator {
 
     /// Adds a batch: the network outputs and the true class of each image.
     pub fn add(&mut self, out: &GcmOutput, labels: &[usize]) -> Result<()> {
+        self.maps_seen = true;
         let scores = out.scores.to_dtype(candle_core::DType::F32)?;
         let raw = out.cwm.sum((2, 3))?;
         let abs = out.cwm.abs()?.sum((2, 3))?;
@@ -98,6 +102,20 @@ impl Evaluator {
             for (k, p) in by_map.into_iter().enumerate() {
                 self.map_correct[k] += (p == t) as usize;
             }
+        }
+        self.n += labels.len();
+        Ok(())
+    }
+
+    /// Adds a batch of a network without class maps (the baseline CNN):
+    /// accuracy, loss and confusion only; the report then has no decline rows.
+    pub fn add_scores(&mut self, scores: &Tensor, labels: &[usize]) -> Result<()> {
+        let scores = scores.to_dtype(candle_core::DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&scores, D::Minus1)?.to_vec2::<f32>()?;
+        let rows = scores.to_vec2::<f32>()?;
+        for (b, &t) in labels.iter().enumerate() {
+            self.confusion[t][argmax(&rows[b])] += 1;
+            self.loss_sum -= logp[b][t] as f64;
         }
         self.n += labels.len();
         Ok(())
@@ -131,7 +149,8 @@ impl Evaluator {
                 }
             })
             .collect();
-        let decline = MAP_KINDS
+        let kinds: &[&str] = if self.maps_seen { &MAP_KINDS } else { &[] };
+        let decline = kinds
             .iter()
             .zip(self.map_correct)
             .map(|(k, c)| {
@@ -191,6 +210,25 @@ pub fn evaluate(
     Ok(ev.report())
 }
 
+/// [`evaluate`] for a network that gives only scores `[B, N]` (the
+/// baseline CNN): no decline rows.
+pub fn evaluate_scores(
+    set: &crate::data::ImageSet,
+    classes: &[String],
+    batch: usize,
+    device: &candle_core::Device,
+    forward: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<EvalReport> {
+    let mut ev = Evaluator::new(classes);
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (x, _) = crate::train::data::batch(set, chunk, None, device)?;
+        let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
+        ev.add_scores(&forward(&x)?, &labels)?;
+    }
+    Ok(ev.report())
+}
+
 impl EvalReport {
     /// A plain-text report for people.
     pub fn render(&self) -> String {
@@ -231,6 +269,9 @@ impl EvalReport {
                 s += &format!("  {v:>w$}");
             }
             s += "\n";
+        }
+        if self.decline.is_empty() {
+            return s;
         }
         s += "\ndecline ratio (GCM paper, Table 8): accuracy B when classifying by the map's sum\n";
         for (k, label) in [

@@ -41,9 +41,63 @@ pub struct Args {
     pub sweep: super::sweep::SweepArgs,
 }
 
+/// The labelled images of `--data` (and `--split`) at the model's input.
+fn load_set(a: &Args, cfg: &crate::model::ModelConfig) -> Result<crate::data::ImageSet> {
+    let mut ds = Dataset::open(&a.data)?;
+    if let Some(s) = &a.split {
+        let split = Split::parse(s)
+            .ok_or_else(|| Error::Usage(format!("--split {s}: expected train, val or test")))?;
+        ds = ds.only(split)?;
+    }
+    let classes = &cfg.classes;
+    load_images(
+        &ds.samples,
+        |l| classes.iter().position(|c| c == l),
+        cfg.input_channels,
+        cfg.input_rows,
+        cfg.input_cols,
+        a.resize,
+        |_| {},
+    )
+}
+
+/// `eval` of the baseline CNN (`train --arch cnn`): accuracy, loss,
+/// precision, recall and confusion; it has no class maps, so no decline rows.
+fn run_cnn(
+    a: &Args,
+    m: &crate::model::checkpoint::LoadedModel,
+    device: &candle_core::Device,
+) -> Result<()> {
+    if a.sweep.sweep || a.tta != crate::model::tta::Tta::None {
+        return Err(Error::Usage(format!(
+            "{}: --sweep and --tta are for GCM models; this is the baseline CNN",
+            m.dir.display()
+        )));
+    }
+    let net = m.build_cnn(device)?;
+    let cfg = net.config().clone();
+    let set = load_set(a, &cfg)?;
+    let report = crate::eval::evaluate_scores(&set, &cfg.classes, a.batch_size, device, |x| {
+        Ok(net.forward_t(x, false)?.scores)
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialises")
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
-    let p = Predictor::open(&a.model, &device)?.with_tta(a.tta)?;
+    let loaded = crate::model::bundled::open(&a.model)?;
+    if loaded.card.model.arch == crate::model::Arch::Cnn {
+        return run_cnn(&a, &loaded, &device);
+    }
+    let p = Predictor::from_loaded(&loaded, &device)?.with_tta(a.tta)?;
     let mut ds = Dataset::open(&a.data)?;
     if let Some(s) = &a.split {
         let split = Split::parse(s)

@@ -42,6 +42,10 @@ pub struct Args {
     /// Resize images of another size to the input size.
     #[arg(long)]
     pub resize: bool,
+    /// The network: gcm (Table 3, the default) or cnn (the paper's Table 6
+    /// baseline, for comparing evidence methods; config key `model.arch`).
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::model::Arch>,
     /// Input scaling before the network and the CCM product.
     #[arg(long, value_enum)]
     pub scaling: Option<ScalingChoice>,
@@ -90,6 +94,9 @@ impl Args {
         if let Some(v) = self.scaling {
             c.model.scaling = Some(v);
         }
+        if let Some(v) = self.arch {
+            c.model.arch = Some(v);
+        }
         if let Some(v) = self.val_fraction {
             c.val_fraction = v;
         }
@@ -113,6 +120,7 @@ pub fn run(a: Args) -> Result<()> {
             || a.size.is_some()
             || a.resize
             || a.scaling.is_some()
+            || a.arch.is_some()
             || a.val_fraction.is_some()
             || a.mix.is_some();
         if others {

@@ -108,6 +108,18 @@ impl LoadedModel {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Gcm::new(&self.card.model, vb).map_err(|e| Error::model(&self.dir, e.to_string()))
     }
+
+    /// Builds the baseline CNN (`"arch": "cnn"`) on `device`.
+    pub fn build_cnn(&self, device: &Device) -> Result<super::cnn::Cnn> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.to_device(device)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        super::cnn::Cnn::new(&self.card.model, vb)
+            .map_err(|e| Error::model(&self.dir, e.to_string()))
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

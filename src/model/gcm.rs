@@ -26,6 +26,11 @@ pub fn encoder_plan(cfg: &ModelConfig) -> Vec<LayerSpec> {
     {
         for j in 0..depth {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+            // Table 6's CNN widens all but the very first convolution.
+            let w = match cfg.stem_width {
+                Some(s) if plan.is_empty() => s,
+                _ => w,
+            };
             plan.push(LayerSpec {
                 prefix: format!("encoder.{}", plan.len()),
                 op: Op::Conv { stride },
@@ -78,9 +83,12 @@ pub fn decoder_prefixes(cfg: &ModelConfig) -> Vec<String> {
     }
 }
 
-/// All convolution layers of the network, encoder first.
+/// All convolution layers of the network, encoder first (the CNN has no decoder).
 pub fn full_plan(cfg: &ModelConfig) -> Vec<LayerSpec> {
     let mut plan = encoder_plan(cfg);
+    if cfg.arch == super::config::Arch::Cnn {
+        return plan;
+    }
     for p in decoder_prefixes(cfg) {
         plan.extend(decoder_plan(cfg, &p));
     }
@@ -127,6 +135,10 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Role)> {
         out.push((l.bn_name("running_mean"), vec![l.cout], Role::RunningMean));
         out.push((l.bn_name("running_var"), vec![l.cout], Role::RunningVar));
     }
+    if cfg.arch == super::config::Arch::Cnn {
+        out.extend(super::cnn::fc_specs(cfg));
+        return out;
+    }
     let (n, w, k) = (cfg.num_classes(), head_channels(cfg), cfg.head_kernel);
     out.push((
         "head.weight".into(),
@@ -149,7 +161,8 @@ pub fn init_varmap(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<VarM
                 Role::Weight { fan_in } => {
                     let mut rng = Rng::derive(seed, i as u64);
                     // The head is linear (no ReLU after it): gain 1 instead of 2.
-                    let gain = if name.starts_with("head.") { 1.0 } else { 2.0 };
+                    let linear = name.starts_with("head.") || name.starts_with("fc.");
+                    let gain = if linear { 1.0 } else { 2.0 };
                     let std = (gain / fan_in as f64).sqrt();
                     (0..n).map(|_| (rng.normal() * std) as f32).collect()
                 }
@@ -189,6 +202,12 @@ pub struct GcmOutput {
 impl Gcm {
     /// Builds the network; `vb` must hold every tensor of [`tensor_specs`].
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.arch != super::config::Arch::Gcm {
+            candle_core::bail!(
+                "model.arch: {:?} is not a GCM (this command needs a GCM model)",
+                cfg.arch.name()
+            );
+        }
         let eps = cfg.bn_eps;
         let encoder = encoder_plan(cfg)
             .iter()

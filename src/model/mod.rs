@@ -2,6 +2,7 @@
 
 pub mod bundled;
 pub mod checkpoint;
+pub mod cnn;
 pub mod config;
 mod executor;
 pub mod folded;
@@ -12,7 +13,8 @@ pub mod score;
 pub mod tta;
 
 pub use checkpoint::{load_model, ModelCard};
-pub use config::{InputScaling, ModelConfig};
+pub use cnn::{Cnn, CnnOutput};
+pub use config::{Arch, InputScaling, ModelConfig};
 pub use gcm::{Gcm, GcmOutput};
 pub use predictor::{Input, Predictor};
 pub use score::{ccm, gcm_score};

@@ -118,6 +118,15 @@ pub struct TopkLoss {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchConfig {
+    /// `gcm` (Table 3, the default) or `cnn` (the paper's Table 6 baseline:
+    /// encoder, global average pooling, fully connected layer).
+    #[serde(default)]
+    pub arch: Option<crate::model::Arch>,
+    /// The first convolution's width when it differs from the first
+    /// stage's (Table 6's cnn: 16; dropped when `encoder_widths` is given
+    /// without it).
+    #[serde(default)]
+    pub stem_width: Option<usize>,
     /// Input height in pixels (images are resized to it); default: the data's.
     #[serde(default)]
     pub input_rows: Option<usize>,
@@ -147,6 +156,10 @@ impl ArchConfig {
     pub fn apply(&self, m: &mut ModelConfig) {
         if let Some(v) = &self.encoder_widths {
             m.encoder_widths = v.clone();
+            m.stem_width = None;
+        }
+        if let Some(v) = self.stem_width {
+            m.stem_width = Some(v);
         }
         if let Some(v) = &self.encoder_depths {
             m.encoder_depths = v.clone();
@@ -170,7 +183,8 @@ impl ArchConfig {
     /// given size (or one every stage can halve). The message names the
     /// field as `model.<field>`.
     pub fn check(&self) -> std::result::Result<(), String> {
-        let mut m = ModelConfig::table3(1, 1, 1, vec!["a".into(), "b".into()]);
+        let arch = self.arch.unwrap_or_default();
+        let mut m = ModelConfig::default_for(arch, 1, 1, 1, vec!["a".into(), "b".into()]);
         self.apply(&mut m);
         // Checked here, before `downsampling` is asked of absurd depths.
         let stages = m.encoder_widths.len().clamp(1, MAX_STAGES + 1);

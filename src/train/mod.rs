@@ -12,6 +12,7 @@
 pub mod config;
 pub mod data;
 pub mod ema;
+mod net;
 pub mod optim;
 mod run;
 
@@ -27,8 +28,9 @@ use crate::data::ImageSet;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model::checkpoint::{CardMetrics, InitSource};
-use crate::model::{Gcm, ModelConfig};
+use crate::model::ModelConfig;
 use config::TrainConfig;
+use net::Net;
 use optim::Optimizer;
 use run::{load_sets, Begin, DataPlan, Run};
 
@@ -233,15 +235,22 @@ fn mix_in(
 }
 
 fn validate(
-    net: &Gcm,
+    net: &Net,
     set: &ImageSet,
     classes: &[String],
     cfg: &TrainConfig,
     device: &Device,
 ) -> Result<EvalReport> {
-    evaluate(set, classes, cfg.eval_batch_size, device, |x| {
-        Ok(net.forward_t(x, false)?)
-    })
+    match net {
+        Net::Gcm(net) => evaluate(set, classes, cfg.eval_batch_size, device, |x| {
+            Ok(net.forward_t(x, false)?)
+        }),
+        Net::Cnn(net) => {
+            crate::eval::evaluate_scores(set, classes, cfg.eval_batch_size, device, |x| {
+                Ok(net.forward_t(x, false)?.scores)
+            })
+        }
+    }
 }
 
 /// Softmax cross-entropy on the scores against the labels, or against soft

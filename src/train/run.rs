@@ -17,6 +17,7 @@ use candle_nn::VarMap;
 use super::config::{self, ScalingChoice, TrainConfig};
 use super::data;
 use super::ema::{Ema, Swapped};
+use super::net::{Forward, Net};
 use super::optim::Optimizer;
 use super::{
     class_weights, loss_fn, progress_bar, read_state, save_state, save_tensors, set_vars,
@@ -28,7 +29,7 @@ use crate::data::{load_images, ImageSet};
 use crate::error::{Error, IoContext, Result};
 use crate::model::checkpoint::{self, CardMetrics, InitSource, LoadedModel, ModelCard};
 use crate::model::gcm::{init_varmap, varmap_tensors};
-use crate::model::{Gcm, ModelConfig};
+use crate::model::ModelConfig;
 use crate::rng::Rng;
 
 /// Input channels, rows and columns.
@@ -135,7 +136,8 @@ impl Begin {
             return Ok(m.clone());
         }
         let a = &self.cfg.model;
-        let mut m = ModelConfig::table3(rows, cols, channels, classes.to_vec());
+        let arch = a.arch.unwrap_or_default();
+        let mut m = ModelConfig::default_for(arch, rows, cols, channels, classes.to_vec());
         a.apply(&mut m);
         m.scaling = a
             .scaling
@@ -249,7 +251,7 @@ pub(super) struct Run<'a> {
     model_cfg: ModelConfig,
     classes: Vec<String>,
     varmap: VarMap,
-    net: Gcm,
+    net: Net,
     opt: Optimizer,
     ema: Option<Ema>,
     class_weights: Option<Tensor>,
@@ -282,10 +284,11 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let cfg = begin.cfg.clone();
         let (varmap, ema, start_epoch) = begin.variables(&model_cfg, job)?;
-        let net = Gcm::new(
+        let net = Net::new(
             &model_cfg,
             candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &job.device),
         )?;
+        net.check(&cfg)?;
         let mut opt = Optimizer::new(
             cfg.optimizer,
             net.trainable(&varmap),
@@ -475,23 +478,26 @@ impl<'a> Run<'a> {
         } else {
             (x, soft, y)
         };
-        let out = if cfg.head_dropout > 0.0 {
-            self.net.forward_train(&x, &mut |d: &Tensor| {
-                let mask = data::dropout_mask(d.dims(), cfg.head_dropout, drop_rng);
-                d.mul(&Tensor::from_vec(mask, d.dims(), d.device())?)
-            })?
-        } else {
-            self.net.forward_t(&x, true)?
+        let out: Forward = match &self.net {
+            Net::Gcm(net) if cfg.head_dropout > 0.0 => net
+                .forward_train(&x, &mut |d: &Tensor| {
+                    let mask = data::dropout_mask(d.dims(), cfg.head_dropout, drop_rng);
+                    d.mul(&Tensor::from_vec(mask, d.dims(), d.device())?)
+                })?
+                .into(),
+            Net::Gcm(net) => net.forward_t(&x, true)?.into(),
+            Net::Cnn(net) => net.forward_t(&x, true)?.into(),
         };
         let weights = self.class_weights.as_ref();
         let loss = loss_fn(&out.scores, &y, soft.as_ref(), weights, cfg.label_smoothing)?;
-        let loss = match &cfg.topk_loss {
-            Some(t) => {
-                let top = topk_scores(&out.cwm, &out.scaled, t.fraction)?;
+        let loss = match (&cfg.topk_loss, &out.maps) {
+            (Some(t), Some((cwm, scaled))) => {
+                let top = topk_scores(cwm, scaled, t.fraction)?;
                 let aux = loss_fn(&top, &y, soft.as_ref(), weights, cfg.label_smoothing)?;
                 (loss + (aux * t.weight)?)?
             }
-            None => loss,
+            // `Net::check` refused top-k with a network without maps.
+            _ => loss,
         };
         let grads = loss.backward()?;
         self.opt.step(&grads, lr)?;
