@@ -45,7 +45,7 @@ pub struct Explained {
 
 /// An image file read and checked against the model (its channels, and its
 /// size unless resizing), before any image is decided.
-fn checked(path: &Path, spec: &PreprocessSpec, resize: bool) -> Result<FrameData> {
+pub(crate) fn checked(path: &Path, spec: &PreprocessSpec, resize: bool) -> Result<FrameData> {
     let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
     let img =
         decode_bytes(&bytes).map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?;
@@ -111,7 +111,7 @@ pub fn explain(p: &Predictor, images: &[PathBuf], opts: &Options) -> Result<Vec<
 
 /// Evidence folder names: the image's file stem, made unique with its index
 /// where two images share a stem.
-fn evidence_names(images: &[PathBuf]) -> Vec<String> {
+pub(crate) fn evidence_names(images: &[PathBuf]) -> Vec<String> {
     let stem = |p: &Path| {
         p.file_stem()
             .map(|s| s.to_string_lossy().into_owned())

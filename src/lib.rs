@@ -22,6 +22,7 @@ pub mod font;
 pub mod fs;
 pub mod gpu;
 pub mod heap;
+pub mod methods;
 pub mod model;
 pub mod outputs;
 pub mod pipeline;

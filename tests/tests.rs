@@ -66,3 +66,6 @@ mod review_loop;
 
 #[path = "it/tta.rs"]
 mod tta;
+
+#[path = "it/methods.rs"]
+mod methods;

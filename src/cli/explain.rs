@@ -36,18 +36,59 @@ pub struct Args {
     /// evidence) over the 8 flips and quarter turns of a square input.
     #[arg(long, value_enum, default_value = "none")]
     pub tta: crate::model::tta::Tta,
+    /// The evidence method: gcm (a GCM model's own CWM and CCM), or, on the
+    /// baseline CNN (train --arch cnn), cam, gradcam, guided-backprop,
+    /// guided-gradcam, or all of them with a comparison grid per image.
+    #[arg(long, value_enum, default_value = "gcm")]
+    pub method: crate::methods::Method,
+    /// With a CNN method: a GCM model whose CWM and CCM join the evidence
+    /// and the comparison grid.
+    #[arg(long, value_name = "MODEL_DIR")]
+    pub gcm_model: Option<String>,
+}
+
+/// `--method` other than gcm: the baseline CNN's methods (on the CPU).
+fn methods_explain(a: &Args) -> Result<Vec<crate::explain::Explained>> {
+    let out = a.out.clone().ok_or_else(|| {
+        Error::Usage(format!(
+            "--method {}: give --out, the folder the maps are written to",
+            a.method.name()
+        ))
+    })?;
+    if a.tta != crate::model::tta::Tta::None || a.all_classes {
+        return Err(Error::Usage(
+            "--tta and --all-classes apply to --method gcm only".into(),
+        ));
+    }
+    let m = crate::model::bundled::open(&a.model)?;
+    let opts = crate::methods::explain::Options {
+        out,
+        method: a.method,
+        resize: a.resize,
+        gcm_model: a.gcm_model.clone(),
+    };
+    crate::methods::explain::explain(&m, &a.images, &opts)
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = crate::device::open(&a.device)?;
-    let p = Predictor::open(&a.model, &device)?.with_tta(a.tta)?;
-    let opts = Options {
-        out: a.out.clone(),
-        all_classes: a.all_classes,
-        resize: a.resize,
-        batch_size: a.batch_size,
+    let results = if a.method == crate::methods::Method::Gcm {
+        if a.gcm_model.is_some() {
+            return Err(Error::Usage(
+                "--gcm-model goes with a CNN method (--method cam, ..., all)".into(),
+            ));
+        }
+        let device = crate::device::open(&a.device)?;
+        let p = Predictor::open(&a.model, &device)?.with_tta(a.tta)?;
+        let opts = Options {
+            out: a.out.clone(),
+            all_classes: a.all_classes,
+            resize: a.resize,
+            batch_size: a.batch_size,
+        };
+        explain(&p, &a.images, &opts)?
+    } else {
+        methods_explain(&a)?
     };
-    let results = explain(&p, &a.images, &opts)?;
     if a.json {
         println!(
             "{}",
@@ -72,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
                 println!(
                     "  evidence: {}{}",
                     e.display(),
-                    if r.evidence_reproduces == Some(true) {
+                    if r.evidence_reproduces != Some(false) {
                         ""
                     } else {
                         "  (does NOT reproduce the decision)"

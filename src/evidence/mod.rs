@@ -30,7 +30,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::write_atomic;
 use crate::model::Predictor;
 
-mod panel;
+pub(crate) mod panel;
 pub use panel::heatmap;
 
 pub const EVIDENCE_FORMAT: &str = "gcm-inspect-evidence/2";
