@@ -37,6 +37,11 @@ pub struct Args {
     /// evidence) over the 8 flips and quarter turns of a square input.
     #[arg(long, value_enum, default_value = "none")]
     pub tta: crate::model::tta::Tta,
+    /// `all`, with a baseline CNN model: the decline-ratio table of CAM,
+    /// Grad-CAM, Guided Backprop and Guided Grad-CAM (GCM paper, Table 8)
+    /// after the report (markdown; with --json under `methods`).
+    #[arg(long, value_name = "all")]
+    pub methods: Option<String>,
     #[command(flatten)]
     pub sweep: super::sweep::SweepArgs,
 }
@@ -74,19 +79,37 @@ fn run_cnn(
             m.dir.display()
         )));
     }
+    if let Some(v) = a.methods.as_deref().filter(|v| *v != "all") {
+        return Err(Error::Usage(format!("--methods {v}: only `all` is known")));
+    }
     let net = m.build_cnn(device)?;
     let cfg = net.config().clone();
     let set = load_set(a, &cfg)?;
     let report = crate::eval::evaluate_scores(&set, &cfg.classes, a.batch_size, device, |x| {
         Ok(net.forward_t(x, false)?.scores)
     })?;
+    let table = match a.methods {
+        Some(_) => {
+            let cpu = m.build_cnn(&candle_core::Device::Cpu)?;
+            Some(crate::methods::decline::decline_table(
+                &cpu,
+                &set,
+                a.batch_size,
+            )?)
+        }
+        None => None,
+    };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialises")
-        );
+        let mut v = serde_json::to_value(&report).expect("serialises");
+        if let Some(t) = &table {
+            v["methods"] = serde_json::to_value(t).expect("serialises");
+        }
+        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
     } else {
         print!("{}", report.render());
+        if let Some(t) = &table {
+            print!("\n{}", t.markdown());
+        }
     }
     Ok(())
 }
@@ -96,6 +119,12 @@ pub fn run(a: Args) -> Result<()> {
     let loaded = crate::model::bundled::open(&a.model)?;
     if loaded.card.model.arch == crate::model::Arch::Cnn {
         return run_cnn(&a, &loaded, &device);
+    }
+    if a.methods.is_some() {
+        return Err(Error::Usage(format!(
+            "--methods: the methods' table needs a baseline CNN model (train --arch cnn); {} is a GCM, whose rows `eval` prints",
+            loaded.dir.display()
+        )));
     }
     let p = Predictor::from_loaded(&loaded, &device)?.with_tta(a.tta)?;
     let mut ds = Dataset::open(&a.data)?;

@@ -16,6 +16,7 @@
 //! `gcm-inspect explain --method NAME` writes them ([`explain`]).
 
 pub mod cam;
+pub mod decline;
 pub mod explain;
 pub mod gradcam;
 pub mod guided;

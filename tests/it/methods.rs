@@ -56,6 +56,42 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
     .unwrap();
     assert_eq!(report["images"], 32);
     assert!(report["decline"].as_object().unwrap().is_empty());
+    // --methods all: the methods' decline table, one row per method, each
+    // map kind's B and decline consistent with A.
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--methods",
+        "all",
+        "--json",
+    ]))
+    .unwrap();
+    let t = &v["methods"];
+    let a = t["accuracy"].as_f64().unwrap();
+    assert_eq!(a, v["accuracy"].as_f64().unwrap());
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        for k in ["raw", "abs", "image"] {
+            let b = r["kinds"][k]["accuracy"].as_f64().unwrap();
+            let d = r["kinds"][k]["decline"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&b));
+            assert!(a == 0.0 || (d - (a - b) / a).abs() < 1e-9, "{r}");
+        }
+    }
+    let md = ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--methods",
+        "all",
+    ]);
+    assert!(md.contains("| guided-gradcam | cnn |"), "{md}");
 
     // A GCM beside it, for the grid's GCM column.
     let gcm_cfg = dir.path().join("gcm.yaml");
