@@ -7,24 +7,38 @@
 
 use std::path::{Path, PathBuf};
 
-/// Exit codes of the `gcm-inspect` binary.
+/// Exit codes of the `gcm-inspect` binary: the BSD `sysexits.h` values, which
+/// systemd prints by name (`status=78/CONFIG`), so the journal reads right.
+/// The LSB range 3-7 is avoided: systemd names those `NOTIMPLEMENTED`,
+/// `NOTINSTALLED` and so on, which would mislead an operator.
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;
-    /// A runtime failure that a restart may fix (I/O error, internal error).
-    pub const RUNTIME: i32 = 1;
-    /// Bad command-line usage (clap uses 2 as well).
-    pub const USAGE: i32 = 2;
-    /// A configuration file is invalid (unknown key, wrong type, bad value).
-    pub const CONFIG: i32 = 3;
-    /// Input data is unusable (missing folder, corrupt image, wrong shape).
-    pub const DATA: i32 = 4;
-    /// Model files are unusable (missing tensor, wrong shape, NaN, card mismatch).
-    pub const MODEL: i32 = 5;
-    /// A device is unavailable (no CUDA support, no GPU, camera missing).
-    pub const DEVICE: i32 = 6;
-    /// An audit found divergent evidence (`verify`).
-    pub const DIVERGENT: i32 = 7;
+    /// `verify` or `explain` found evidence that does not reproduce its
+    /// decision: the audit ran and its answer is "no", as `diff` exits 1 when
+    /// files differ.
+    pub const DIVERGENT: i32 = 1;
+    /// Bad command-line usage (EX_USAGE).
+    pub const USAGE: i32 = 64;
+    /// Input data or model files are unusable: corrupt image, wrong shape,
+    /// missing tensor, NaN, card mismatch (EX_DATAERR).
+    pub const DATA: i32 = 65;
+    /// Model files are unusable; the same code as [`DATA`], the message names
+    /// the model file.
+    pub const MODEL: i32 = DATA;
+    /// An input file, folder or model that does not exist (EX_NOINPUT).
+    pub const NO_INPUT: i32 = 66;
+    /// A device or service is unavailable: camera missing, no CUDA support or
+    /// GPU, the metrics port taken (EX_UNAVAILABLE).
+    pub const DEVICE: i32 = 69;
+    /// An internal failure (tensor computation, a broken invariant) (EX_SOFTWARE).
+    pub const SOFTWARE: i32 = 70;
+    /// An I/O error reading or writing a file (EX_IOERR).
+    pub const IO: i32 = 74;
+    /// A configuration file is invalid: unknown key, wrong type, bad value (EX_CONFIG).
+    pub const CONFIG: i32 = 78;
+    /// A panic (Rust's own code): a bug.
+    pub const PANIC: i32 = 101;
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,9 +54,16 @@ pub enum Error {
     /// Model files are unusable.
     #[error("model {path}: {msg}")]
     Model { path: PathBuf, msg: String },
+    /// An input file, folder or model directory does not exist.
+    #[error("missing input {path}: {msg}")]
+    NoInput { path: PathBuf, msg: String },
     /// A compute device or camera is unavailable.
     #[error("device {name}: {msg}")]
     Device { name: String, msg: String },
+    /// A service the process needs is unavailable (e.g. its port is taken);
+    /// the message names the setting.
+    #[error("{0}")]
+    Unavailable(String),
     /// An audit found evidence that does not reproduce its decision.
     #[error("{0}")]
     Divergent(String),
@@ -80,6 +101,22 @@ impl Error {
             msg: msg.into(),
         }
     }
+    pub fn no_input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::NoInput {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    /// An input file that cannot be read: missing (no input) or otherwise
+    /// unreadable (data error), the path and the reason named.
+    pub fn unreadable_input(path: impl AsRef<Path>, e: std::io::Error) -> Self {
+        let msg = format!("cannot read: {e}");
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::no_input(path, msg)
+        } else {
+            Error::data(path, msg)
+        }
+    }
     pub fn device(name: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Device {
             name: name.into(),
@@ -99,10 +136,12 @@ impl Error {
             Error::Config { .. } => exit::CONFIG,
             Error::Data { .. } => exit::DATA,
             Error::Model { .. } => exit::MODEL,
-            Error::Device { .. } => exit::DEVICE,
+            Error::NoInput { .. } => exit::NO_INPUT,
+            Error::Device { .. } | Error::Unavailable(_) => exit::DEVICE,
             Error::Divergent(_) => exit::DIVERGENT,
             Error::Usage(_) => exit::USAGE,
-            Error::Io { .. } | Error::Candle(_) | Error::Runtime(_) => exit::RUNTIME,
+            Error::Io { .. } => exit::IO,
+            Error::Candle(_) | Error::Runtime(_) => exit::SOFTWARE,
         }
     }
 }
@@ -115,5 +154,42 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error class maps to its sysexits value, and none falls in the
+    /// LSB range 2-7 that systemd names NOTIMPLEMENTED, NOTINSTALLED, ...
+    #[test]
+    fn error_classes_map_to_sysexits_values() {
+        let io = || std::io::Error::other("disk");
+        let cases = [
+            (Error::config("c.yaml", "x"), 78),
+            (Error::data("d.png", "x"), 65),
+            (Error::model("m", "x"), 65),
+            (Error::no_input("gone.png", "x"), 66),
+            (Error::device("cuda", "x"), 69),
+            (Error::Unavailable("metrics.listen: taken".into()), 69),
+            (Error::Usage("x".into()), 64),
+            (Error::io("f", io()), 74),
+            (Error::Runtime("x".into()), 70),
+            (Error::Divergent("x".into()), 1),
+        ];
+        for (e, code) in &cases {
+            assert_eq!(e.exit_code(), *code, "{e:?}");
+            assert!(!(2..=7).contains(code), "{e:?} uses an LSB code");
+        }
+    }
+
+    #[test]
+    fn a_missing_input_names_its_path() {
+        let e = Error::no_input("/x/gone.png", "cannot read: no such file");
+        assert_eq!(
+            e.to_string(),
+            "missing input /x/gone.png: cannot read: no such file"
+        );
     }
 }

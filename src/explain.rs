@@ -46,7 +46,7 @@ pub struct Explained {
 /// An image file read and checked against the model (its channels, and its
 /// size unless resizing), before any image is decided.
 pub(crate) fn checked(path: &Path, spec: &PreprocessSpec, resize: bool) -> Result<FrameData> {
-    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::unreadable_input(path, e))?;
     let img =
         decode_bytes(&bytes).map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?;
     check_decoded(path, &img, spec.channels, spec.rows, spec.cols, resize)?;

@@ -4,7 +4,20 @@
 use clap::Parser;
 
 fn main() {
-    let cli = gcm_inspect::cli::Cli::parse();
+    // clap exits 2 on a usage error; ours is EX_USAGE (64), as for every
+    // other usage error the program finds itself.
+    let cli = match gcm_inspect::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let code = if e.use_stderr() {
+                gcm_inspect::error::exit::USAGE
+            } else {
+                gcm_inspect::error::exit::OK
+            };
+            std::process::exit(code);
+        }
+    };
     // Before any thread starts (set_var) and before candle's pool exists.
     let spin = gcm_inspect::engine::tune_candle_pool();
     // A one-shot command whose output is cut short (`gcm-inspect eval ... |

@@ -40,7 +40,7 @@ pub enum Command {
     Run(run::Args),
     /// Validate a daemon config: schema, model, device and source, without running.
     CheckConfig(check_config::Args),
-    /// Re-check a decision log: recompute every kept evidence's scores (exit 7 if any diverge).
+    /// Re-check a decision log: recompute every kept evidence's scores (exit 1 if any diverge).
     Verify(verify::Args),
     /// Decisions and their evidence (CWM heatmap, CCM parts) for image files.
     Explain(explain::Args),

@@ -1,5 +1,5 @@
 //! `gcm-inspect verify LOG_DIR`: the auditor's re-check of a decision log
-//! (see `audit`); exits 7 when any evidence diverges.
+//! (see `audit`); exits 1 when any evidence diverges.
 
 use std::path::PathBuf;
 

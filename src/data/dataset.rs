@@ -58,7 +58,7 @@ impl Dataset {
     /// Opens a class-folder tree or a CSV manifest.
     pub fn open(path: &Path) -> Result<Dataset> {
         if !path.exists() {
-            return Err(Error::data(path, "does not exist"));
+            return Err(Error::no_input(path, "does not exist"));
         }
         if path.is_dir() {
             read_folder(path)

@@ -72,7 +72,7 @@ fn describe(ch: usize) -> &'static str {
 
 /// Decodes an image file, naming it in any error.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::unreadable_input(path, e))?;
     decode_bytes(&bytes).map_err(|e| Error::data(path, format!("cannot decode image: {e}")))
 }
 

@@ -131,6 +131,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// tensor the architecture needs is present with the right shape and finite
 /// values, there are no extra tensors, and the card's sha256 matches.
 pub fn load(dir: &Path) -> Result<LoadedModel> {
+    if !dir.exists() {
+        return Err(Error::no_input(dir, "no such model directory"));
+    }
     if !dir.is_dir() {
         return Err(Error::model(
             dir,

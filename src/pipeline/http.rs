@@ -114,8 +114,9 @@ impl Drop for Server {
 /// [`Server::shutdown`]. `/healthz` fails (503) when the inference loop has
 /// not turned for `healthy_within`, or when the daemon is degraded.
 pub fn serve(listen: &str, metrics: Arc<Metrics>, healthy_within: Duration) -> Result<Server> {
-    let listener = TcpListener::bind(listen)
-        .map_err(|e| Error::Runtime(format!("metrics.listen: cannot listen on {listen}: {e}")))?;
+    let listener = TcpListener::bind(listen).map_err(|e| {
+        Error::Unavailable(format!("metrics.listen: cannot listen on {listen}: {e}"))
+    })?;
     serve_router(
         listener,
         metrics_router(metrics, healthy_within),

@@ -4,9 +4,10 @@
 use crate::util::*;
 use std::collections::HashMap;
 
-const DATA: i32 = 4;
-const MODEL: i32 = 5;
-const CONFIG: i32 = 3;
+const DATA: i32 = gcm_inspect::error::exit::DATA;
+const MODEL: i32 = gcm_inspect::error::exit::MODEL;
+const CONFIG: i32 = gcm_inspect::error::exit::CONFIG;
+const NO_INPUT: i32 = gcm_inspect::error::exit::NO_INPUT;
 
 fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
@@ -25,7 +26,7 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
 fn missing_data_dir_is_named() {
     let t = tempfile::tempdir().unwrap();
     let missing = t.path().join("nope");
-    let err = fails(&train_args(p(&missing), p(&t.path().join("o"))), DATA);
+    let err = fails(&train_args(p(&missing), p(&t.path().join("o"))), NO_INPUT);
     assert!(
         err.contains("nope") && err.contains("does not exist"),
         "{err}"

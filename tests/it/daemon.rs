@@ -177,7 +177,7 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
     let good = config(root, &model, synth, "");
     let good_text = std::fs::read_to_string(&good).unwrap();
 
-    // Unknown key: exit 3 (config), key and line named.
+    // Unknown key: exit 78 (config), key and line named.
     let f = write(
         "unknown.yaml",
         good_text.replace("    fps: 0\n", "    fps: 0\n    fsp: 3\n"),
@@ -188,14 +188,14 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
         } else {
             vec![cmd, p(&f)]
         };
-        let e = fails(&args, 3);
+        let e = fails(&args, gcm_inspect::error::exit::CONFIG);
         assert!(
             e.contains("unknown field `fsp`") && e.contains("line 5"),
             "{cmd}: {e}"
         );
     }
     // A wrong type, a reject class the model does not have, a probability
-    // above 1: exit 3, the key (and what is wrong) named.
+    // above 1: exit 78, the key (and what is wrong) named.
     let cases = [
         (
             "evidence:\n  quota_bytes: plenty\n",
@@ -240,54 +240,57 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
     ];
     for (i, (section, want)) in cases.iter().enumerate() {
         let f = write(&format!("bad_{i}.yaml"), format!("{good_text}{section}"));
-        let e = fails(&["check-config", p(&f)], 3);
+        let e = fails(&["check-config", p(&f)], gcm_inspect::error::exit::CONFIG);
         assert!(want.iter().all(|w| e.contains(w)), "{section}: {e}");
     }
-    // Missing model: exit 5 (model), path named.
+    // Missing model: exit 66 (no input), path named.
     let missing = root.join("no-such-model");
     let f = write(
         "model.yaml",
         good_text.replace(&model.display().to_string(), &missing.display().to_string()),
     );
     for args in [vec!["check-config", p(&f)], vec!["run", "--config", p(&f)]] {
-        let e = fails(&args, 5);
+        let e = fails(&args, gcm_inspect::error::exit::NO_INPUT);
         assert!(e.contains("no-such-model"), "{e}");
     }
-    // A compute device that cannot be had: exit 6 (device), named.
+    // A compute device that cannot be had: exit 69 (device), named.
     #[cfg(not(feature = "cuda"))]
     {
         let f = write("device.yaml", format!("{good_text}device: cuda:0\n"));
-        let e = fails(&["run", "--config", p(&f)], 6);
+        let e = fails(
+            &["run", "--config", p(&f)],
+            gcm_inspect::error::exit::DEVICE,
+        );
         assert!(e.contains("cuda:0"), "{e}");
     }
-    // A device name that is not one: exit 3 (config), key named (not 6,
+    // A device name that is not one: exit 78 (config), key named (not 69,
     // which systemd retries).
     let f = write("device2.yaml", format!("{good_text}device: gpu\n"));
-    let e = fails(&["check-config", p(&f)], 3);
+    let e = fails(&["check-config", p(&f)], gcm_inspect::error::exit::CONFIG);
     assert!(e.contains("device") && e.contains("\"gpu\""), "{e}");
-    // A camera path that does not exist: exit 6, path named.
+    // A camera path that does not exist: exit 69, path named.
     let cam = model.display().to_string();
     let f = write(
         "camera.yaml",
         format!("model: {cam}\nsource:\n  v4l2:\n    device_path: /dev/video-gcm-missing\n    width_px: 64\n    height_px: 64\n    fps: 30\n    pixel_format: GREY\nmetrics:\n  enabled: false\n"),
     );
     for args in [vec!["check-config", p(&f)], vec!["run", "--config", p(&f)]] {
-        let e = fails(&args, 6);
+        let e = fails(&args, gcm_inspect::error::exit::DEVICE);
         assert!(e.contains("/dev/video-gcm-missing"), "{e}");
     }
-    // A replay folder that does not exist: exit 4 (data), key and path named.
+    // A replay folder that does not exist: exit 66 (no input), key and path named.
     let f = write(
         "replay.yaml",
         good_text.replace(synth, "  replay:\n    dir: nowhere\n"),
     );
-    let e = fails(&["check-config", p(&f)], 4);
+    let e = fails(&["check-config", p(&f)], gcm_inspect::error::exit::NO_INPUT);
     assert!(
         e.contains("source.replay.dir") && e.contains("nowhere"),
         "{e}"
     );
-    // A bad value: exit 3 with key and line.
+    // A bad value: exit 78 with key and line.
     let f = write("value.yaml", good_text.replace("fps: 0", "fps: -1"));
-    let e = fails(&["check-config", p(&f)], 3);
+    let e = fails(&["check-config", p(&f)], gcm_inspect::error::exit::CONFIG);
     assert!(e.contains("source.synthetic.fps (line 4)"), "{e}");
     // And the good one passes.
     let out = ok(&["check-config", p(&good)]);
@@ -373,7 +376,7 @@ fn evidence_quota_is_honoured_and_verify_catches_a_corrupted_file() {
     ))
     .save(victim.join(pos))
     .unwrap();
-    let e = fails(&["verify", p(&log)], 7);
+    let e = fails(&["verify", p(&log)], gcm_inspect::error::exit::DIVERGENT);
     assert!(e.contains("do not reproduce"), "{e}");
     let o = crate::util::run(&["verify", p(&log)]);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -582,7 +585,10 @@ fn replay_skips_cut_jpegs_as_corrupt_and_explain_refuses_them() {
             "no corrupt skip of {name}:\n{err}"
         );
         let file = frames.join(name);
-        let e = fails(&["explain", "--model", p(&model), p(&file)], 4);
+        let e = fails(
+            &["explain", "--model", p(&model), p(&file)],
+            gcm_inspect::error::exit::DATA,
+        );
         assert!(e.contains(name) && e.contains("cannot decode"), "{e}");
     }
     let whole = ok(&[

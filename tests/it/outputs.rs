@@ -764,7 +764,7 @@ fn check_config_lists_the_outputs_warns_of_blocked_hosts_and_reads_the_secrets()
     let extra = "station: s9\noutputs:\n  - verdicts: [ng]\n    mqtt: {url: 'mqtt://127.0.0.1:1883', topic: 'gcm/{station}/{verdict}'}\n  - webhook: {url: 'http://10.1.2.3:8080/hook', bearer_token_file: token}\n";
     let cfg = config(t.path(), &model, &synthetic(0), extra);
     // The token file does not exist yet: a config error naming it.
-    let e = crate::util::fails(&["check-config", p(&cfg)], 3);
+    let e = crate::util::fails(&["check-config", p(&cfg)], gcm_inspect::error::exit::CONFIG);
     assert!(
         e.contains(&token.display().to_string()) && e.contains("webhook bearer token"),
         "{e}"

@@ -228,7 +228,7 @@ fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
             "--clean-column",
             "p",
         ],
-        4,
+        gcm_inspect::error::exit::DATA,
     );
     assert!(err.contains("\"p\"") && err.contains("binary.csv"), "{err}");
     // No clean cells under that label.
@@ -242,7 +242,7 @@ fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
             "--clean-label",
             "fine",
         ],
-        4,
+        gcm_inspect::error::exit::DATA,
     );
     assert!(
         err.contains("no clean training cells") && err.contains("fine"),
@@ -253,7 +253,10 @@ fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
     image::RgbImage::from_pixel(90, 90, image::Rgb([10, 200, 30]))
         .save(&first_clean)
         .unwrap();
-    let err = fails(&["paint-cracks", "--data", data, "--out", o], 4);
+    let err = fails(
+        &["paint-cracks", "--data", data, "--out", o],
+        gcm_inspect::error::exit::DATA,
+    );
     assert!(
         err.contains("cell0003.png") && err.contains("greyscale"),
         "{err}"
@@ -269,7 +272,7 @@ fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
             "--out",
             o,
         ],
-        4,
+        gcm_inspect::error::exit::DATA,
     );
     assert!(err.contains("split"), "{err}");
     // A fraction out of range is a usage error.
@@ -283,7 +286,7 @@ fn paint_cracks_refuses_what_it_cannot_paint_and_names_it() {
             "--val-fraction",
             "1.5",
         ],
-        2,
+        gcm_inspect::error::exit::USAGE,
     );
     assert!(err.contains("--val-fraction"), "{err}");
 }

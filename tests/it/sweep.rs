@@ -205,7 +205,7 @@ fn reject_classes_come_from_the_config_or_the_flag_and_must_be_the_models() {
     let sweep = [&base[..], &["--sweep", "--out", p(&out)]].concat();
     let e = fails(
         &[&sweep[..], &["--reject-classes", "crack,scratch"]].concat(),
-        2,
+        gcm_inspect::error::exit::USAGE,
     );
     assert!(
         e.contains("--reject-classes: \"scratch\" is not a class of the model")
@@ -226,6 +226,9 @@ fn reject_classes_come_from_the_config_or_the_flag_and_must_be_the_models() {
         stdout.contains("\nmin_probability 0.8 (configured): "),
         "{stdout}"
     );
-    let e = fails(&[&base[..], &["--max-miss", "0.02"]].concat(), 2);
+    let e = fails(
+        &[&base[..], &["--max-miss", "0.02"]].concat(),
+        gcm_inspect::error::exit::USAGE,
+    );
     assert!(e.contains("--sweep"), "{e}");
 }

@@ -39,7 +39,7 @@ fn synth_refuses_unknown_class() {
     let t = tempfile::tempdir().unwrap();
     let err = fails(
         &["synth", "--out", p(t.path()), "--classes", "ok,scratch"],
-        2,
+        gcm_inspect::error::exit::USAGE,
     );
     assert!(err.contains("scratch"), "{err}");
 }

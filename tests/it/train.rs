@@ -141,7 +141,7 @@ fn resume_continues_where_the_run_stopped() {
             "--resume",
             "--no-progress",
         ],
-        2,
+        gcm_inspect::error::exit::USAGE,
     );
     assert!(err.contains("nothing to do"), "{err}");
 }
@@ -183,6 +183,7 @@ fn history_script_agrees_with_the_run(out: &std::path::Path) {
     }
     let o = run(&["--range", "2-5"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
+    // The history script's own usage error (argparse), not the binary's.
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("history.jsonl") && stderr.contains("needs epochs 2 to 5"),
@@ -312,7 +313,10 @@ fn adamw_resume_restores_the_moments() {
     let mut st = candle_core::safetensors::load(&state, &candle_core::Device::Cpu).unwrap();
     st.remove("adamw.steps");
     candle_core::safetensors::save(&st, &state).unwrap();
-    let err = fails(&resume_args(&data, &resumed, "3"), 5);
+    let err = fails(
+        &resume_args(&data, &resumed, "3"),
+        gcm_inspect::error::exit::MODEL,
+    );
     assert!(err.contains("adamw.steps"), "{err}");
 }
 
@@ -347,7 +351,10 @@ fn weight_average_is_what_is_saved_and_survives_resume() {
     }
     // Without the optimiser's weights the run cannot go on; the file is named.
     std::fs::remove_file(resumed.join(own)).unwrap();
-    let err = fails(&resume_args(&data, &resumed, "3"), 5);
+    let err = fails(
+        &resume_args(&data, &resumed, "3"),
+        gcm_inspect::error::exit::MODEL,
+    );
     assert!(err.contains("train_weights.safetensors"), "{err}");
 }
 
@@ -523,7 +530,7 @@ fn init_fine_tunes_from_a_model_and_keeps_its_classes() {
             p(&base),
             "--no-progress",
         ],
-        4,
+        gcm_inspect::error::exit::DATA,
     );
     assert!(err.contains("inactive"), "{err}");
 }

@@ -111,7 +111,7 @@ fn the_daemon_with_d4_passes_both_divergence_checks_and_refuses_non_square_model
     let wide = root.join("wide");
     gcm_inspect_wide_model(&wide);
     let cfg = config(root, &wide, "  synthetic:\n    fps: 0\n", "tta: d4\n");
-    let e = fails(&["check-config", p(&cfg)], 3);
+    let e = fails(&["check-config", p(&cfg)], gcm_inspect::error::exit::CONFIG);
     assert!(e.contains("tta") && e.contains("square"), "{e}");
 }
 

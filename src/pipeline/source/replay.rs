@@ -37,7 +37,7 @@ impl Replay {
 /// The image files directly in `dir`, sorted by file name.
 pub fn list(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
-        return Err(Error::data(dir, "source.replay.dir: no such folder"));
+        return Err(Error::no_input(dir, "source.replay.dir: no such folder"));
     }
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).at(dir)? {
