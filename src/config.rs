@@ -217,7 +217,18 @@ pub struct LogConfig {
     pub fsync_every_lines: u64,
     /// fsync when the oldest unsynced line is this old (0: no time limit).
     pub fsync_every_ms: u64,
+    /// Disk the decision log may use, active file included; the oldest
+    /// rotated files are deleted first. Absent: [`DEFAULT_KEEP_DISK_PERCENT`]
+    /// of the log folder's file system (at least two rotations); 0: no limit.
+    pub keep_bytes: Option<u64>,
+    /// Rotated files older than this many days (by their last write) are
+    /// deleted; 0: no age limit.
+    pub keep_days: u64,
 }
+
+/// The share of its file system the decision log keeps when
+/// `output.log.keep_bytes` is not set.
+pub const DEFAULT_KEEP_DISK_PERCENT: u64 = 10;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -225,6 +236,8 @@ impl Default for LogConfig {
             rotate_bytes: 64 << 20,
             fsync_every_lines: 30,
             fsync_every_ms: 1000,
+            keep_bytes: None,
+            keep_days: 0,
         }
     }
 }
@@ -625,7 +638,13 @@ impl LogConfig {
         within("output.log.rotate_bytes", rotate, 4096, MAX_BYTES)?;
         let (lines, ms) = (self.fsync_every_lines, self.fsync_every_ms);
         within("output.log.fsync_every_lines", lines, 0, 1_000_000)?;
-        within("output.log.fsync_every_ms", ms, 0, MAX_WAIT_MS)
+        within("output.log.fsync_every_ms", ms, 0, MAX_WAIT_MS)?;
+        within("output.log.keep_days", self.keep_days, 0, 36_500)?;
+        match self.keep_bytes {
+            // Room for the active file and at least one rotated one.
+            Some(k) if k > 0 => within("output.log.keep_bytes", k, 2 * rotate, MAX_BYTES),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -1015,6 +1034,35 @@ mod tests {
 
     fn parse(y: &str) -> Result<DaemonConfig> {
         DaemonConfig::from_yaml(y, Path::new("t.yaml"))?.validate(y, Path::new("t.yaml"))
+    }
+
+    #[test]
+    fn log_retention_must_leave_room_for_a_rotation() {
+        let base = "model: m\nsource:\n  synthetic: {}\noutput:\n  log:\n    rotate_bytes: 4096\n";
+        let e = parse(&format!("{base}    keep_bytes: 8191\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("output.log.keep_bytes") && e.contains("8191"),
+            "{e}"
+        );
+        let ok = parse(&format!("{base}    keep_bytes: 8192\n    keep_days: 30\n")).unwrap();
+        assert_eq!(
+            (ok.output.log.keep_bytes, ok.output.log.keep_days),
+            (Some(8192), 30)
+        );
+        assert_eq!(
+            parse(&format!("{base}    keep_bytes: 0\n"))
+                .unwrap()
+                .output
+                .log
+                .keep_bytes,
+            Some(0)
+        );
+        let e = parse(&format!("{base}    keep_days: 40000\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output.log.keep_days"), "{e}");
     }
 
     #[test]

@@ -152,6 +152,11 @@ pub struct Metrics {
     pub log_rotations: Counter,
     pub log_write_failures: Counter,
     pub log_backlog_lines: Gauge,
+    pub log_files_deleted: Counter,
+    pub log_bytes_deleted: Counter,
+    pub log_bytes: Gauge,
+    pub log_keep_bytes: Gauge,
+    pub log_disk_free_bytes: Gauge,
     pub decisions_unlogged: Counter,
     pub evidence_write_failures: Counter,
     pub reloads_ok: Counter,
@@ -203,6 +208,11 @@ impl Metrics {
             log_rotations: Counter::default(),
             log_write_failures: Counter::default(),
             log_backlog_lines: Gauge::default(),
+            log_files_deleted: Counter::default(),
+            log_bytes_deleted: Counter::default(),
+            log_bytes: Gauge::default(),
+            log_keep_bytes: Gauge::default(),
+            log_disk_free_bytes: Gauge::default(),
             decisions_unlogged: Counter::default(),
             evidence_write_failures: Counter::default(),
             reloads_ok: Counter::default(),
@@ -438,6 +448,11 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
     ("gcm_log_rotations_total", "counter", "Decision log rotations.", One(|m| m.log_rotations.get())),
     ("gcm_log_write_failures_total", "counter", "Failed writes and fsyncs of the decision log (a full disk, an I/O error).", One(|m| m.log_write_failures.get())),
     ("gcm_log_backlog_lines", "gauge", "Decision lines waiting in memory for the log to be writable.", One(|m| m.log_backlog_lines.get())),
+    ("gcm_log_files_deleted_total", "counter", "Rotated decision log files deleted by retention (output.log.keep_bytes, keep_days).", One(|m| m.log_files_deleted.get())),
+    ("gcm_log_bytes_deleted_total", "counter", "Bytes of rotated decision log files deleted by retention.", One(|m| m.log_bytes_deleted.get())),
+    ("gcm_log_bytes", "gauge", "Disk the decision log's files take (active and rotated).", One(|m| m.log_bytes.get())),
+    ("gcm_log_keep_bytes", "gauge", "The decision log's size bound in effect (0: none).", One(|m| m.log_keep_bytes.get())),
+    ("gcm_log_disk_free_bytes", "gauge", "Free space on the decision log's file system.", One(|m| m.log_disk_free_bytes.get())),
     ("gcm_decisions_unlogged_total", "counter", "Decisions made but never written to the decision log (backlog full, or waiting at the stop).", One(|m| m.decisions_unlogged.get())),
     ("gcm_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.", By("result", |m| labels([("ok", &m.reloads_ok), ("error", &m.reloads_failed)]))),
     ("gcm_capture_to_decision_seconds", "histogram", "From capture to the decision.", Latency(|m| &m.latency_capture_to_decision)),
@@ -498,12 +513,17 @@ mod tests {
             &m.evidence_write_failures,
             &m.reloads_ok,
             &m.reloads_failed,
+            &m.log_files_deleted,
+            &m.log_bytes_deleted,
         ];
         for (i, c) in counters.into_iter().enumerate() {
             c.add(101 + i as u64);
         }
         m.evidence_bytes.set(7_340_032);
         m.log_backlog_lines.set(77);
+        m.log_bytes.set(123_456);
+        m.log_keep_bytes.set(1 << 30);
+        m.log_disk_free_bytes.set(9 << 30);
         for (reason, n) in [("corrupt", 3), ("roi", 5), ("channels", 7), ("other", 9)] {
             for _ in 0..n {
                 m.skip(reason);

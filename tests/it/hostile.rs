@@ -600,3 +600,82 @@ fn every_documented_exit_code_is_what_its_cases_give() {
     }
     drop(busy);
 }
+
+/// Retention on a real small disk that is nearly full: the decision log
+/// stays within `output.log.keep_bytes` by deleting its oldest rotated
+/// files (never the active file, never `labels.jsonl`), so its writes never
+/// fail; the daemon warns that the disk is low; what is left is the newest
+/// decisions without a gap, and `verify` reads it.
+#[test]
+fn the_log_on_a_nearly_full_disk_stays_within_keep_bytes() {
+    let Some(disk) = SmallDisk::mount(8192) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 4);
+    let log = disk.path("log");
+    std::fs::create_dir(&log).unwrap();
+    let labels = "{\"frame\":1,\"label\":\"crack\"}\n";
+    std::fs::write(log.join("labels.jsonl"), labels).unwrap();
+    let keep: u64 = 256 << 10;
+    // Leave the log its bound and a little more: below 5% free from the start.
+    let filler = disk.path("filler");
+    std::fs::write(
+        &filler,
+        vec![0u8; (8192 << 10) - (keep as usize + (96 << 10))],
+    )
+    .unwrap();
+    let cfg = config_at(
+        root,
+        &model,
+        &synthetic(0),
+        &log,
+        &root.join("evidence"),
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    fsync_every_lines: 1\n",
+        &format!("    fsync_every_lines: 1\n    rotate_bytes: 32768\n    keep_bytes: {keep}\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let frames = 3000;
+    let d = Daemon::start(
+        root,
+        &["--config", p(&cfg), "--max-frames", &frames.to_string()],
+    );
+    let (st, out, err) = d.wait(300);
+    assert!(st.success(), "{err}");
+    assert!(err.contains("almost full"), "no low-space warning: {err}");
+    let s = summary(&out);
+    assert_eq!(s["decisions"].as_u64(), Some(frames), "{s}");
+    assert_eq!(s["decisions_unlogged"].as_u64(), Some(0), "{s}");
+
+    let files = gcm_inspect::pipeline::sink::log::log_files(&log).unwrap();
+    assert!(files.last().unwrap().ends_with("decisions.jsonl"));
+    let size: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(size <= keep, "the log takes {size} bytes, bound {keep}");
+    let lines = lines_in(&log);
+    let first = lines[0].frame;
+    assert!(first > 0, "nothing was deleted");
+    let ids: Vec<u64> = lines.iter().map(|l| l.frame).collect();
+    assert_eq!(ids, (first..first + lines.len() as u64).collect::<Vec<_>>());
+    assert_eq!(ids.last().copied(), Some(frames - 1));
+    assert_eq!(
+        std::fs::read_to_string(log.join("labels.jsonl")).unwrap(),
+        labels
+    );
+    eprintln!(
+        "retention: {frames} decisions into a {} KiB bound on an 8 MiB tmpfs with {} KiB free: {} files / {size} bytes kept, frames {first}..={}",
+        keep >> 10,
+        (keep >> 10) + 96,
+        files.len(),
+        frames - 1
+    );
+    let v = run(&["verify", p(&log)]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}

@@ -23,6 +23,9 @@
 //!   the backlog is written. Decisions beyond the backlog, or still waiting
 //!   when the daemon stops, are counted (`gcm_decisions_unlogged_total`, the
 //!   summary's `decisions_unlogged`) and named in the daemon's own log.
+//! * Rotated files are deleted, oldest first, by the retention limits
+//!   (`keep_bytes`, `keep_days`; see [`super::retention`]) at open, at each
+//!   rotation and once a minute; the active file never is.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -38,6 +41,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::pipeline::infer::Latency;
 use crate::pipeline::metrics::Metrics;
 use crate::verdict::Verdict;
+
+use super::retention::Retention;
 
 pub const ACTIVE: &str = "decisions.jsonl";
 
@@ -147,7 +152,7 @@ pub fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn rotation_number(p: &Path) -> Option<u64> {
+pub(super) fn rotation_number(p: &Path) -> Option<u64> {
     let name = p.file_name()?.to_str()?;
     let n = name.strip_prefix("decisions.")?.strip_suffix(".jsonl")?;
     (n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
@@ -284,6 +289,7 @@ pub struct DecisionLog {
     failing: Option<Failing>,
     /// Lines dropped because the backlog was full (reported when writes work again).
     dropped_since_failure: u64,
+    retention: Retention,
     metrics: Arc<Metrics>,
 }
 
@@ -307,6 +313,9 @@ impl DecisionLog {
             .open(&path)
             .at(&path)?;
         let bytes = file.metadata().at(&path)?.len();
+        let mut retention = Retention::new(dir, cfg);
+        metrics.log_keep_bytes.set(retention.keep_bytes());
+        retention.pass(dir, &metrics);
         Ok((
             DecisionLog {
                 dir: dir.to_path_buf(),
@@ -319,6 +328,7 @@ impl DecisionLog {
                 backlog: VecDeque::new(),
                 failing: None,
                 dropped_since_failure: 0,
+                retention,
                 metrics,
             },
             rec,
@@ -379,6 +389,7 @@ impl DecisionLog {
                 }
             }
         }
+        self.retention.maybe_pass(&self.dir, &self.metrics);
     }
 
     fn write_backlog(&mut self) {
@@ -568,6 +579,7 @@ impl DecisionLog {
             tracing::info!(log = %to.display(), "decision log rotated");
         }
         self.open_active()?;
+        self.retention.pass(&self.dir, &self.metrics);
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
@@ -620,7 +632,101 @@ mod tests {
             rotate_bytes: rotate,
             fsync_every_lines: lines,
             fsync_every_ms: 0,
+            keep_bytes: Some(0),
+            keep_days: 0,
         }
+    }
+
+    /// The bytes of the log's files in `dir`.
+    fn log_size(dir: &Path) -> u64 {
+        log_files(dir)
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    fn frames_in(dir: &Path) -> Vec<u64> {
+        let mut frames = Vec::new();
+        for f in log_files(dir).unwrap() {
+            for l in std::fs::read_to_string(f).unwrap().lines() {
+                frames.push(serde_json::from_str::<LogLine>(l).unwrap().frame);
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn retention_keeps_the_log_under_keep_bytes_by_deleting_the_oldest_rotated_files() {
+        let d = tempfile::tempdir().unwrap();
+        let others = [
+            ("labels.jsonl", "{\"frame\":3,\"label\":\"crack\"}\n"),
+            ("notes.txt", "x"),
+        ];
+        for (name, text) in others {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        let m = Arc::new(Metrics::new());
+        let keep = 3 * 4096;
+        let c = LogConfig {
+            keep_bytes: Some(keep),
+            ..cfg(4096, 1)
+        };
+        let (mut log, _) = DecisionLog::open(d.path(), &c, m.clone()).unwrap();
+        assert_eq!(m.log_keep_bytes.get(), keep);
+        let (mut peak, mut written) = (0, 0);
+        for f in 0..300 {
+            log.append(&line(f)).unwrap();
+            written += serde_json::to_string(&line(f)).unwrap().len() as u64 + 1;
+            peak = peak.max(log_size(d.path()));
+        }
+        drop(log);
+        assert!(peak <= keep, "the log reached {peak} bytes, bound {keep}");
+        let files = log_files(d.path()).unwrap();
+        assert!(files.last().unwrap().ends_with(ACTIVE));
+        // What is left is the newest lines, none missing after the first.
+        let frames = frames_in(d.path());
+        let first = frames[0];
+        assert!(first > 0);
+        assert_eq!(frames, (first..300).collect::<Vec<_>>());
+        let rotated_left = files.len() as u64 - 1;
+        assert_eq!(
+            m.log_files_deleted.get(),
+            m.log_rotations.get() - rotated_left
+        );
+        assert_eq!(m.log_bytes_deleted.get(), written - log_size(d.path()));
+        for (name, text) in others {
+            assert_eq!(std::fs::read_to_string(d.path().join(name)).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn retention_by_age_deletes_old_rotated_files_never_the_active_one() {
+        let d = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        for (name, frames, age) in [
+            ("decisions.000001.jsonl", 0..3, 3 * day),
+            ("decisions.000002.jsonl", 3..6, 3 * day),
+            ("decisions.000003.jsonl", 6..9, Duration::from_secs(3600)),
+            (ACTIVE, 9..10, 10 * day),
+        ] {
+            let p = d.path().join(name);
+            std::fs::write(&p, jsonl(frames)).unwrap();
+            let f = OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_modified(now - age).unwrap();
+        }
+        let m = Arc::new(Metrics::new());
+        let c = LogConfig {
+            keep_days: 2,
+            ..cfg(1 << 20, 1)
+        };
+        let (mut log, rec) = DecisionLog::open(d.path(), &c, m.clone()).unwrap();
+        assert_eq!(rec.last_frame, Some(9));
+        assert_eq!(m.log_files_deleted.get(), 2);
+        assert_eq!(frames_in(d.path()), (6..10).collect::<Vec<_>>());
+        log.append(&line(10)).unwrap();
+        assert_eq!(frames_in(d.path()), (6..11).collect::<Vec<_>>());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::evidence::{self, Evidence};
 
 pub mod evidence_store;
 pub mod log;
+pub mod retention;
 
 use evidence_store::EvidenceStore;
 use log::{Check, Checks, DecisionLog, LogLine};
