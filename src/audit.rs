@@ -3,7 +3,10 @@
 //! decision with evidence, the class scores recomputed from the stored files
 //! (divergence check (a)) against the logged decision. Evidence deleted by
 //! the quota is counted, not an error; lines that are not decision lines
-//! (added by another tool) are reported with their place and skipped.
+//! (added by another tool) are reported with their place and skipped; a line
+//! of a newer major schema version stops the audit with its place (its
+//! fields may not mean what this build thinks), while fields of a newer minor
+//! version are ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +14,7 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::evidence::reproduce;
-use crate::pipeline::sink::log::{log_files, LogLine};
+use crate::pipeline::sink::log::{log_files, LineError, LogLine};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -92,9 +95,12 @@ pub fn verify(log_dir: &Path, evidence_dir: Option<&Path>) -> Result<Report> {
         }
         for (i, raw) in lines.iter().enumerate() {
             let at = format!("{}:{}", f.display(), i + 1);
-            let line: LogLine = match serde_json::from_str(raw.trim_end()) {
+            let line = match LogLine::parse(raw.trim_end()) {
                 Ok(l) => l,
-                Err(e) => {
+                Err(LineError::NewerMajor(why)) => {
+                    return Err(Error::data(f, format!("line {}: {why}", i + 1)));
+                }
+                Err(LineError::NotDecision(e)) => {
                     r.foreign.push(format!("{at}: not a decision line ({e})"));
                     continue;
                 }
@@ -150,5 +156,27 @@ mod tests {
         assert_eq!(r.decisions, 2);
         assert!(r.foreign.is_empty(), "{:?}", r.foreign);
         assert!(r.divergent.is_empty() && !r.torn_tail);
+    }
+
+    #[test]
+    fn a_line_of_a_newer_major_schema_stops_the_audit_naming_its_place() {
+        let mut v: serde_json::Value = serde_json::from_str(AFTER).unwrap();
+        v["schema"] = "gcm-inspect/log/1.3".into();
+        v["new_in_1_3"] = 1.into();
+        let minor = v.to_string();
+        v["schema"] = "gcm-inspect/log/2.0".into();
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join(crate::pipeline::sink::log::ACTIVE);
+        std::fs::write(&log, format!("{BEFORE}\n{minor}\n")).unwrap();
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!((r.decisions, r.foreign.len()), (2, 0));
+        std::fs::write(&log, format!("{BEFORE}\n{minor}\n{v}\n")).unwrap();
+        let e = verify(d.path(), None).unwrap_err().to_string();
+        assert!(
+            e.contains("decisions.jsonl")
+                && e.contains("line 3")
+                && e.contains("gcm-inspect/log/2.0"),
+            "{e}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::data::dataset::{csv_field, stratified_split_by_name};
 use crate::error::{Error, IoContext, Result};
-use crate::pipeline::sink::log::{log_files, LogLine};
+use crate::pipeline::sink::log::{log_files, LineError, LogLine};
 use crate::review::labels::{LabelLine, Labels, LABELS};
 
 /// What to export.
@@ -82,9 +82,18 @@ fn decisions(log: &Path) -> Result<BTreeMap<u64, LogLine>> {
     let mut out = BTreeMap::new();
     for f in log_files(log)? {
         let text = std::fs::read_to_string(&f).at(&f)?;
-        for raw in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-            if let Ok(l) = serde_json::from_str::<LogLine>(raw.trim_end()) {
-                out.insert(l.frame, l);
+        for (i, raw) in text.split_inclusive('\n').enumerate() {
+            if !raw.ends_with('\n') {
+                continue;
+            }
+            match LogLine::parse(raw.trim_end()) {
+                Ok(l) => {
+                    out.insert(l.frame, l);
+                }
+                Err(LineError::NewerMajor(why)) => {
+                    return Err(Error::data(&f, format!("line {}: {why}", i + 1)))
+                }
+                Err(LineError::NotDecision(_)) => {}
             }
         }
     }

@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod review;
 pub mod rng;
+pub mod schema;
 pub mod sweep;
 pub mod train;
 pub mod verdict;

@@ -26,7 +26,7 @@ use crate::config::{DecisionConfig, HealthConfig};
 use crate::decision::Decision;
 
 /// What the line does with the part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Passes.

@@ -254,7 +254,7 @@ impl Maps for DeviceMaps {
 }
 
 /// One class's entry in `evidence.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CcmEntry {
     pub class: String,
@@ -274,7 +274,7 @@ pub struct CcmEntry {
 }
 
 /// `evidence.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceRecord {
     pub format: String,

@@ -22,8 +22,7 @@ use crate::preprocess::{self, FrameData};
 use crate::verdict::{judge, FrameStats, Judged, Repeats};
 
 /// Per-stage latencies of one decision, in milliseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Latency {
     /// Waiting in the queue for the model.
     pub queue_ms: f64,

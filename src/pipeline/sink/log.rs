@@ -23,6 +23,12 @@
 //!   the backlog is written. Decisions beyond the backlog, or still waiting
 //!   when the daemon stops, are counted (`gcm_decisions_unlogged_total`, the
 //!   summary's `decisions_unlogged`) and named in the daemon's own log.
+//! * Every line names its format in `schema` ([`LOG_SCHEMA`]; lines written
+//!   before it have none and are read as 1.0). [`LogLine::parse`] takes any
+//!   minor version of its major one, ignoring fields it does not know, and
+//!   refuses another major version ([`LineError::NewerMajor`]); the JSON
+//!   Schema of a line is `docs/schema/decision-log-line.schema.json`
+//!   (see [`crate::schema`]).
 //! * Rotated files are deleted, oldest first, by the retention limits
 //!   (`keep_bytes`, `keep_days`; see [`super::retention`]) at open, at each
 //!   rotation and once a minute; the active file never is.
@@ -34,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LogConfig;
@@ -46,6 +53,50 @@ use super::retention::Retention;
 
 pub const ACTIVE: &str = "decisions.jsonl";
 
+/// The schema of the lines this build writes: name and `major.minor`. A
+/// minor version only adds optional fields; a major version changes what
+/// existing fields mean.
+pub const LOG_SCHEMA: &str = "gcm-inspect/log/1.0";
+const LOG_SCHEMA_NAME: &str = "gcm-inspect/log/";
+const LOG_MAJOR: u64 = 1;
+
+/// Why a log line is not read as a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LineError {
+    /// A decision line of another major version than this build reads.
+    NewerMajor(String),
+    /// Not a decision line (another tool's line, garbage): what is wrong.
+    NotDecision(String),
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineError::NewerMajor(m) | LineError::NotDecision(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Checks a line's `schema` value against the major version this build reads.
+fn check_schema(schema: &str) -> std::result::Result<(), LineError> {
+    let not_ours = || {
+        LineError::NotDecision(format!(
+            "schema {schema:?} is not {LOG_SCHEMA_NAME}MAJOR.MINOR"
+        ))
+    };
+    let version = schema.strip_prefix(LOG_SCHEMA_NAME).ok_or_else(not_ours)?;
+    let (major, minor) = version.split_once('.').ok_or_else(not_ours)?;
+    let major: u64 = major.parse().map_err(|_| not_ours())?;
+    minor.parse::<u64>().map_err(|_| not_ours())?;
+    if major != LOG_MAJOR {
+        return Err(LineError::NewerMajor(format!(
+            "decision log line of schema {schema}: this gcm-inspect ({}) reads major version {LOG_MAJOR} only ({LOG_SCHEMA} and later 1.x); read this log with a gcm-inspect that knows version {major}",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(())
+}
+
 /// Decision lines kept in memory while the log cannot be written (about
 /// 6 MB at 600 bytes a line; five minutes at 30 fps).
 pub const BACKLOG_LINES: usize = 10_000;
@@ -56,8 +107,7 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The result of one divergence check.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Check {
     pub ok: bool,
     /// Largest |score difference| over classes (absent when not computable).
@@ -69,8 +119,7 @@ pub struct Check {
 }
 
 /// The divergence checks of one decision (absent: not run on this frame).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Checks {
     /// (a) the scores recomputed from the evidence as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,10 +139,14 @@ impl Checks {
 
 /// One line of the decision log. (A type of its own, though it repeats
 /// fields of `infer::Decided`: it is the log's file format, which must not
-/// change when the pipeline's types do.)
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// change when the pipeline's types do.) Fields it does not know (from a
+/// newer minor version) are ignored; see [`LogLine::parse`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
+    /// [`LOG_SCHEMA`]: `gcm-inspect/log/MAJOR.MINOR` (absent in lines
+    /// written before versions, which are 1.0; see [`LogLine::schema`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Frame id (increasing; gaps are dropped or skipped frames).
     pub frame: u64,
     /// Capture time, microseconds since the Unix epoch.
@@ -131,6 +184,64 @@ pub struct LogLine {
     /// Why evidence that was to be kept was not (the disk refused it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence_error: Option<String>,
+}
+
+impl LogLine {
+    /// The line's schema, [`LOG_SCHEMA`] for lines written before versions.
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().unwrap_or(LOG_SCHEMA)
+    }
+
+    /// Reads one line (without its newline) as a decision of a version this
+    /// build reads (see the module docs).
+    pub fn parse(text: &str) -> std::result::Result<LogLine, LineError> {
+        /// Only the version, from a line that is not a decision of ours.
+        #[derive(Deserialize)]
+        struct Versioned {
+            schema: Option<String>,
+        }
+        match serde_json::from_str::<LogLine>(text) {
+            Ok(l) => check_schema(l.schema()).map(|()| l),
+            Err(e) => {
+                if let Ok(Versioned { schema: Some(s) }) = serde_json::from_str(text) {
+                    check_schema(&s)?;
+                }
+                Err(LineError::NotDecision(e.to_string()))
+            }
+        }
+    }
+}
+
+/// A line as the daemon writes it, for tests and the schema's check.
+#[cfg(test)]
+pub(crate) fn example_line() -> LogLine {
+    LogLine {
+        schema: Some(LOG_SCHEMA.into()),
+        frame: 7,
+        captured_unix_us: 1,
+        source: Some("a.png".into()),
+        class: "ok".into(),
+        class_index: 0,
+        classes: vec!["ok".into(), "crack".into()],
+        scores: vec![0.5, 0.25],
+        probabilities: vec![0.56, 0.44],
+        margin: 0.25,
+        verdict: Some(Verdict::Ok),
+        reason: Some("class ok p=0.56".into()),
+        latency: Latency::default(),
+        model: "abc".into(),
+        checks: Checks {
+            evidence: Some(Check {
+                ok: true,
+                max_abs_error: Some(0.0),
+                detail: None,
+            }),
+            reference: None,
+        },
+        divergent: false,
+        evidence: Some(PathBuf::from("/var/lib/gcm-inspect/evidence/f000000000007")),
+        evidence_error: Some("disk full".into()),
+    }
 }
 
 /// The log files in `dir`, oldest first: `decisions.NNNNNN.jsonl` by number,
@@ -174,9 +285,8 @@ pub struct Recovery {
 /// The frame id of a decision line; `None` for anything else (a line of
 /// another tool, garbage).
 fn decision_frame(line: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<LogLine>(line)
-        .ok()
-        .map(|l| l.frame)
+    let text = std::str::from_utf8(line).ok()?;
+    LogLine::parse(text).ok().map(|l| l.frame)
 }
 
 /// Finds the valid prefix of a log file's bytes: everything up to the last
@@ -599,6 +709,7 @@ mod tests {
 
     fn line(frame: u64) -> LogLine {
         LogLine {
+            schema: Some(LOG_SCHEMA.into()),
             frame,
             captured_unix_us: 1,
             source: None,
@@ -756,6 +867,49 @@ mod tests {
             .map(|l| serde_json::from_str::<LogLine>(l).unwrap().frame)
             .collect();
         assert_eq!(frames, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_newer_minor_version_is_read_and_a_newer_major_refused() {
+        let mut v = serde_json::to_value(line(5)).unwrap();
+        v["schema"] = "gcm-inspect/log/1.7".into();
+        v["added_in_1_7"] = serde_json::json!({"x": 1});
+        let l = LogLine::parse(&v.to_string()).unwrap();
+        assert_eq!((l.frame, l.schema()), (5, "gcm-inspect/log/1.7"));
+
+        // Lines from before versions have no schema field: 1.0.
+        let mut old = serde_json::to_value(line(6)).unwrap();
+        old.as_object_mut().unwrap().remove("schema");
+        assert_eq!(
+            LogLine::parse(&old.to_string()).unwrap().schema(),
+            LOG_SCHEMA
+        );
+
+        // A new major: refused whether or not its fields still parse.
+        v["schema"] = "gcm-inspect/log/2.0".into();
+        let e = LogLine::parse(&v.to_string()).unwrap_err();
+        let reshaped = r#"{"schema":"gcm-inspect/log/2.0","frame":{"id":5}}"#;
+        assert_eq!(LogLine::parse(reshaped).unwrap_err(), e);
+        match e {
+            LineError::NewerMajor(m) => {
+                assert!(
+                    m.contains("gcm-inspect/log/2.0") && m.contains("major version 1"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Other tools' lines stay foreign, a schema of no log is no decision.
+        for text in [
+            r#"{"note":"shift change"}"#,
+            r#"{"schema":"other/1.0","frame":1}"#,
+        ] {
+            assert!(
+                matches!(LogLine::parse(text), Err(LineError::NotDecision(_))),
+                "{text}"
+            );
+        }
+        assert_eq!(serde_json::to_value(line(1)).unwrap()["schema"], LOG_SCHEMA);
     }
 
     #[test]

@@ -220,6 +220,7 @@ impl Sinks {
         let divergent = checks.divergent();
         let dec = &d.decision;
         let line = LogLine {
+            schema: Some(log::LOG_SCHEMA.to_string()),
             frame: id,
             captured_unix_us: d.captured_unix_us,
             source: d.name.clone(),
