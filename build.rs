@@ -12,8 +12,36 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    git_commit();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         cuda::compile_kernels();
+    }
+}
+
+/// `GCM_GIT`: the commit being built (`gcm_build_info{git}`); `unknown`
+/// outside a git checkout.
+fn git_commit() {
+    use std::process::Command;
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=GCM_GIT={commit}");
+    // Run again when HEAD moves (a commit, a checkout). Only paths that
+    // exist: a missing one would make cargo run this script every build.
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for p in watch {
+        if let Some(path) = git(&["rev-parse", "--git-path", &p]) {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
     }
 }
 

@@ -86,7 +86,7 @@ impl Infer {
             self.notifier.watchdog();
             if let Ok(b) = self.reload.try_recv() {
                 tracing::info!("now serving {}", b.describe());
-                self.metrics.set_model(b.model_id());
+                self.metrics.set_model(b.model_id(), b.predictor.classes());
                 self.bundle = b;
             }
             let frame = match self.rx.recv_timeout(tick) {

@@ -1,11 +1,19 @@
 //! The daemon's counters, gauges and latency histograms, rendered in the
 //! Prometheus text format for `/metrics`.
+//!
+//! Labelled series that alerts take a `rate()` of exist from the start at 0:
+//! every verdict, skip reason and health check always, and every class of
+//! the model as soon as it is loaded ([`Metrics::set_model`]), so a rule on
+//! a class that has not yet been decided sees a series, not an absence.
+//! The `process_*` families are the conventional ones of Prometheus' client
+//! libraries, read from `/proc/self` when scraped (absent where there is no
+//! `/proc`); `gcm_build_info` names the build.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::preprocess::Skip;
 use crate::verdict::{Health, Judged, Verdict};
@@ -128,6 +136,8 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     pub start: Instant,
+    /// `start` as Unix time, for `process_start_time_seconds`.
+    start_unix_s: f64,
     pub frames_captured: Counter,
     pub frames_dropped: Counter,
     skipped: LabelledCounter,
@@ -184,6 +194,9 @@ impl Metrics {
     pub fn new() -> Self {
         Metrics {
             start: Instant::now(),
+            start_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             frames_captured: Counter::default(),
             frames_dropped: Counter::default(),
             skipped: LabelledCounter::default(),
@@ -339,8 +352,12 @@ impl Metrics {
         self.decisions.total()
     }
 
-    pub fn set_model(&self, id: &str) {
+    /// The model in use, and its classes' series (at 0 until decided).
+    pub fn set_model(&self, id: &str, classes: &[String]) {
         *self.model.lock().expect("metrics lock") = id.to_string();
+        for c in classes {
+            self.decisions.declare(c);
+        }
     }
 
     /// The inference loop is alive.
@@ -384,6 +401,19 @@ impl Metrics {
                 Seconds(value) => {
                     let _ = writeln!(o, "{name} {}", value(self));
                 }
+                Process(value) => match value(self) {
+                    Some(v) => {
+                        let _ = writeln!(o, "{name} {v}");
+                    }
+                    None => continue,
+                },
+                Info(labels) => {
+                    let pairs: Vec<String> = labels()
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                        .collect();
+                    let _ = writeln!(o, "{name}{{{}}} 1", pairs.join(","));
+                }
             }
         }
         o
@@ -413,8 +443,86 @@ enum Samples {
     Latency(fn(&Metrics) -> &Histogram),
     /// One sample in seconds: `name S`.
     Seconds(fn(&Metrics) -> f64),
+    /// One sample read from the process (`None`: not on this system; the
+    /// HELP and TYPE lines are written anyway).
+    Process(fn(&Metrics) -> Option<f64>),
+    /// `name{k="v",...} 1`.
+    Info(fn() -> Vec<(&'static str, String)>),
 }
-use Samples::{By, Latency, One, Seconds};
+use Samples::{By, Info, Latency, One, Process, Seconds};
+
+/// `gcm_build_info`'s labels: the crate version, the commit it was built
+/// from (`GCM_GIT`, set by build.rs), the cargo features and the
+/// instruction set the engine runs.
+fn build_info() -> Vec<(&'static str, String)> {
+    let features: Vec<&str> = [("cuda", cfg!(feature = "cuda"))]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+    vec![
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("git", env!("GCM_GIT").to_string()),
+        ("features", features.join(",")),
+        ("isa", crate::engine::simd::Isa::detect().name().to_string()),
+    ]
+}
+
+/// Fields of `/proc/self/stat` after the command name (field 3 on).
+fn proc_stat() -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(
+        rest.split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+fn page_and_tick() -> (f64, f64) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf only reads configuration values.
+        let (page, tick) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PAGESIZE),
+                libc::sysconf(libc::_SC_CLK_TCK),
+            )
+        };
+        (page.max(1) as f64, tick.max(1) as f64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        (4096.0, 100.0)
+    }
+}
+
+/// User and system CPU time (fields 14 and 15 of `/proc/self/stat`).
+fn cpu_seconds(_: &Metrics) -> Option<f64> {
+    let f = proc_stat()?;
+    Some((f.get(10)? + f.get(11)?) as f64 / page_and_tick().1)
+}
+
+/// Resident set (field 24).
+fn resident_bytes(_: &Metrics) -> Option<f64> {
+    Some(*proc_stat()?.get(20)? as f64 * page_and_tick().0)
+}
+
+/// Virtual size in bytes (field 23).
+fn virtual_bytes(_: &Metrics) -> Option<f64> {
+    Some(*proc_stat()?.get(19)? as f64)
+}
+
+fn open_fds(_: &Metrics) -> Option<f64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as f64)
+}
+
+/// The soft limit of open files.
+fn max_fds(_: &Metrics) -> Option<f64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
 
 /// Fixed label values, each with its counter.
 fn labels<const N: usize>(pairs: [(&str, &Counter); N]) -> Vec<(String, u64)> {
@@ -462,6 +570,13 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
     ("gcm_sinks_seconds", "histogram", "Checks, evidence and log line for one decision.", Latency(|m| &m.latency_sinks)),
     ("gcm_model_info", "gauge", "The model in use (sha256 of its weights).", By("model", Metrics::model_info)),
     ("gcm_uptime_seconds", "gauge", "Seconds since the daemon started.", Seconds(|m| m.start.elapsed().as_secs_f64())),
+    ("gcm_build_info", "gauge", "The build: crate version, git commit, cargo features, the engine's instruction set; always 1.", Info(build_info)),
+    ("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch in seconds.", Seconds(|m| m.start_unix_s)),
+    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", Process(cpu_seconds)),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", Process(resident_bytes)),
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", Process(virtual_bytes)),
+    ("process_open_fds", "gauge", "Number of open file descriptors.", Process(open_fds)),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors.", Process(max_fds)),
 ];
 
 fn escape(s: &str) -> String {
@@ -573,17 +688,20 @@ mod tests {
             });
             (0..failed).for_each(|_| m.output_failed(name));
         }
-        m.set_model("sha256:ab\"cd");
+        m.set_model("sha256:ab\"cd", &[]);
         m
     }
 
-    /// The exposition with the uptime's value (the one thing that moves)
-    /// replaced by `UPTIME`, after checking that it is a number.
+    /// The exposition up to the uptime, with the uptime's value (it moves)
+    /// replaced by `UPTIME`, after checking that it is a number. (The build
+    /// and process families after it differ by machine and moment; the
+    /// parser test below checks them.)
     fn render_without_uptime(m: &Metrics) -> String {
         let s = m.render();
-        let (head, value) = s.trim_end().rsplit_once("gcm_uptime_seconds ").unwrap();
+        let (head, rest) = s.split_once("\ngcm_uptime_seconds ").unwrap();
+        let value = rest.lines().next().unwrap();
         value.parse::<f64>().expect("uptime is a number");
-        format!("{head}gcm_uptime_seconds UPTIME\n")
+        format!("{head}\ngcm_uptime_seconds UPTIME\n")
     }
 
     #[test]
@@ -593,7 +711,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), FAMILIES.len(), "a family name repeats");
         for (name, kind, help, samples) in FAMILIES {
-            assert!(name.starts_with("gcm_") && !help.is_empty(), "{name}");
+            let ours = name.starts_with("gcm_");
+            assert!(
+                (ours || name.starts_with("process_")) && !help.is_empty(),
+                "{name}"
+            );
             let histogram = matches!(samples, Latency(_));
             assert_eq!(*kind == "histogram", histogram, "{name}");
             assert!(["counter", "gauge", "histogram"].contains(kind), "{name}");
@@ -612,6 +734,112 @@ mod tests {
     /// `render` of [`every_metric_set`], as the daemon has always written it
     /// (the uptime's value aside).
     const EXPOSITION: &str = include_str!("../../tests/data/metrics.prom");
+
+    /// Prometheus' data model: metric names `[a-zA-Z_:][a-zA-Z0-9_:]*`,
+    /// label names `[a-zA-Z_][a-zA-Z0-9_]*` not starting with `__`.
+    fn prometheus_name(n: &str, colon: bool) -> bool {
+        let ok = |c: char, first: bool| {
+            c.is_ascii_alphabetic()
+                || c == '_'
+                || (colon && c == ':')
+                || (!first && c.is_ascii_digit())
+        };
+        let mut cs = n.chars();
+        cs.next().is_some_and(|c| ok(c, true)) && cs.all(|c| ok(c, false))
+    }
+
+    #[test]
+    fn the_exposition_parses_and_every_name_follows_prometheus_rules() {
+        use prometheus_parse::{Scrape, Value};
+        let m = every_metric_set();
+        let classes = ["crack".to_string(), "never decided".to_string()];
+        m.set_model("sha256:ab", &classes);
+        let text = m.render();
+        let scrape =
+            Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the exposition parses");
+        for (name, _, help, _) in FAMILIES {
+            assert!(prometheus_name(name, true), "{name}");
+            assert_eq!(
+                scrape.docs.get(*name).map(String::as_str),
+                Some(*help),
+                "{name}"
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &scrape.samples {
+            assert!(prometheus_name(&s.metric, true), "{}", s.metric);
+            for (k, _) in s.labels.iter() {
+                assert!(
+                    prometheus_name(k, false) && !k.starts_with("__"),
+                    "{}: label {k}",
+                    s.metric
+                );
+            }
+            seen.insert(s.metric.clone());
+        }
+        // Every family has samples (process ones where /proc exists).
+        for (name, _, _, samples) in FAMILIES {
+            let proc_here = std::path::Path::new("/proc/self/stat").exists();
+            if !matches!(samples, Process(_)) || proc_here {
+                assert!(seen.contains(*name), "{name} has no sample");
+            }
+        }
+        let value = |metric: &str, label: Option<(&str, &str)>| -> f64 {
+            let s = scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
+                })
+                .unwrap_or_else(|| panic!("{metric} {label:?}"));
+            match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => panic!("{metric} is not a number"),
+            }
+        };
+        // A class of the model is a series before its first decision.
+        assert_eq!(
+            value("gcm_decisions_total", Some(("class", "never decided"))),
+            0.0
+        );
+        assert_eq!(value("gcm_decisions_total", Some(("class", "crack"))), 13.0);
+        let info = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "gcm_build_info")
+            .unwrap();
+        assert_eq!(info.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+        assert!(info.labels.get("git").is_some_and(|g| !g.is_empty()));
+        assert_eq!(
+            info.labels.get("isa"),
+            Some(crate::engine::simd::Isa::detect().name())
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds", None);
+        assert!(
+            started <= now && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+        if std::path::Path::new("/proc/self/stat").exists() {
+            assert!(value("process_resident_memory_bytes", None) > 1e6);
+            assert!(value("process_open_fds", None) >= 3.0);
+            assert!(value("process_max_fds", None) >= value("process_open_fds", None));
+            // CPU time counts in clock ticks: work until one has passed.
+            let t0 = Instant::now();
+            let mut x = 0u64;
+            while cpu_seconds(&m).unwrap() == 0.0 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "CPU time never rises"
+                );
+            }
+            assert!(value("process_cpu_seconds_total", None) >= 0.0);
+        }
+    }
 
     #[test]
     fn render_has_per_class_decisions() {

@@ -295,7 +295,8 @@ impl Daemon {
 
     fn open_model(&self, loaded: &Loaded) -> Result<Arc<Bundle>> {
         let bundle = Bundle::open(loaded)?;
-        self.metrics.set_model(bundle.model_id());
+        self.metrics
+            .set_model(bundle.model_id(), bundle.predictor.classes());
         tracing::info!("serving {}", bundle.describe());
         tracing::info!(
             "reference cross-check: every {} frame(s) against {}{}",

@@ -447,7 +447,17 @@ fn metrics_and_healthz_while_running() {
         page.contains(&format!("gcm_model_info{{model=\"{id}\"}} 1")),
         "{page}"
     );
-    assert!(page.contains("gcm_decisions_total{class="), "{page}");
+    for class in crate::daemon_util::CLASSES {
+        let series = format!("gcm_decisions_total{{class=\"{class}\"}}");
+        assert!(page.contains(&series), "{series}: {page}");
+    }
+    for family in [
+        "gcm_build_info{version=",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(page.contains(family), "{family}: {page}");
+    }
     assert!(
         page.contains("gcm_verdicts_total{verdict=\"review\"}"),
         "{page}"
