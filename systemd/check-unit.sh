@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks systemd/gcm-inspect.service: `systemd-analyze verify` (syntax, every
+# Checks systemd/gcm-inspect.service and the per-camera template
+# gcm-inspect@.service: `systemd-analyze verify` (syntax, every
 # directive known, the binary executable) and `systemd-analyze security`
 # (exposure score, printed). Needs the `systemd` package, no running systemd.
 #
@@ -29,3 +30,25 @@ if grep -q "cuda.conf" "$tmp/dropin.err"; then
 fi
 echo "systemd-analyze verify with gcm-inspect.service.d/cuda.conf: OK"
 systemd-analyze security --offline=true --no-pager "$tmp/gcm-inspect.service" | tail -n 1
+
+# The template, checked as an instance, and kept the main unit's twin: below
+# [Unit] only the lines naming the instance may differ.
+sed "s#/usr/local/bin/gcm-inspect#$bin#g" "$here/gcm-inspect@.service" >"$tmp/gcm-inspect@.service"
+SYSTEMD_UNIT_PATH="$tmp:" systemd-analyze verify "$tmp/gcm-inspect@cam1.service" 2>"$tmp/template.err" || {
+    cat "$tmp/template.err" >&2; exit 1; }
+if grep -q "gcm-inspect@" "$tmp/template.err"; then
+    cat "$tmp/template.err" >&2
+    echo "check-unit: gcm-inspect@.service has errors" >&2
+    exit 1
+fi
+echo "systemd-analyze verify gcm-inspect@cam1.service: OK"
+body() { sed -n '/^\[Unit\]/,$p' "$1" | grep -v '^#' | grep -v '^Description=' | grep -v '^ExecStart=' |
+    sed -e 's#^\(StateDirectory\|LogsDirectory\)=gcm-inspect/%i$#\1=gcm-inspect#'; }
+if ! diff <(body "$here/gcm-inspect.service") <(body "$here/gcm-inspect@.service") >"$tmp/drift"; then
+    cat "$tmp/drift" >&2
+    echo "check-unit: gcm-inspect@.service differs from gcm-inspect.service beyond the instance lines" >&2
+    exit 1
+fi
+grep -q '^ExecStart=.* --config /etc/gcm-inspect/%i.yaml$' "$here/gcm-inspect@.service" || {
+    echo "check-unit: gcm-inspect@.service must run /etc/gcm-inspect/%i.yaml" >&2; exit 1; }
+echo "gcm-inspect@.service is gcm-inspect.service per instance: OK"
