@@ -3,22 +3,90 @@
 //! checks the config against the model, and checks the source (opens the
 //! camera and sets its format, or lists the replay folder), and creates the
 //! output folders if needed and proves them writable.
+//!
+//! Given several files (the configs of one box's `gcm-inspect@NAME`
+//! instances) it checks each, then refuses two that would share a decision
+//! log folder, an evidence folder or a metrics port: two daemons appending
+//! to one log interleave their frame ids, two quotas fight over one folder,
+//! and the second daemon cannot bind the port. Folders left unset are not
+//! compared (their defaults come from systemd's per-instance
+//! `LogsDirectory=`/`StateDirectory=`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Loaded, SourceConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipeline::model::Bundle;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The daemon configuration (YAML) to check.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    /// The daemon configuration (YAML) to check; several: also that no two
+    /// share a log folder, an evidence folder or a metrics port.
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+}
+
+/// What two instances on one box must not share.
+struct Claims {
+    file: PathBuf,
+    log_dir: Option<PathBuf>,
+    evidence_dir: Option<PathBuf>,
+    port: Option<u16>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let loaded = Loaded::from_file(&a.file)?;
+    let mut claims: Vec<Claims> = Vec::new();
+    for file in &a.files {
+        let c = check_one(file)?;
+        for other in &claims {
+            refuse_shared(other, &c)?;
+        }
+        claims.push(c);
+    }
+    Ok(())
+}
+
+/// Refuses `b` when it claims what `a` does.
+fn refuse_shared(a: &Claims, b: &Claims) -> Result<()> {
+    let same = |x: &Option<PathBuf>, y: &Option<PathBuf>| x.is_some() && x == y;
+    let shared = |key: &str, what: &Path| {
+        Error::config(
+            &b.file,
+            format!(
+                "{key} {} is also {}'s: two instances must not share it",
+                what.display(),
+                a.file.display()
+            ),
+        )
+    };
+    if same(&a.log_dir, &b.log_dir) {
+        return Err(shared(
+            "output.log_dir",
+            b.log_dir.as_deref().expect("same"),
+        ));
+    }
+    if same(&a.evidence_dir, &b.evidence_dir) {
+        return Err(shared(
+            "output.evidence_dir",
+            b.evidence_dir.as_deref().expect("same"),
+        ));
+    }
+    if let (Some(p), Some(q)) = (a.port, b.port) {
+        if p == q && p != 0 {
+            return Err(Error::config(
+                &b.file,
+                format!(
+                    "metrics.listen port {p} is also {}'s: give each instance its own port",
+                    a.file.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_one(file: &Path) -> Result<Claims> {
+    let loaded = Loaded::from_file(file)?;
     let bundle = Bundle::open(&loaded)?;
     let cfg = &loaded.config;
     let source = match &cfg.source {
@@ -50,7 +118,22 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let (log_dir, evidence_dir) = loaded.prepare_output_dirs()?;
-    println!("{}: OK", a.file.display());
+    let set = |dir: &Option<PathBuf>, resolved: &Path| {
+        dir.as_ref()
+            .map(|_| resolved.canonicalize().unwrap_or(resolved.to_path_buf()))
+    };
+    let claims = Claims {
+        file: file.to_path_buf(),
+        log_dir: set(&cfg.output.log_dir, &log_dir),
+        evidence_dir: set(&cfg.output.evidence_dir, &evidence_dir),
+        port: cfg
+            .metrics
+            .enabled
+            .then(|| cfg.metrics.listen.parse::<std::net::SocketAddr>().ok())
+            .flatten()
+            .map(|a| a.port()),
+    };
+    println!("{}: OK", file.display());
     println!("  {}", bundle.describe());
     println!("  source: {source}");
     println!("  verdict: {}", cfg.decision.describe());
@@ -73,7 +156,7 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(claims)
 }
 
 /// `localhost` or a loopback address: what the bundled unit lets through.

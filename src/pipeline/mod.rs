@@ -861,7 +861,7 @@ mod tests {
                     std::fs::write(&file, &text).unwrap();
                     let check = std::panic::catch_unwind(|| {
                         crate::cli::check_config::run(crate::cli::check_config::Args {
-                            file: file.clone(),
+                            files: vec![file.clone()],
                         })
                     });
                     prop_assert!(check.is_ok(), "check-config panicked on\n{text}");

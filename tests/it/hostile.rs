@@ -679,3 +679,59 @@ fn the_log_on_a_nearly_full_disk_stays_within_keep_bytes() {
     let v = run(&["verify", p(&log)]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
+
+/// The configs of two instances on one box: each valid alone, refused
+/// together when they share a log folder or a metrics port, accepted apart.
+#[test]
+fn check_config_refuses_two_instances_sharing_a_log_folder_or_port() {
+    let s = setup(5, &synthetic(0), "");
+    let text = std::fs::read_to_string(&s.cfg).unwrap();
+    let root = s.root();
+    let write = |name: &str, t: String| {
+        let f = root.join(name);
+        std::fs::write(&f, t).unwrap();
+        f
+    };
+    let log = log_dir(root).display().to_string();
+    let ev = evidence_dir(root).display().to_string();
+    let listen = "127.0.0.1:0";
+    assert!(text.contains(listen));
+    let own = |n: &str, port: u16| {
+        text.replace(&log, &root.join(format!("{n}/log")).display().to_string())
+            .replace(&ev, &root.join(format!("{n}/ev")).display().to_string())
+            .replace(listen, &format!("127.0.0.1:{port}"))
+    };
+    let a = write("a.yaml", own("a", 19464));
+    let b = write("b.yaml", own("b", 19465));
+    let out = ok(&["check-config", p(&a), p(&b)]);
+    assert!(
+        out.contains("a.yaml: OK") && out.contains("b.yaml: OK"),
+        "{out}"
+    );
+
+    let same_log = write(
+        "same-log.yaml",
+        own("c", 19466).replace(
+            &root.join("c/log").display().to_string(),
+            &root.join("a/log").display().to_string(),
+        ),
+    );
+    let e = fails(
+        &["check-config", p(&a), p(&same_log)],
+        gcm_inspect::error::exit::CONFIG,
+    );
+    assert!(
+        e.contains("output.log_dir") && e.contains("a.yaml") && e.contains("same-log.yaml"),
+        "{e}"
+    );
+
+    let same_port = write("same-port.yaml", own("d", 19464));
+    let e = fails(
+        &["check-config", p(&b), p(&a), p(&same_port)],
+        gcm_inspect::error::exit::CONFIG,
+    );
+    assert!(
+        e.contains("metrics.listen port 19464") && e.contains("a.yaml"),
+        "{e}"
+    );
+}
