@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::labels::{Labels, Status};
-use crate::error::{IoContext, Result};
-use crate::pipeline::sink::log::{log_files, LogLine, ACTIVE};
+use crate::error::{Error, IoContext, Result};
+use crate::pipeline::sink::log::{log_files, LineError, LogLine, ACTIVE};
 
 /// A log file as far as it was read.
 #[derive(Clone, Debug)]
@@ -93,10 +93,15 @@ impl Index {
                 if lines.peek().is_none() {
                     self.files[i].last = raw.to_vec();
                 }
-                match serde_json::from_slice::<LogLine>(raw) {
+                match LogLine::parse(String::from_utf8_lossy(raw).trim_end()) {
                     Ok(l) => self.push(l),
                     Err(_) if raw.trim_ascii().is_empty() => {}
-                    Err(_) => self.foreign += 1,
+                    // A newer daemon's major version: its lines cannot be
+                    // shown right, so say so instead of hiding them.
+                    Err(LineError::NewerMajor(why)) => {
+                        return Err(Error::data(&self.files[i].path, why))
+                    }
+                    Err(LineError::NotDecision(_)) => self.foreign += 1,
                 }
             }
         }
@@ -313,6 +318,7 @@ mod tests {
     fn line(frame: u64, class: usize, margin: f32, divergent: bool) -> LogLine {
         let classes = vec!["crack".to_string(), "ok".to_string()];
         LogLine {
+            schema: None,
             frame,
             captured_unix_us: 1_000 + frame,
             source: None,
@@ -342,6 +348,26 @@ mod tests {
             .iter()
             .map(|l| serde_json::to_string(l).unwrap() + "\n")
             .collect()
+    }
+
+    #[test]
+    fn a_newer_minor_is_read_and_a_newer_major_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let active = d.path().join(ACTIVE);
+        let mut l = line(0, 0, 0.1, false);
+        l.schema = Some("gcm-inspect/log/1.7".into());
+        let newer = text(&[l]).replace("\"frame\"", "\"from_the_future\":1,\"frame\"");
+        std::fs::write(&active, &newer).unwrap();
+        let ix = Index::open(d.path()).unwrap();
+        assert_eq!((ix.lines.len(), ix.foreign), (1, 0), "{newer}");
+        let mut l = line(1, 0, 0.1, false);
+        l.schema = Some("gcm-inspect/log/2.0".into());
+        std::fs::write(&active, text(&[l])).unwrap();
+        let Err(e) = Index::open(d.path()) else {
+            panic!("a major version this build does not know was read")
+        };
+        let e = e.to_string();
+        assert!(e.contains(ACTIVE) && e.contains("2.0"), "{e}");
     }
 
     #[test]
