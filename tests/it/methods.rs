@@ -235,9 +235,9 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
             p(&one),
             p(&images[0]),
         ],
-        2,
+        64,
     );
     assert!(err.contains("baseline CNN"), "{err}");
-    let err = fails(&["explain", "--model", p(&model), p(&images[0])], 5);
+    let err = fails(&["explain", "--model", p(&model), p(&images[0])], 65);
     assert!(err.contains("cnn"), "{err}");
 }

@@ -664,7 +664,7 @@ fn review_off_loopback_needs_a_token_file_and_checks_tokens() {
     let fx = fixture(1);
     let root = fx.root();
     let log = fx.log();
-    let err = fails(&["review", "--log", p(&log), "--bind", "0.0.0.0:0"], 2);
+    let err = fails(&["review", "--log", p(&log), "--bind", "0.0.0.0:0"], 64);
     assert!(err.contains("--token-file"), "{err}");
     let tokens = root.join("tokens");
     std::fs::write(&tokens, "ana:short\n").unwrap();
@@ -678,7 +678,7 @@ fn review_off_loopback_needs_a_token_file_and_checks_tokens() {
             "--token-file",
             p(&tokens),
         ],
-        3,
+        78,
     );
     assert!(err.contains("line 1") && err.contains("tokens"), "{err}");
     std::fs::write(
