@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::config::{Arch, ModelConfig};
-use super::gcm::{encoder_plan, init_varmap, scaling_tensors, tensor_specs, Role};
+use super::gcm::{encoder_plan, init_varmap, scaling_tensors, trainable, Role};
 use super::layers::{forward_layers, ConvBnRelu};
 
 /// The fully connected layer's tensors: name, shape, role.
@@ -60,7 +60,7 @@ pub struct CnnOutput {
 }
 
 impl Cnn {
-    /// Builds the network; `vb` must hold every tensor of [`tensor_specs`].
+    /// Builds the network; `vb` must hold every tensor of [`super::gcm::tensor_specs`].
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.arch != Arch::Cnn {
             candle_core::bail!("model.arch: {:?} is not a cnn", cfg.arch.name());
@@ -179,15 +179,7 @@ impl Cnn {
     /// The trainable variables with their checkpoint names and whether weight
     /// decay applies to them.
     pub fn trainable(&self, varmap: &VarMap) -> Vec<(String, Var, bool)> {
-        let data = varmap.data().lock().expect("varmap lock");
-        tensor_specs(&self.cfg)
-            .into_iter()
-            .filter(|(_, _, r)| r.trainable())
-            .filter_map(|(name, _, role)| {
-                data.get(&name)
-                    .map(|v| (name, v.clone(), matches!(role, Role::Weight { .. })))
-            })
-            .collect()
+        trainable(&self.cfg, varmap)
     }
 }
 

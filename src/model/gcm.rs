@@ -122,6 +122,20 @@ impl Role {
 }
 
 /// Every tensor of a model's checkpoint: name, shape, role.
+/// The trainable variables of `cfg`'s network (GCM or baseline CNN) in
+/// `varmap`, with their checkpoint names and whether weight decay applies.
+pub(crate) fn trainable(cfg: &ModelConfig, varmap: &VarMap) -> Vec<(String, Var, bool)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    tensor_specs(cfg)
+        .into_iter()
+        .filter(|(_, _, r)| r.trainable())
+        .filter_map(|(name, _, role)| {
+            data.get(&name)
+                .map(|v| (name, v.clone(), matches!(role, Role::Weight { .. })))
+        })
+        .collect()
+}
+
 pub fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Role)> {
     let mut out = Vec::new();
     for l in full_plan(cfg) {
@@ -349,15 +363,7 @@ impl Gcm {
     /// The trainable variables with their checkpoint names and whether weight
     /// decay applies to them.
     pub fn trainable(&self, varmap: &VarMap) -> Vec<(String, Var, bool)> {
-        let data = varmap.data().lock().expect("varmap lock");
-        tensor_specs(&self.cfg)
-            .into_iter()
-            .filter(|(_, _, r)| r.trainable())
-            .filter_map(|(name, _, role)| {
-                data.get(&name)
-                    .map(|v| (name, v.clone(), matches!(role, Role::Weight { .. })))
-            })
-            .collect()
+        trainable(&self.cfg, varmap)
     }
 }
 
