@@ -700,3 +700,115 @@ fn the_grouped_split_keeps_module_blocks_whole_and_the_floor_script_reads_both_s
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.contains("binary-grouped.csv | "), "{table}");
 }
+
+/// `eval --sweep`'s predictions.csv with the columns the seed report reads:
+/// (defective, reject score); the argmax class is `defect` at >= 0.5.
+fn predictions(dir: &Path, cells: &[(bool, f64)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut s = String::from(
+        "path,label,predicted,probability,margin,reject_score,verdict,defective,score_ok,score_defect\n",
+    );
+    for (i, &(defective, r)) in cells.iter().enumerate() {
+        let label = if defective { "defect" } else { "ok" };
+        let predicted = if r >= 0.5 { "defect" } else { "ok" };
+        s += &format!(
+            "c{i}.png,{label},{predicted},{},0,{r},PASS,{defective},0,0\n",
+            r.max(1.0 - r)
+        );
+    }
+    std::fs::write(dir.join("predictions.csv"), s).unwrap();
+}
+
+#[test]
+fn the_seed_report_chooses_the_operating_point_on_validation_and_scores_it_on_test() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // Validation: 10 ok cells; at <= 5% false rejects none may be rejected
+    // (threshold just above 0.9), at <= 10% one (just above 0.8).
+    let mut val: Vec<(bool, f64)> = [0.9, 0.8, 0.3, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0, 0.0]
+        .iter()
+        .map(|&r| (false, r))
+        .collect();
+    val.push((true, 0.7));
+    // Test: defects 0.95, 0.85, 0.6, 0.2 and ok cells 0.91, 0.1, 0.1, 0.1.
+    let test = [
+        (true, 0.95),
+        (true, 0.85),
+        (true, 0.6),
+        (true, 0.2),
+        (false, 0.91),
+        (false, 0.1),
+        (false, 0.1),
+        (false, 0.1),
+    ];
+    for tta in ["none", "d4"] {
+        predictions(&run.join(format!("val-{tta}")), &val);
+        predictions(&run.join(format!("test-{tta}")), &test);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-seeds-report.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--run", p(&run), "--split", "grouped", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["split"], "grouped");
+    assert_eq!(line["seed"], 3);
+    let r = &line["d4"];
+    let close = |v: &serde_json::Value, want: f64| {
+        let got = v.as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{v} != {want}");
+    };
+    close(&r["accuracy"], 6.0 / 8.0);
+    close(&r["defect_recall"], 3.0 / 4.0);
+    close(&r["defect_precision"], 3.0 / 4.0);
+    close(&r["ok_recall"], 3.0 / 4.0);
+    // Only 0.6 lies within 0.5 +- 0.2; of the other 7, 0.2 (defect) and 0.91
+    // (ok) are wrong.
+    close(&r["review_share"], 1.0 / 8.0);
+    close(&r["accuracy_outside_review"], 5.0 / 7.0);
+    close(&r["at_frr_5"]["defect_recall"], 1.0 / 4.0);
+    close(&r["at_frr_5"]["false_reject"], 1.0 / 4.0);
+    assert!(r["at_frr_5"]["threshold"].as_f64().unwrap() > 0.9);
+    close(&r["at_frr_10"]["defect_recall"], 2.0 / 4.0);
+    assert!(r["at_frr_10"]["threshold"].as_f64().unwrap() > 0.8);
+
+    // The table: two seeds of the same figures, so sd 0.
+    let results = tmp.path().join("runs.jsonl");
+    let mut two = String::from_utf8(out.stdout.clone()).unwrap();
+    two += &two.replace("\"seed\": 3", "\"seed\": 4");
+    std::fs::write(&results, two).unwrap();
+    let table = Command::new("python3")
+        .arg(&script)
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("| grouped | d4 | 3, 4 | 75.0 +- 0.0 | 75.0 +- 0.0 |"),
+        "{table}"
+    );
+    assert!(table.contains("25.0 +- 0.0 (25.0 +- 0.0)"), "{table}");
+
+    // A run folder without predictions is named.
+    let missing = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--run",
+            p(&tmp.path().join("nothing")),
+            "--split",
+            "random",
+            "--seed",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("val-none/predictions.csv"));
+}

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Figures of the ELPV seed series (scripts/elpv-seeds.sh).
+
+    scripts/elpv-seeds-report.py --run RUN --split S --seed N [--train-seconds T]
+        one run's JSON line, from RUN/{val,test}-{none,d4}/predictions.csv
+    scripts/elpv-seeds-report.py RESULTS.jsonl [--markdown]
+        mean +- sd over the seeds of each split, with and without --tta d4
+
+Per run and TTA mode, on the test split:
+  accuracy, defect recall / precision and ok recall at the argmax;
+  defect recall and false-reject rate at the threshold on the defect
+  probability chosen on the run's validation cells (never on test) as the
+  lowest one whose validation false-reject rate is <= 5% (and <= 10%);
+  the REVIEW band: the share of cells whose defect probability lies within
+  0.5 +- 0.2 (sent to a person) and the accuracy on the rest.
+Standard library only.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+FRR_TARGETS = (0.05, 0.10)
+BAND = 0.2
+
+
+def fail(msg):
+    sys.exit(f"elpv-seeds-report: {msg}")
+
+
+def read(path):
+    if not os.path.exists(path):
+        fail(f"{path} does not exist")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"label", "predicted", "reject_score", "defective"}
+    if not rows or not need <= set(rows[0]):
+        fail(f"{path}: needs the columns {sorted(need)} of eval --sweep's predictions.csv")
+    return [
+        (r["defective"] == "true", float(r["reject_score"]), r["predicted"] == r["label"])
+        for r in rows
+    ]
+
+
+def threshold(val, frr):
+    """The lowest defect-probability threshold whose false-reject rate on
+    the validation cells is <= frr (rejecting when score >= threshold)."""
+    ok = sorted((s for d, s, _ in val if not d), reverse=True)
+    allowed = math.floor(frr * len(ok))
+    # Rejecting the `allowed` highest-scoring ok cells at most: the threshold
+    # sits just above the next one.
+    if allowed >= len(ok):
+        return 0.0
+    return math.nextafter(ok[allowed], math.inf)
+
+
+def at(rows, t):
+    d = [s for dd, s, _ in rows if dd]
+    o = [s for dd, s, _ in rows if not dd]
+    return {
+        "threshold": t,
+        "defect_recall": sum(s >= t for s in d) / len(d),
+        "false_reject": sum(s >= t for s in o) / len(o),
+    }
+
+
+def one(run, tta):
+    val = read(os.path.join(run, f"val-{tta}", "predictions.csv"))
+    test = read(os.path.join(run, f"test-{tta}", "predictions.csv"))
+    d = [r for r in test if r[0]]
+    o = [r for r in test if not r[0]]
+    tp = sum(c for _, _, c in d)
+    fp = sum(not c for _, _, c in o)
+    rest = [r for r in test if abs(r[1] - 0.5) > BAND]
+    out = {
+        "test_cells": len(test),
+        "accuracy": sum(c for _, _, c in test) / len(test),
+        "defect_recall": tp / len(d),
+        "defect_precision": tp / (tp + fp) if tp + fp else 0.0,
+        "ok_recall": sum(c for _, _, c in o) / len(o),
+        "review_share": 1 - len(rest) / len(test),
+        "accuracy_outside_review": sum(c for _, _, c in rest) / len(rest) if rest else 0.0,
+    }
+    for frr in FRR_TARGETS:
+        out[f"at_frr_{round(frr * 100)}"] = at(test, threshold(val, frr))
+    return out
+
+
+def stats(xs):
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
+    return m, sd
+
+
+def pm(xs):
+    m, sd = stats([100 * x for x in xs])
+    return f"{m:.1f}" if math.isnan(sd) else f"{m:.1f} +- {sd:.1f}"
+
+
+def report(path):
+    runs = [json.loads(l) for l in open(path) if l.strip()]
+    if not runs:
+        fail(f"{path} has no runs")
+    print("| split | TTA | seeds | accuracy | defect recall (argmax) | defect precision | ok recall "
+          "| defect recall at <= 5% FR (FR on test) | at <= 10% FR (FR on test) "
+          "| REVIEW share (p in 0.5 +- 0.2) | accuracy outside REVIEW |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for split in ("random", "grouped"):
+        rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        for tta in ("none", "d4"):
+            g = [r[tta] for r in rs]
+            cells = [
+                split, tta, ", ".join(str(r["seed"]) for r in rs),
+                pm([x["accuracy"] for x in g]),
+                pm([x["defect_recall"] for x in g]),
+                pm([x["defect_precision"] for x in g]),
+                pm([x["ok_recall"] for x in g]),
+                f'{pm([x["at_frr_5"]["defect_recall"] for x in g])} ({pm([x["at_frr_5"]["false_reject"] for x in g])})',
+                f'{pm([x["at_frr_10"]["defect_recall"] for x in g])} ({pm([x["at_frr_10"]["false_reject"] for x in g])})',
+                pm([x["review_share"] for x in g]),
+                pm([x["accuracy_outside_review"] for x in g]),
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="?")
+    ap.add_argument("--run")
+    ap.add_argument("--split")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--train-seconds", type=int)
+    a = ap.parse_args()
+    if a.run:
+        if a.split is None or a.seed is None:
+            fail("--run needs --split and --seed")
+        line = {"split": a.split, "seed": a.seed, "train_seconds": a.train_seconds}
+        for tta in ("none", "d4"):
+            line[tta] = one(a.run, tta)
+        print(json.dumps(line))
+    elif a.results:
+        report(a.results)
+    else:
+        fail("give RESULTS.jsonl, or --run RUN --split S --seed N")
+
+
+if __name__ == "__main__":
+    main()
