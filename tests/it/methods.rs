@@ -392,3 +392,66 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
     let err = fails(&["explain", "--model", p(&model), p(&images[0])], 65);
     assert!(err.contains("cnn"), "{err}");
 }
+
+#[test]
+fn eval_methods_all_on_a_trained_gcm_ranks_its_ccm_faithfully() {
+    // A GCM that has learnt the synthetic cracks (10 epochs on 200 cells),
+    // evaluated on 48 others beside a briefly trained CNN: the CCM's
+    // deletion curve stays below its insertion curve, and removing its
+    // most relevant pixels (ROAD, imputed) lowers the probability more
+    // than removing its least relevant ones.
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+    synth(&train, 200, 32, "ok,crack", 3);
+    synth(&test, 48, 32, "ok,crack", 4);
+    let cfg = dir.path().join("small.yaml");
+    std::fs::write(
+        &cfg,
+        "batch_size: 16\nlr: 0.05\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [8, 12, 16]\n",
+    )
+    .unwrap();
+    let (gcm, cnn) = (dir.path().join("gcm"), dir.path().join("cnn"));
+    for (out, epochs, arch) in [(&gcm, "10", "gcm"), (&cnn, "3", "cnn")] {
+        ok(&[
+            "train",
+            "--data",
+            p(&train),
+            "--out",
+            p(out),
+            "--config",
+            p(&cfg),
+            "--arch",
+            arch,
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ]);
+    }
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&cnn),
+        "--gcm-model",
+        p(&gcm),
+        "--data",
+        p(&test),
+        "--methods",
+        "all",
+        "--steps",
+        "6",
+        "--json",
+    ]))
+    .unwrap();
+    let rows = v["methods"]["rows"].as_array().unwrap();
+    let g = rows.iter().find(|r| r["method"] == "gcm").unwrap();
+    let a = g["accuracy"].as_f64().unwrap();
+    assert!(
+        a >= 0.8,
+        "the GCM did not learn the set (accuracy {a}): {g}"
+    );
+    assert_eq!(g["kinds"]["image"]["decline"].as_f64().unwrap(), 0.0, "{g}");
+    let f = &g["faithfulness"];
+    let get = |k: &str| f[k].as_f64().unwrap();
+    assert!(get("deletion") < get("insertion"), "{f}");
+    assert!(get("road_morf") < get("road_lerf"), "{f}");
+}
