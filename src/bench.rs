@@ -5,6 +5,14 @@
 //! random input, reporting images/s and per-batch latency percentiles.
 //! `--mode train` times one training step instead (forward in training mode,
 //! softmax cross-entropy, backward, SGD update), the path `train` runs.
+//!
+//! The baseline CNN (`train --arch cnn`) is timed the same way (its
+//! forward applies BatchNorm from the running statistics; it has no folded
+//! path). `--method NAME` times an evidence method per batch instead: the
+//! forward that decides each image's class, then that class's map
+//! (`crate::methods`), on the CPU, where the methods run. `--method gcm` on
+//! a GCM is its forward plus the decided class's CCM, the reference the
+//! CNN's methods are set against.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,7 +23,8 @@ use serde::Serialize;
 
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
+use crate::methods::Method;
+use crate::model::config::{Arch, ModelConfig};
 use crate::model::gcm::{varmap_tensors, Gcm};
 use crate::model::{bundled, checkpoint, Input, Predictor};
 
@@ -43,6 +52,10 @@ pub struct Options {
     pub min_seconds: f64,
     /// candle's stock CPU ops instead of the engine's kernels.
     pub stock_ops: bool,
+    /// An evidence method to time (inference only, CPU).
+    pub method: Option<Method>,
+    /// The layer CAV analyses.
+    pub cav_layer: usize,
 }
 
 /// What `--json` prints.
@@ -56,6 +69,11 @@ pub struct Report {
     pub batch: usize,
     /// `[channels, rows, cols]` of one input image.
     pub input: [usize; 3],
+    /// `gcm` or `cnn`.
+    pub arch: &'static str,
+    /// The evidence method timed, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
     pub iterations: usize,
     pub images_per_second: f64,
     /// Per-batch latency.
@@ -84,17 +102,90 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
     let cfg = loaded.card.model.clone();
     let input = [cfg.input_channels, cfg.input_rows, cfg.input_cols];
     let x = Tensor::rand(0f32, 1.0, (o.batch, input[0], input[1], input[2]), dev)?;
-    let mut step: Step = match o.mode {
-        Mode::Infer => {
+    let arch = cfg.arch;
+    if let Some(m) = o.method {
+        if o.mode == Mode::Train {
+            return Err(Error::Usage(format!(
+                "--method {}: evidence methods are timed in inference; drop --mode train",
+                m.name()
+            )));
+        }
+        if !dev.is_cpu() {
+            return Err(Error::Usage(format!(
+                "--method {}: the evidence methods run on the CPU; use --device cpu",
+                m.name()
+            )));
+        }
+        let fits = match m {
+            Method::All => false,
+            Method::Gcm => arch == Arch::Gcm,
+            _ => arch == Arch::Cnn,
+        };
+        if !fits {
+            return Err(Error::Usage(format!(
+                "--method {}: {} is a {} model; gcm times a GCM's forward and CCM, the others run on the baseline CNN (train --arch cnn), one method per run",
+                m.name(),
+                loaded.dir.display(),
+                arch.name()
+            )));
+        }
+    }
+    let mut step: Step = match (o.mode, arch) {
+        (Mode::Infer, Arch::Gcm) => {
             let p = Predictor::from_loaded(&loaded, dev)?;
+            let ccm = o.method == Some(Method::Gcm);
             Box::new(move || {
                 let out = p.forward(Input::Raw(&x))?;
+                if ccm {
+                    let classes: Vec<usize> = out
+                        .scores
+                        .argmax(D::Minus1)?
+                        .to_vec1::<u32>()?
+                        .into_iter()
+                        .map(|c| c as usize)
+                        .collect();
+                    let cwm = crate::methods::pick_classes(&out.cwm, &classes)?;
+                    out.scaled
+                        .broadcast_mul(&cwm.unsqueeze(1)?)?
+                        .sum(1)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                }
                 // Reading the scores back waits for the device.
                 out.scores.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
                 Ok(())
             })
         }
-        Mode::Train => train_step(&loaded, o.batch, dev, x)?,
+        (Mode::Infer, Arch::Cnn) => {
+            let net = loaded.build_cnn(dev)?;
+            let method = o.method;
+            let layer = o.cav_layer;
+            if layer > net.encoder().len() {
+                return Err(Error::Usage(format!(
+                    "--cav-layer {layer}: the model has {} encoder layers",
+                    net.encoder().len()
+                )));
+            }
+            Box::new(move || {
+                let out = net.forward_t(&x, false)?;
+                let scores = out.scores.to_device(&Device::Cpu)?;
+                if let Some(m) = method {
+                    let classes: Vec<usize> = scores
+                        .argmax(D::Minus1)?
+                        .to_vec1::<u32>()?
+                        .into_iter()
+                        .map(|c| c as usize)
+                        .collect();
+                    crate::methods::method_map(&net, &out.scaled, &classes, m, layer)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                } else {
+                    scores.to_vec2::<f32>()?;
+                }
+                Ok(())
+            })
+        }
+        (Mode::Train, _) => train_step(&loaded, o.batch, dev, x)?,
     };
     for _ in 0..o.warmup {
         step()?;
@@ -121,6 +212,8 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
         threads: rayon::current_num_threads(),
         batch: o.batch,
         input,
+        arch: arch.name(),
+        method: o.method.map(Method::name),
         iterations: times.len(),
         images_per_second: (o.batch * times.len()) as f64 / total_s,
         latency_ms: Latency {
@@ -134,23 +227,32 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
     })
 }
 
-/// Writes a randomly initialised Table 3 model (seed 0) to `dir`, for
-/// benchmarking before any training.
-pub fn write_random_model(dir: &Path, side: usize, channels: usize, classes: &str) -> Result<()> {
+/// Writes a randomly initialised Table 3 GCM or Table 6 CNN (seed 0) to
+/// `dir`, for benchmarking before any training.
+pub fn write_random_model(
+    dir: &Path,
+    arch: Arch,
+    side: usize,
+    channels: usize,
+    classes: &str,
+) -> Result<()> {
     let classes: Vec<String> = classes
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let cfg = ModelConfig::table3(side, side, channels, classes);
+    let cfg = ModelConfig::default_for(arch, side, side, channels, classes);
     cfg.validate()
         .map_err(|e| Error::Usage(format!("--init: {e}")))?;
-    let (_, vm) = Gcm::init(&cfg, 0, &Device::Cpu)?;
+    let vm = crate::model::gcm::init_varmap(&cfg, 0, &Device::Cpu)?;
     checkpoint::save(dir, &varmap_tensors(&vm), checkpoint::new_card(cfg))?;
     Ok(())
 }
 
 type Step = Box<dyn FnMut() -> Result<()>>;
+
+/// A network's scores for a batch.
+type ScoresFn = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
 
 /// One SGD training step on a fresh copy of the model's weights.
 fn train_step(
@@ -170,18 +272,29 @@ fn train_step(
             );
         }
     }
-    let net = Gcm::new(
-        cfg,
-        candle_nn::VarBuilder::from_varmap(&vm, DType::F32, dev),
-    )?;
-    let vars: Vec<candle_core::Var> = net.trainable(&vm).into_iter().map(|t| t.1).collect();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, dev);
+    // The scores of a training-mode forward, GCM or CNN.
+    let forward: ScoresFn = match cfg.arch {
+        Arch::Gcm => {
+            let net = Gcm::new(cfg, vb)?;
+            Box::new(move |x| Ok(net.forward_t(x, true)?.scores))
+        }
+        Arch::Cnn => {
+            let net = crate::model::Cnn::new(cfg, vb)?;
+            Box::new(move |x| Ok(net.forward_t(x, true)?.scores))
+        }
+    };
+    let vars: Vec<candle_core::Var> = crate::model::gcm::trainable(cfg, &vm)
+        .into_iter()
+        .map(|t| t.1)
+        .collect();
     let mut sgd = candle_nn::SGD::new(vars, 0.01)?;
     let n = cfg.num_classes() as u32;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % n).collect();
     let labels = Tensor::from_vec(labels, batch, dev)?;
     Ok(Box::new(move || {
-        let out = net.forward_t(&x, true)?;
-        let logp = candle_nn::ops::log_softmax(&out.scores, D::Minus1)?;
+        let scores = forward(&x)?;
+        let logp = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
         let loss = candle_nn::loss::nll(&logp, &labels)?;
         sgd.backward_step(&loss)?;
         loss.to_device(&Device::Cpu)?.to_scalar::<f32>()?;

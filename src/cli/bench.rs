@@ -39,10 +39,22 @@ pub struct Args {
     /// Run candle's stock CPU ops instead of the engine's kernels (for comparison).
     #[arg(long)]
     pub stock_ops: bool,
-    /// First write a randomly initialised Table 3 model to --model (for
+    /// Time an evidence method instead of the bare forward: cam, gradcam,
+    /// guided-backprop, guided-gradcam or cav on a baseline CNN model, gcm
+    /// (forward + CCM) on a GCM model; each batch is decided, then mapped for
+    /// its decided classes (CPU).
+    #[arg(long, value_enum)]
+    pub method: Option<crate::methods::Method>,
+    /// With --method cav: the layer analysed (the input of encoder layer N).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub cav_layer: usize,
+    /// First write a randomly initialised model to --model (for
     /// benchmarking before any training), sized by --size, --channels, --classes.
     #[arg(long)]
     pub init: bool,
+    /// With --init: gcm (Table 3) or cnn (the Table 6 baseline).
+    #[arg(long, value_enum, default_value = "gcm")]
+    pub arch: crate::model::Arch,
     /// With --init: input side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -71,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
                 a.model
             )));
         }
-        bench::write_random_model(Path::new(&a.model), a.size, a.channels, &a.classes)?;
+        bench::write_random_model(Path::new(&a.model), a.arch, a.size, a.channels, &a.classes)?;
     }
     let report = bench::run(
         &Options {
@@ -82,6 +94,8 @@ pub fn run(a: Args) -> Result<()> {
             iters: a.iters,
             min_seconds: a.min_seconds,
             stock_ops: a.stock_ops,
+            method: a.method,
+            cav_layer: a.cav_layer,
         },
         &dev,
         &a.device,
@@ -94,11 +108,15 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         let l = &report.latency_ms;
         let input = report.input;
+        let what = match report.method {
+            Some(m) => format!("{} {m}", report.arch),
+            None => format!("{} {:?}", report.arch, report.mode),
+        };
         println!(
-            "{} {:?} on {} ({} ops, {}, {} threads), batch {}, input {}x{}x{}: {:.1} images/s; \
+            "{} {} on {} ({} ops, {}, {} threads), batch {}, input {}x{}x{}: {:.1} images/s; \
              latency per batch p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms ({} iterations)",
             a.model,
-            report.mode,
+            what,
             report.device,
             report.ops,
             report.isa,

@@ -38,10 +38,23 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "none")]
     pub tta: crate::model::tta::Tta,
     /// `all`, with a baseline CNN model: the decline-ratio table of CAM,
-    /// Grad-CAM, Guided Backprop and Guided Grad-CAM (GCM paper, Table 8)
-    /// after the report (markdown; with --json under `methods`).
+    /// Grad-CAM, Guided Backprop, Guided Grad-CAM and CAV (GCM paper,
+    /// Table 8, all four map kinds) and their deletion, insertion and ROAD
+    /// faithfulness, after the report (markdown; with --json under
+    /// `methods`).
     #[arg(long, value_name = "all")]
     pub methods: Option<String>,
+    /// With --methods all: a GCM model whose CWM/CCM row joins the table,
+    /// on its own accuracy.
+    #[arg(long, value_name = "MODEL_DIR", requires = "methods")]
+    pub gcm_model: Option<String>,
+    /// With --methods all: steps of the faithfulness curves.
+    #[arg(long, default_value_t = 10, value_parser = super::positive, requires = "methods")]
+    pub steps: usize,
+    /// With --methods all: the layer CAV analyses (the input of encoder
+    /// layer N; 0 the input pixels).
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "methods")]
+    pub cav_layer: usize,
     #[command(flatten)]
     pub sweep: super::sweep::SweepArgs,
 }
@@ -90,11 +103,37 @@ fn run_cnn(
     })?;
     let table = match a.methods {
         Some(_) => {
-            let cpu = m.build_cnn(&candle_core::Device::Cpu)?;
+            let cpu = candle_core::Device::Cpu;
+            let net = m.build_cnn(&cpu)?;
+            let layers = net.encoder().len();
+            if a.cav_layer > layers {
+                return Err(Error::Usage(format!(
+                    "--cav-layer {}: {} has {layers} encoder layers (0 is the input, {layers} the last feature maps)",
+                    a.cav_layer,
+                    m.dir.display()
+                )));
+            }
+            if a.steps < 2 {
+                return Err(Error::Usage(format!(
+                    "--steps {}: the curves need at least 2",
+                    a.steps
+                )));
+            }
+            let gcm = match &a.gcm_model {
+                Some(spec) => Some(gcm_beside(spec, &cfg)?),
+                None => None,
+            };
+            let o = crate::methods::decline::Options {
+                batch: a.batch_size,
+                steps: a.steps,
+                cav_layer: a.cav_layer,
+                ..Default::default()
+            };
             Some(crate::methods::decline::decline_table(
-                &cpu,
+                &net,
+                gcm.as_ref(),
                 &set,
-                a.batch_size,
+                &o,
             )?)
         }
         None => None,
@@ -112,6 +151,30 @@ fn run_cnn(
         }
     }
     Ok(())
+}
+
+/// The GCM of `--gcm-model` on the CPU, checked to take the CNN's images
+/// and classes.
+fn gcm_beside(spec: &str, cnn: &crate::model::ModelConfig) -> Result<Predictor> {
+    let p = Predictor::open(spec, &candle_core::Device::Cpu)?;
+    let g = p.config();
+    if g.classes != cnn.classes
+        || (g.input_channels, g.input_rows, g.input_cols)
+            != (cnn.input_channels, cnn.input_rows, cnn.input_cols)
+    {
+        return Err(Error::Usage(format!(
+            "--gcm-model {spec}: classes {:?} and input {}x{}x{} differ from the CNN's {:?} and {}x{}x{}; the table compares models on the same images and classes",
+            g.classes,
+            g.input_channels,
+            g.input_rows,
+            g.input_cols,
+            cnn.classes,
+            cnn.input_channels,
+            cnn.input_rows,
+            cnn.input_cols
+        )));
+    }
+    Ok(p)
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -38,13 +38,18 @@ pub struct Args {
     pub tta: crate::model::tta::Tta,
     /// The evidence method: gcm (a GCM model's own CWM and CCM), or, on the
     /// baseline CNN (train --arch cnn), cam, gradcam, guided-backprop,
-    /// guided-gradcam, or all of them with a comparison grid per image.
+    /// guided-gradcam, cav, or all of them with a comparison grid per image.
     #[arg(long, value_enum, default_value = "gcm")]
     pub method: crate::methods::Method,
     /// With a CNN method: a GCM model whose CWM and CCM join the evidence
     /// and the comparison grid.
     #[arg(long, value_name = "MODEL_DIR")]
     pub gcm_model: Option<String>,
+    /// With --method cav or all: the layer CAV analyses, as the input of
+    /// encoder layer N (0: the input pixels; the number of encoder layers:
+    /// the last feature maps).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub cav_layer: usize,
 }
 
 /// `--method` other than gcm: the baseline CNN's methods (on the CPU).
@@ -66,6 +71,7 @@ fn methods_explain(a: &Args) -> Result<Vec<crate::explain::Explained>> {
         method: a.method,
         resize: a.resize,
         gcm_model: a.gcm_model.clone(),
+        cav_layer: a.cav_layer,
     };
     crate::methods::explain::explain(&m, &a.images, &opts)
 }

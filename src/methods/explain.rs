@@ -21,7 +21,7 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use serde::Serialize;
 
-use super::{cam, gradcam, guided, render, upsample, Method};
+use super::{cam, cav, gradcam, guided, render, upsample, Method};
 use crate::data::image_io::planar_to_dynamic;
 use crate::decision::Decision;
 use crate::error::{Error, Result};
@@ -39,6 +39,8 @@ pub struct Options {
     pub resize: bool,
     /// A GCM model whose evidence joins the CNN's (`--gcm-model`).
     pub gcm_model: Option<String>,
+    /// The layer CAV analyses (the input of encoder layer N; 0 the pixels).
+    pub cav_layer: usize,
 }
 
 /// A weight map at the method's own resolution.
@@ -64,6 +66,13 @@ pub struct MethodEntry {
     /// CAM: `fc.bias` of the class (mean of `map` + bias = score).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bias: Option<f32>,
+    /// CAV: the share of the score the biases at and after the analysed
+    /// layer kept (sum of `map` + absorbed = score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absorbed: Option<f32>,
+    /// CAV: the analysed layer (the input of encoder layer N).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
     /// What `map` is, in words.
     pub map_is: &'static str,
     pub map: RawMap,
@@ -100,6 +109,14 @@ pub fn cnn_of(m: &LoadedModel) -> Result<Cnn> {
 /// Decides every image with the CNN and writes the chosen methods' maps.
 pub fn explain(m: &LoadedModel, images: &[PathBuf], opts: &Options) -> Result<Vec<Explained>> {
     let net = cnn_of(m)?;
+    let layers = net.encoder().len();
+    if opts.cav_layer > layers {
+        return Err(Error::Usage(format!(
+            "--cav-layer {}: {} has {layers} encoder layers (0 is the input, {layers} the last feature maps)",
+            opts.cav_layer,
+            m.dir.display()
+        )));
+    }
     let methods: Vec<Method> = match opts.method {
         Method::All => Method::CNN.to_vec(),
         Method::Gcm => {
@@ -149,7 +166,13 @@ pub fn explain(m: &LoadedModel, images: &[PathBuf], opts: &Options) -> Result<Ve
         let mut entries = Vec::new();
         for &method in &methods {
             entries.push(cnn_method(
-                &net, scaled, &d, &input_rgb, method, &mut drawn,
+                &net,
+                scaled,
+                &d,
+                &input_rgb,
+                method,
+                opts.cav_layer,
+                &mut drawn,
             )?);
         }
         if let Some((p, s, f)) = &gcm_frames {
@@ -252,6 +275,7 @@ fn cnn_method(
     d: &Decision,
     input_rgb: &RgbImage,
     method: Method,
+    cav_layer: usize,
     drawn: &mut Drawn,
 ) -> Result<MethodEntry> {
     let (_, ch, r, c) = scaled.dims4()?;
@@ -259,6 +283,8 @@ fn cnn_method(
     let last = net.encoder().len() - 1;
     // A coarse map `[1, h, w]`, shown upsampled and blended; or a response
     // `[1, D, R, C]` shown as an image.
+    let mut absorbed = None;
+    let mut layer = None;
     let (native, response, map_is, bias) = match method {
         Method::Cam => {
             let b = net.fc().1.get(d.class_index)?.to_scalar::<f32>()?;
@@ -299,6 +325,17 @@ fn cnn_method(
                 None,
             )
         }
+        Method::Cav => {
+            let v = cav::cav(net, scaled, &cls, cav_layer)?;
+            absorbed = Some(v.absorbed[0]);
+            layer = Some(cav_layer);
+            (
+                Some(v.map),
+                None,
+                "CAV contributions at the input of encoder layer `layer`, summed over channels (sum + absorbed = score)",
+                None,
+            )
+        }
         Method::Gcm | Method::All => unreachable!("not a CNN method"),
     };
     let (weight, visual, map) = match (native, response) {
@@ -331,6 +368,8 @@ fn cnn_method(
         weight_png,
         visual_png,
         bias,
+        absorbed,
+        layer,
         map_is,
         map,
     })
@@ -371,6 +410,8 @@ fn gcm_method(
         weight_png,
         visual_png,
         bias: None,
+        absorbed: None,
+        layer: None,
         map_is: "CCM summed over input channels (score = its sum / (rows x cols x channels))",
         map: RawMap {
             rows: r,

@@ -98,8 +98,18 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Builds the network on `device`.
+    /// Builds the network on `device`. A baseline CNN is refused: it has no
+    /// class weight maps, so none of the GCM's evidence (CWM, CCM) that
+    /// `run`, `explain` and `eval` of a GCM write and check.
     pub fn build(&self, device: &Device) -> Result<Gcm> {
+        if self.card.model.arch == super::config::Arch::Cnn {
+            return Err(Error::model(
+                &self.dir,
+                "model.arch is cnn, the baseline CNN: it has no class weight maps, so no CCM evidence to decide by or to log; \
+                 serve and explain a GCM model (train without --arch cnn); the CNN is for eval --methods all, explain --method cam|gradcam|guided-backprop|guided-gradcam|cav|all and bench"
+                    .to_string(),
+            ));
+        }
         let tensors = self
             .tensors
             .iter()

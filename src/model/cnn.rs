@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::config::{Arch, ModelConfig};
-use super::gcm::{encoder_plan, init_varmap, scaling_tensors, trainable, Role};
+use super::gcm::{build_encoder, encoder_plan, init_varmap, scaling_tensors, trainable, Role};
 use super::layers::{forward_layers, ConvBnRelu};
 
 /// The fully connected layer's tensors: name, shape, role.
@@ -65,10 +65,7 @@ impl Cnn {
         if cfg.arch != Arch::Cnn {
             candle_core::bail!("model.arch: {:?} is not a cnn", cfg.arch.name());
         }
-        let encoder = encoder_plan(cfg)
-            .iter()
-            .map(|l| ConvBnRelu::new(l, cfg.bn_eps, &vb))
-            .collect::<Result<Vec<_>>>()?;
+        let encoder = build_encoder(cfg, &vb)?;
         let (n, k) = (cfg.num_classes(), feature_channels(cfg));
         let fc_w = vb.get((n, k), "fc.weight")?;
         let fc_b = vb.get(n, "fc.bias")?;

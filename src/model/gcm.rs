@@ -44,6 +44,15 @@ pub fn encoder_plan(cfg: &ModelConfig) -> Vec<LayerSpec> {
     plan
 }
 
+/// The encoder's layers built from `vb` (the GCM's and the baseline
+/// CNN's, which share its plan and tensor names).
+pub fn build_encoder(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Vec<ConvBnRelu>> {
+    encoder_plan(cfg)
+        .iter()
+        .map(|l| ConvBnRelu::new(l, cfg.bn_eps, vb))
+        .collect()
+}
+
 /// A decoder's layers (Table 3, layers 11-14 by default), under `prefix`.
 pub fn decoder_plan(cfg: &ModelConfig, prefix: &str) -> Vec<LayerSpec> {
     let mut plan = Vec::new();
@@ -223,10 +232,7 @@ impl Gcm {
             );
         }
         let eps = cfg.bn_eps;
-        let encoder = encoder_plan(cfg)
-            .iter()
-            .map(|l| ConvBnRelu::new(l, eps, &vb))
-            .collect::<Result<Vec<_>>>()?;
+        let encoder = build_encoder(cfg, &vb)?;
         let decoders = decoder_prefixes(cfg)
             .iter()
             .map(|p| {

@@ -253,6 +253,28 @@ fn bad_configs_exit_with_the_documented_code_naming_the_field_or_path() {
         let e = fails(&args, gcm_inspect::error::exit::NO_INPUT);
         assert!(e.contains("no-such-model"), "{e}");
     }
+    // The baseline CNN (no class weight maps, so no CCM to decide by or to
+    // log): exit 65 (model), the model and the reason named.
+    let cnn = root.join("cnn");
+    {
+        use gcm_inspect::model::{checkpoint, gcm, Cnn, ModelConfig};
+        let mut cfg = ModelConfig::table6(16, 16, 1, vec!["ok".into(), "crack".into()]);
+        cfg.encoder_widths = vec![2, 3, 4];
+        cfg.stem_width = None;
+        let (_, vm) = Cnn::init(&cfg, 1, &candle_core::Device::Cpu).unwrap();
+        checkpoint::save(&cnn, &gcm::varmap_tensors(&vm), checkpoint::new_card(cfg)).unwrap();
+    }
+    let f = write(
+        "cnn.yaml",
+        good_text.replace(&model.display().to_string(), &cnn.display().to_string()),
+    );
+    for args in [vec!["check-config", p(&f)], vec!["run", "--config", p(&f)]] {
+        let e = fails(&args, gcm_inspect::error::exit::MODEL);
+        assert!(
+            e.contains("cnn") && e.contains("no class weight maps") && e.contains(p(&cnn)),
+            "{e}"
+        );
+    }
     // A compute device that cannot be had: exit 69 (device), named.
     #[cfg(not(feature = "cuda"))]
     {

@@ -73,9 +73,9 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
     let a = t["accuracy"].as_f64().unwrap();
     assert_eq!(a, v["accuracy"].as_f64().unwrap());
     let rows = t["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     for r in rows {
-        for k in ["raw", "abs", "image"] {
+        for k in ["raw", "abs", "blend", "image"] {
             let b = r["kinds"][k]["accuracy"].as_f64().unwrap();
             let d = r["kinds"][k]["decline"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&b));
@@ -93,6 +93,51 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
     ]);
     assert!(md.contains("| guided-gradcam | cnn |"), "{md}");
 
+    // bench takes the CNN: its forward, an evidence method, a training
+    // step; a method of the other architecture is refused, naming why.
+    for extra in [
+        vec![],
+        vec!["--method", "cav"],
+        vec!["--method", "guided-gradcam"],
+        vec!["--mode", "train"],
+    ] {
+        let mut args = vec![
+            "bench",
+            "--model",
+            p(&model),
+            "--batch",
+            "2",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--min-seconds",
+            "0",
+            "--json",
+        ];
+        args.extend(&extra);
+        let r: Value = serde_json::from_str(&ok(&args)).unwrap();
+        assert_eq!(r["arch"], "cnn", "{r}");
+        assert_eq!(r["batch"], 2);
+        assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+        if extra.first() == Some(&"--method") {
+            assert_eq!(r["method"], extra[1]);
+        }
+    }
+    let err = fails(
+        &[
+            "bench",
+            "--model",
+            p(&model),
+            "--method",
+            "gcm",
+            "--iters",
+            "1",
+        ],
+        64,
+    );
+    assert!(err.contains("cnn model") && err.contains("GCM"), "{err}");
+
     // A GCM beside it, for the grid's GCM column.
     let gcm_cfg = dir.path().join("gcm.yaml");
     std::fs::write(&gcm_cfg, TINY_TRAIN_YAML).unwrap();
@@ -108,6 +153,91 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
         "1",
         "--no-progress",
     ]);
+
+    // With the GCM beside it: every method x map kind, and the
+    // faithfulness columns, each row on its own model's accuracy.
+    let gcm_eval: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&gcm),
+        "--data",
+        p(&data),
+        "--json",
+    ]))
+    .unwrap();
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--gcm-model",
+        p(&gcm),
+        "--data",
+        p(&data),
+        "--methods",
+        "all",
+        "--steps",
+        "8",
+        "--json",
+    ]))
+    .unwrap();
+    let t = &v["methods"];
+    assert_eq!(t["faithfulness"]["steps"], 8);
+    let fill = t["faithfulness"]["fill"][0].as_f64().unwrap();
+    assert!(fill > 0.0 && fill < 1.0, "{fill}");
+    let rows = t["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "cam",
+            "gradcam",
+            "guided-backprop",
+            "guided-gradcam",
+            "cav",
+            "gcm"
+        ]
+    );
+    for r in rows {
+        let want_a = match r["model"].as_str().unwrap() {
+            "gcm" => gcm_eval["accuracy"].as_f64().unwrap(),
+            _ => v["accuracy"].as_f64().unwrap(),
+        };
+        assert_eq!(r["accuracy"].as_f64().unwrap(), want_a, "{r}");
+        assert_eq!(r["kinds"].as_object().unwrap().len(), 4, "{r}");
+        let f = &r["faithfulness"];
+        for k in ["deletion", "insertion", "road_morf", "road_lerf"] {
+            let x = f[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k} {r}");
+        }
+    }
+    let g = &rows[5];
+    // The CCM's sum is the GCM's score times the input size: classifying by
+    // it is the GCM's decision (decline 0), and (i) raw matches eval's.
+    assert_eq!(g["kinds"]["image"]["decline"].as_f64().unwrap(), 0.0, "{g}");
+    assert_eq!(
+        g["kinds"]["raw"]["accuracy"].as_f64().unwrap(),
+        gcm_eval["decline"]["raw"]["accuracy"].as_f64().unwrap()
+    );
+    let md = ok(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--gcm-model",
+        p(&gcm),
+        "--data",
+        p(&data),
+        "--methods",
+        "all",
+    ]);
+    for want in [
+        "| cav | cnn |",
+        "| gcm | gcm |",
+        "(iii) blend",
+        "10 steps",
+        "ROAD MoRF",
+    ] {
+        assert!(md.contains(want), "{want}: {md}");
+    }
 
     let images: Vec<std::path::PathBuf> = ["crack", "ok"]
         .iter()
@@ -152,7 +282,14 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
             .collect();
         assert_eq!(
             names,
-            ["cam", "gradcam", "guided-backprop", "guided-gradcam", "gcm"]
+            [
+                "cam",
+                "gradcam",
+                "guided-backprop",
+                "guided-gradcam",
+                "cav",
+                "gcm"
+            ]
         );
         for m in rec["methods"].as_array().unwrap() {
             for f in [&m["weight_png"], &m["visual_png"]] {
@@ -185,8 +322,22 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
             (mean + bias - score).abs() < 1e-4,
             "CAM mean {mean} + bias {bias} vs score {score}"
         );
+        // CAV at the input: the map's sum plus the biases' share is the score.
+        let cav = &rec["methods"][4];
+        let sum = cav["map"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum::<f64>();
+        let absorbed = cav["absorbed"].as_f64().unwrap();
+        assert_eq!(cav["layer"], 0);
+        assert!(
+            (sum + absorbed - score).abs() < 1e-3 * (1.0 + score.abs()),
+            "CAV sum {sum} + absorbed {absorbed} vs score {score}"
+        );
         // The GCM's CCM sums to its score times the input size (one channel).
-        let g = &rec["methods"][4];
+        let g = &rec["methods"][5];
         let gvals = g["map"]["values"].as_array().unwrap();
         let gsum = gvals.iter().map(|v| v.as_f64().unwrap()).sum::<f64>();
         let gscore = g["score"].as_f64().unwrap();
@@ -240,4 +391,67 @@ fn cnn_trains_and_explain_method_all_writes_every_methods_maps() {
     assert!(err.contains("baseline CNN"), "{err}");
     let err = fails(&["explain", "--model", p(&model), p(&images[0])], 65);
     assert!(err.contains("cnn"), "{err}");
+}
+
+#[test]
+fn eval_methods_all_on_a_trained_gcm_ranks_its_ccm_faithfully() {
+    // A GCM that has learnt the synthetic cracks (10 epochs on 200 cells),
+    // evaluated on 48 others beside a briefly trained CNN: the CCM's
+    // deletion curve stays below its insertion curve, and removing its
+    // most relevant pixels (ROAD, imputed) lowers the probability more
+    // than removing its least relevant ones.
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+    synth(&train, 200, 32, "ok,crack", 3);
+    synth(&test, 48, 32, "ok,crack", 4);
+    let cfg = dir.path().join("small.yaml");
+    std::fs::write(
+        &cfg,
+        "batch_size: 16\nlr: 0.05\naugment:\n  pad_crop_px: 0\nmodel:\n  encoder_widths: [8, 12, 16]\n",
+    )
+    .unwrap();
+    let (gcm, cnn) = (dir.path().join("gcm"), dir.path().join("cnn"));
+    for (out, epochs, arch) in [(&gcm, "10", "gcm"), (&cnn, "3", "cnn")] {
+        ok(&[
+            "train",
+            "--data",
+            p(&train),
+            "--out",
+            p(out),
+            "--config",
+            p(&cfg),
+            "--arch",
+            arch,
+            "--epochs",
+            epochs,
+            "--no-progress",
+        ]);
+    }
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--model",
+        p(&cnn),
+        "--gcm-model",
+        p(&gcm),
+        "--data",
+        p(&test),
+        "--methods",
+        "all",
+        "--steps",
+        "6",
+        "--json",
+    ]))
+    .unwrap();
+    let rows = v["methods"]["rows"].as_array().unwrap();
+    let g = rows.iter().find(|r| r["method"] == "gcm").unwrap();
+    let a = g["accuracy"].as_f64().unwrap();
+    assert!(
+        a >= 0.8,
+        "the GCM did not learn the set (accuracy {a}): {g}"
+    );
+    assert_eq!(g["kinds"]["image"]["decline"].as_f64().unwrap(), 0.0, "{g}");
+    let f = &g["faithfulness"];
+    let get = |k: &str| f[k].as_f64().unwrap();
+    assert!(get("deletion") < get("insertion"), "{f}");
+    assert!(get("road_morf") < get("road_lerf"), "{f}");
 }
