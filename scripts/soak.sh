@@ -24,6 +24,7 @@
 # the metrics port, loopback), BIN (target/release/gcm-inspect, built if
 # missing). Needs curl and awk.
 set -euo pipefail
+trap 'echo "soak: failed at line $LINENO" >&2' ERR
 cd "$(dirname "$0")/.."
 DURATION_S="${1:-${DURATION_S:-3600}}"
 OUT="${2:-${OUT:-/tmp/gcm-soak-$(date -u +%Y%m%dT%H%M%S)}}"
@@ -89,8 +90,10 @@ while :; do
     kill -0 "$pid" 2>/dev/null || { echo "soak: the daemon stopped at t=$t s:" >&2; tail -n 20 "$OUT/stderr.txt" >&2; exit 1; }
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
     fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-    logb=$(du -s -B1 "$OUT/log" 2>/dev/null | cut -f1)
-    evb=$(du -s -B1 "$OUT/evidence" 2>/dev/null | cut -f1)
+    # du exits 1 when the daemon deletes a file under it mid-walk (the
+    # quota at work); its total is still the folder's.
+    logb=$({ du -s -B1 "$OUT/log" 2>/dev/null || true; } | cut -f1)
+    evb=$({ du -s -B1 "$OUT/evidence" 2>/dev/null || true; } | cut -f1)
     metrics | grep -E '^(gcm_decisions_total|gcm_capture_to_decision_seconds_(bucket|sum|count))' >"$OUT/.now" || true
     # Interval latency: what grew since the previous sample.
     lat=$(awk '
