@@ -27,6 +27,8 @@ pub mod model;
 pub mod outputs;
 pub mod pipeline;
 pub mod preprocess;
+#[cfg(test)]
+mod proptests;
 pub mod review;
 pub mod rng;
 pub mod schema;

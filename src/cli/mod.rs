@@ -6,6 +6,7 @@ use crate::error::Result;
 
 pub mod bench;
 pub mod check_config;
+pub mod dist;
 pub mod eval;
 pub mod explain;
 pub mod export;
@@ -57,6 +58,12 @@ pub enum Command {
     Review(review::Args),
     /// Paint thin cracks on a manifest's clean training cells: a pretraining set for `train --init`.
     PaintCracks(paint::Args),
+    /// Print a shell completion script (packaging; see scripts/build-deb.sh).
+    #[command(hide = true)]
+    Completions(dist::CompletionsArgs),
+    /// Write the manual pages (packaging; see scripts/build-deb.sh).
+    #[command(hide = true)]
+    Man(dist::ManArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -72,6 +79,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::PaintCracks(a) => paint::run(a),
         Command::Review(a) => review::run(a),
+        Command::Completions(a) => dist::completions(a),
+        Command::Man(a) => dist::man(a),
     }
 }
 

@@ -19,6 +19,16 @@ use crate::error::{Error, Result};
 /// stages already need inputs of at least 2,048 pixels a side.
 pub const MAX_STAGES: usize = 12;
 
+/// Upper bounds of the other sizes of an architecture, far above any model
+/// this crate trains (Table 3: widths 16-64, depths 3-4, a 5x5 head), so
+/// that a damaged or hostile model card is refused instead of sizing
+/// millions of layers or gigabyte tensors from one number.
+pub const MAX_WIDTH: usize = 8192;
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_DECODER_CONVS: usize = 64;
+pub const MAX_HEAD_KERNEL: usize = 63;
+pub const MAX_INPUT_SIDE: usize = 16384;
+
 /// How raw pixel values in [0, 1] are mapped before the network and before the
 /// multiplicative (CCM) path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -225,8 +235,35 @@ impl ModelConfig {
         if let Some(i) = self.encoder_widths.iter().position(|&w| w == 0) {
             return Err(format!("encoder_widths[{i}]: must be at least 1"));
         }
+        if let Some(i) = self.encoder_depths.iter().position(|&d| d > MAX_DEPTH) {
+            return Err(format!(
+                "encoder_depths[{i}]: {} convolutions, at most {MAX_DEPTH}",
+                self.encoder_depths[i]
+            ));
+        }
+        if let Some(i) = self.encoder_widths.iter().position(|&w| w > MAX_WIDTH) {
+            return Err(format!(
+                "encoder_widths[{i}]: {} channels, at most {MAX_WIDTH}",
+                self.encoder_widths[i]
+            ));
+        }
         if self.stem_width == Some(0) {
             return Err("stem_width: must be at least 1".into());
+        }
+        if self.stem_width.is_some_and(|w| w > MAX_WIDTH) {
+            return Err(format!("stem_width: at most {MAX_WIDTH} channels"));
+        }
+        if self.decoder_convs_per_stage > MAX_DECODER_CONVS {
+            return Err(format!(
+                "decoder_convs_per_stage: {}, at most {MAX_DECODER_CONVS}",
+                self.decoder_convs_per_stage
+            ));
+        }
+        if self.head_kernel > MAX_HEAD_KERNEL {
+            return Err(format!(
+                "head_kernel: {}, at most {MAX_HEAD_KERNEL}",
+                self.head_kernel
+            ));
         }
         if !matches!(self.input_channels, 1 | 3) {
             return Err(format!(
@@ -239,6 +276,9 @@ impl ModelConfig {
             ("input_rows", self.input_rows),
             ("input_cols", self.input_cols),
         ] {
+            if v > MAX_INPUT_SIDE {
+                return Err(format!("{name}: {v} pixels, at most {MAX_INPUT_SIDE}"));
+            }
             if v == 0 || v % f != 0 {
                 return Err(format!(
                     "{name}: {v} is not a positive multiple of {f} (the encoder halves the size {} times)",

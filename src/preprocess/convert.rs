@@ -16,6 +16,8 @@ pub enum ConvertError {
     CorruptJpeg(String),
     /// A decoded frame whose size is not the size asked of the camera.
     WrongSize { width: u32, height: u32 },
+    /// A frame of no pixels (a driver that reports a zero width or height).
+    Empty { width: u32, height: u32 },
 }
 
 impl std::fmt::Display for ConvertError {
@@ -30,6 +32,9 @@ impl std::fmt::Display for ConvertError {
                     f,
                     "frame decodes to {width}x{height}, not the size asked for"
                 )
+            }
+            ConvertError::Empty { width, height } => {
+                write!(f, "frame of {width}x{height} pixels: it has none")
             }
         }
     }
@@ -50,10 +55,21 @@ impl<'a> Buffer<'a> {
     /// (the packed length when the driver says 0); a buffer too short for
     /// them is refused.
     fn rows(&self, packed: usize) -> Result<impl Iterator<Item = &'a [u8]>, ConvertError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(ConvertError::Empty {
+                width: self.width,
+                height: self.height,
+            });
+        }
         let bytes = self.bytes;
         let h = self.height as usize;
         let s = self.bytes_per_line.max(packed);
-        let need = s * (h.max(1) - 1) + packed;
+        // A size no buffer can hold (a driver's nonsense width, height or
+        // stride) overflows: it is short of usize::MAX bytes.
+        let need = s
+            .checked_mul(h - 1)
+            .and_then(|n| n.checked_add(packed))
+            .unwrap_or(usize::MAX);
         if bytes.len() < need {
             return Err(ConvertError::Short {
                 have: bytes.len(),
@@ -122,8 +138,11 @@ fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
 /// YUYV to RGB (BT.601, limited range); the two pixels of a pair share U and V.
 pub fn yuyv_to_rgb(buf: Buffer) -> Result<RgbImage, ConvertError> {
     let w = buf.width as usize;
+    // The rows first: the buffer must hold them before anything is sized
+    // from the frame's width and height.
+    let rows = buf.rows(2 * w)?;
     let mut out = Vec::with_capacity(3 * w * buf.height as usize);
-    for row in buf.rows(2 * w)? {
+    for row in rows {
         for (i, px) in row.chunks_exact(2).enumerate() {
             // The pair's chroma sits in the pair's second half of the quad.
             let quad = i / 2 * 4;

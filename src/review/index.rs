@@ -164,8 +164,10 @@ impl Index {
         for l in &self.lines {
             let k = ((l.captured_unix_us - lo) / width).min(buckets as u64 - 1);
             let b = out.entry(k).or_insert(Bucket {
-                start_unix_us: lo + k * width,
-                end_unix_us: lo + (k + 1) * width,
+                // Saturating: capture times at the end of u64's range
+                // (a clock gone wrong) must not overflow the last bucket.
+                start_unix_us: lo.saturating_add(k * width),
+                end_unix_us: lo.saturating_add((k + 1) * width),
                 decisions: 0,
                 divergent: 0,
             });

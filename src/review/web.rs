@@ -538,7 +538,7 @@ fn detail(app: &App, frame: &str, query: &[(String, String)]) -> Response {
     json_reply(&json!({
         "line": l,
         "probability": l.probabilities.get(l.class_index),
-        "runner_up": runner_up(&l.scores, l.class_index).map(|j| &l.classes[j]),
+        "runner_up": runner_up(&l.scores, l.class_index).and_then(|j| l.classes.get(j)),
         "label": label,
         "status": Status::of(&l.class, label.as_deref()),
         "history": history,

@@ -192,6 +192,28 @@ impl LogLine {
         self.schema.as_deref().unwrap_or(LOG_SCHEMA)
     }
 
+    /// What the daemon always writes and the readers index by: one score
+    /// and one probability per class, and the decided class among them. A
+    /// line that breaks this (edited, or written by something else) is not
+    /// a decision.
+    fn check_shape(&self) -> std::result::Result<(), String> {
+        let n = self.classes.len();
+        if n == 0 {
+            return Err("no classes".into());
+        }
+        if self.scores.len() != n || self.probabilities.len() != n {
+            return Err(format!(
+                "{n} classes but {} scores and {} probabilities",
+                self.scores.len(),
+                self.probabilities.len()
+            ));
+        }
+        if self.class_index >= n {
+            return Err(format!("class_index {} of {n} classes", self.class_index));
+        }
+        Ok(())
+    }
+
     /// Reads one line (without its newline) as a decision of a version this
     /// build reads (see the module docs).
     pub fn parse(text: &str) -> std::result::Result<LogLine, LineError> {
@@ -201,7 +223,11 @@ impl LogLine {
             schema: Option<String>,
         }
         match serde_json::from_str::<LogLine>(text) {
-            Ok(l) => check_schema(l.schema()).map(|()| l),
+            Ok(l) => {
+                check_schema(l.schema())?;
+                l.check_shape().map_err(LineError::NotDecision)?;
+                Ok(l)
+            }
             Err(e) => {
                 if let Ok(Versioned { schema: Some(s) }) = serde_json::from_str(text) {
                     check_schema(&s)?;
