@@ -66,8 +66,8 @@ use convert::ConvertError;
 /// Pixel formats of camera frames; in configs by their V4L2 four-character
 /// code (`YUYV`, `MJPEG`, `GREY`, `RGB3`, `NV12`, and the Bayer codes of
 /// [`Bayer::name`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub enum PixelFormat {
     /// YUV 4:2:2 packed, `Y0 U Y1 V` per pixel pair (V4L2 `YUYV`).
     Yuyv,
@@ -245,6 +245,23 @@ impl TryFrom<String> for PixelFormat {
                 let names: Vec<&str> = PixelFormat::all().iter().map(|f| f.name()).collect();
                 format!("unknown pixel format {s:?} (one of {})", names.join(", "))
             })
+    }
+}
+
+/// Read by name, the error raised at the value (so it names the value's line).
+impl<'de> Deserialize<'de> for PixelFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = PixelFormat;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a pixel format name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PixelFormat, E> {
+                PixelFormat::try_from(v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 
