@@ -7,7 +7,11 @@
 # (the MQTT output's tests start a real broker; the publish latency script
 # subscribes with mosquitto_sub), chromium and chromium-driver (the review
 # page's browser test drives a headless chromium over WebDriver; it fails
-# without them). Idempotent: installs only what is missing.
+# without them), and GStreamer 1.22 (the `gstreamer` source, a default
+# feature: the development files it links against and those of the RTSP
+# server the camera tests stream from, the plugins its pipelines and tests
+# use: rtspsrc, decoders, jpegenc, x264enc, videotestsrc, and
+# gst-inspect-1.0). Idempotent: installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -18,6 +22,12 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+for p in libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     sudo=""

@@ -78,7 +78,7 @@ pub struct DaemonConfig {
     pub metrics: MetricsConfig,
 }
 
-/// A frame source: one key naming its kind (`v4l2`, `replay` or `synthetic`)
+/// A frame source: one key naming its kind (`v4l2`, `gstreamer`, `replay` or `synthetic`)
 /// holding its settings. (An external tag rather than a `kind:` field keeps
 /// serde's position information, so errors inside a source name their line.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +86,9 @@ pub struct DaemonConfig {
 pub enum SourceConfig {
     /// A V4L2 camera, mmap streaming.
     V4l2(V4l2Config),
+    /// A GStreamer pipeline ending in an appsink: RTSP IP cameras, Jetson CSI
+    /// sensors, GigE Vision cameras, or any pipeline text.
+    Gstreamer(GstreamerConfig),
     /// The images of a folder, in sorted file-name order.
     Replay(ReplayConfig),
     /// Synthetic EL cell images (the same generator as `gcm-inspect synth`).
@@ -96,6 +99,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::V4l2(_) => "v4l2",
+            SourceConfig::Gstreamer(_) => "gstreamer",
             SourceConfig::Replay(_) => "replay",
             SourceConfig::Synthetic(_) => "synthetic",
         }
@@ -113,7 +117,9 @@ pub struct V4l2Config {
     pub height_px: u32,
     /// Frame rate asked of the camera, frames per second.
     pub fps: u32,
-    /// `YUYV`, `MJPEG`, `GREY` or `RGB3`.
+    /// `YUYV`, `MJPEG`, `GREY`, `RGB3`, `NV12`, or a Bayer code: 8-bit
+    /// `RGGB BA81 GRBG GBRG`, 10-bit `RG10 BG10 BA10 GB10`, 12-bit `RG12
+    /// BG12 BA12 GB12`, MIPI packed 10-bit `pRAA pBAA pgAA pGAA`.
     pub pixel_format: PixelFormat,
     /// mmap buffers shared with the driver.
     #[serde(default = "number::<_, 4>")]
@@ -127,6 +133,116 @@ pub struct V4l2Config {
     /// The longest wait between reopening attempts.
     #[serde(default = "number::<_, 10_000>")]
     pub reconnect_max_backoff_ms: u64,
+    /// Camera controls set when the camera opens and again after each
+    /// reopening (the driver forgets them when the camera is lost).
+    #[serde(default)]
+    pub controls: V4l2Controls,
+}
+
+/// V4L2 camera controls (absent: the camera's own automatic setting).
+/// Lighting drift on a line should reach the model as a darker or brighter
+/// frame (which the health checks see), not be hidden by the camera's
+/// automatic exposure, gain and white balance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct V4l2Controls {
+    /// Manual exposure: auto exposure off (`auto_exposure` = manual), and
+    /// `exposure_time_absolute` set to this, in units of 100 µs.
+    pub exposure_time_100us: Option<i64>,
+    /// Gain: `gain_automatic` off (where the camera has it), `gain` set.
+    pub gain: Option<i64>,
+    /// `white_balance_automatic` off: the white balance stays where it is
+    /// (or at `white_balance_temperature_k`).
+    pub white_balance_lock: bool,
+    /// White balance temperature, in kelvin (needs `white_balance_lock`).
+    pub white_balance_temperature_k: Option<i64>,
+    /// `focus_automatic_continuous` off: the focus stays where it is (or at
+    /// `focus_absolute`).
+    pub focus_lock: bool,
+    /// Focus position, in the camera's units (needs `focus_lock`).
+    pub focus_absolute: Option<i64>,
+}
+
+/// A GStreamer source: exactly one of `pipeline` (the text of a pipeline) or
+/// the presets `rtsp`, `csi`, `gige`, each expanded to a pipeline
+/// (`pipeline::source::gst_spec`; `check-config` prints it). The frames leave
+/// through an appsink that takes the latest frame only, in GRAY8, YUY2, RGB,
+/// NV12 or Bayer; a pipeline that stops (EOS, an error, no frame within
+/// `frame_timeout_ms`) is rebuilt with capped exponential backoff, counted
+/// as a V4L2 camera's reopening is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GstreamerConfig {
+    /// A pipeline in `gst-launch-1.0` syntax. It may end in its own
+    /// `appsink name=sink`; otherwise the daemon's appsink is appended.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// An RTSP IP camera (H.264, H.265 or MJPEG; decoded by `decodebin`).
+    #[serde(default)]
+    pub rtsp: Option<RtspConfig>,
+    /// A Jetson CSI sensor through `nvarguscamerasrc` and `nvvidconv`.
+    #[serde(default)]
+    pub csi: Option<CsiConfig>,
+    /// A GigE Vision (or USB3 Vision) camera through Aravis's `aravissrc`.
+    #[serde(default)]
+    pub gige: Option<GigeConfig>,
+    /// No frame for this long counts as a lost camera (the first frame of a
+    /// new connection may take this long too).
+    #[serde(default = "number::<_, 5000>")]
+    pub frame_timeout_ms: u64,
+    /// First wait before rebuilding a lost pipeline; doubled after each failure.
+    #[serde(default = "number::<_, 250>")]
+    pub reconnect_initial_backoff_ms: u64,
+    /// The longest wait between rebuilding attempts.
+    #[serde(default = "number::<_, 10_000>")]
+    pub reconnect_max_backoff_ms: u64,
+}
+
+/// An RTSP camera.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspConfig {
+    /// `rtsp://host[:port]/path` (or `rtsps://`), without credentials.
+    pub url: String,
+    /// The jitter buffer's latency: frames are held this long to reorder
+    /// packets (part of the capture-to-decision latency).
+    #[serde(default = "number::<_, 200>")]
+    pub latency_ms: u32,
+    /// A file holding `user:password` on its first line (relative to the
+    /// config file); never in the config, never logged.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// A Jetson CSI sensor (Argus).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsiConfig {
+    /// `nvarguscamerasrc sensor-id`.
+    #[serde(default)]
+    pub sensor_id: u32,
+    pub width_px: u32,
+    pub height_px: u32,
+    pub fps: u32,
+    /// What `nvvidconv` hands over: `GRAY8` (grey models) or `NV12`.
+    #[serde(default = "CsiConfig::default_format")]
+    pub format: String,
+}
+
+impl CsiConfig {
+    fn default_format() -> String {
+        "GRAY8".into()
+    }
+}
+
+/// A GigE Vision camera (Aravis).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GigeConfig {
+    /// Aravis's camera name (`arv-tool-0.8` lists them, e.g.
+    /// `Basler-21234567`); absent: the first camera found.
+    #[serde(default)]
+    pub camera_name: Option<String>,
 }
 
 /// The default of a numeric key, written in its `#[serde(default = ...)]`
@@ -508,6 +624,7 @@ impl DaemonConfig {
         if channels == 3 {
             let grey_source = match &self.source {
                 SourceConfig::V4l2(v) => !v.pixel_format.is_colour(),
+                SourceConfig::Gstreamer(g) => g.csi.as_ref().is_some_and(|c| c.format == "GRAY8"),
                 SourceConfig::Synthetic(_) => true,
                 SourceConfig::Replay(_) => false,
             };
@@ -568,6 +685,7 @@ impl SourceConfig {
     fn check(&self) -> Checked {
         match self {
             SourceConfig::V4l2(v) => v.check(),
+            SourceConfig::Gstreamer(g) => g.check(),
             SourceConfig::Replay(r) => rate("source.replay.fps", r.fps),
             SourceConfig::Synthetic(s) => s.check(),
         }
@@ -594,7 +712,74 @@ impl V4l2Config {
             self.reconnect_max_backoff_ms,
             first,
             MAX_WAIT_MS,
-        )
+        )?;
+        let c = &self.controls;
+        if c.white_balance_temperature_k.is_some() && !c.white_balance_lock {
+            return fail(
+                "source.v4l2.controls.white_balance_temperature_k",
+                "needs white_balance_lock: true (the automatic white balance would override it)",
+            );
+        }
+        if c.focus_absolute.is_some() && !c.focus_lock {
+            return fail(
+                "source.v4l2.controls.focus_absolute",
+                "needs focus_lock: true (the automatic focus would override it)",
+            );
+        }
+        if let Some(e) = c.exposure_time_100us {
+            within("source.v4l2.controls.exposure_time_100us", e, 1, 10_000_000)?;
+        }
+        if let Some(k) = c.white_balance_temperature_k {
+            within(
+                "source.v4l2.controls.white_balance_temperature_k",
+                k,
+                1000,
+                20_000,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl GstreamerConfig {
+    fn check(&self) -> Checked {
+        let key = "source.gstreamer";
+        let set = [
+            ("pipeline", self.pipeline.is_some()),
+            ("rtsp", self.rtsp.is_some()),
+            ("csi", self.csi.is_some()),
+            ("gige", self.gige.is_some()),
+        ];
+        let named: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+        if named.len() != 1 {
+            return fail(
+                key,
+                format!(
+                    "needs exactly one of pipeline, rtsp, csi, gige (has {})",
+                    if named.is_empty() {
+                        "none".to_string()
+                    } else {
+                        named.join(", ")
+                    }
+                ),
+            );
+        }
+        let timeout = self.frame_timeout_ms;
+        within("source.gstreamer.frame_timeout_ms", timeout, 1, MAX_WAIT_MS)?;
+        let first = self.reconnect_initial_backoff_ms;
+        within(
+            "source.gstreamer.reconnect_initial_backoff_ms",
+            first,
+            1,
+            MAX_WAIT_MS,
+        )?;
+        within(
+            "source.gstreamer.reconnect_max_backoff_ms",
+            self.reconnect_max_backoff_ms,
+            first,
+            MAX_WAIT_MS,
+        )?;
+        crate::pipeline::source::gst_spec::check(self)
     }
 }
 
@@ -1182,6 +1367,46 @@ mod tests {
         let text = include_str!("../config/camera.example.yaml");
         let c = parse(text).unwrap();
         assert!(matches!(c.source, SourceConfig::V4l2(_)));
+    }
+
+    /// The camera examples parse, pass the checks and expand to their
+    /// presets' pipelines (the GStreamer tests run the RTSP one's kind).
+    #[test]
+    fn gstreamer_examples_are_valid_and_expand() {
+        use crate::pipeline::source::gst_spec::expand;
+        for (text, starts) in [
+            (include_str!("../config/rtsp.example.yaml"), "rtspsrc name=camera location=\"rtsp://192.0.2.10:554/stream1\" latency=200 protocols=tcp ! decodebin"),
+            (include_str!("../config/csi.example.yaml"), "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1 ! nvvidconv ! video/x-raw,format=GRAY8 ! appsink name=sink"),
+            (include_str!("../config/gige.example.yaml"), "aravissrc camera-name=\"Basler-21234567\" ! appsink name=sink"),
+        ] {
+            let c = parse(text).unwrap();
+            let SourceConfig::Gstreamer(g) = &c.source else {
+                panic!("{:?}", c.source)
+            };
+            assert!(expand(g).starts_with(starts), "{}", expand(g));
+        }
+    }
+
+    #[test]
+    fn a_gstreamer_source_needs_exactly_one_kind() {
+        let raw = |y: &str| DaemonConfig::from_yaml(y, Path::new("t.yaml")).unwrap();
+        let base = "model: m\nsource:\n  gstreamer:\n";
+        let both = format!("{base}    pipeline: videotestsrc\n    gige: {{}}\n");
+        let e = raw(&both).check().unwrap_err();
+        assert_eq!(e.0, "source.gstreamer");
+        assert!(e.1.contains("has pipeline, gige"), "{e:?}");
+        let none = format!("{base}    frame_timeout_ms: 100\n");
+        assert!(raw(&none).check().unwrap_err().1.contains("has none"));
+        let url = format!("{base}    rtsp:\n      url: rtsp://u:p@cam/x\n");
+        let e = parse(&url).unwrap_err().to_string();
+        assert!(
+            e.contains("source.gstreamer.rtsp.url (line 5)") && !e.contains("u:p"),
+            "{e}"
+        );
+        let csi =
+            format!("{base}    csi: {{width_px: 64, height_px: 64, fps: 30, format: RGBA}}\n");
+        let e = raw(&csi).check().unwrap_err();
+        assert_eq!(e.0, "source.gstreamer.csi.format");
     }
 
     #[test]

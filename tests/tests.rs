@@ -69,3 +69,8 @@ mod tta;
 
 #[path = "it/methods.rs"]
 mod methods;
+
+// The GStreamer source against a real RTSP server and videotestsrc.
+#[cfg(all(feature = "gstreamer", target_os = "linux"))]
+#[path = "it/camera.rs"]
+mod camera;

@@ -1,7 +1,8 @@
 //! `gcm-inspect check-config FILE`: validate a daemon configuration without
 //! running it. Beyond the schema it opens the compute device, loads the model,
 //! checks the config against the model, and checks the source (opens the
-//! camera and sets its format, or lists the replay folder), and creates the
+//! camera and sets its format; prints a GStreamer source's pipeline and runs
+//! it until its first frame; or lists the replay folder), and creates the
 //! output folders if needed and proves them writable.
 //!
 //! Given several files (the configs of one box's `gcm-inspect@NAME`
@@ -24,6 +25,10 @@ pub struct Args {
     /// share a log folder, an evidence folder or a metrics port.
     #[arg(value_name = "FILE", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+    /// Before the checks, list the V4L2 camera's controls (name, id, type,
+    /// range, default, current value): what `source.v4l2.controls` sets.
+    #[arg(long)]
+    pub list_controls: bool,
 }
 
 /// What two instances on one box must not share.
@@ -37,6 +42,9 @@ struct Claims {
 pub fn run(a: Args) -> Result<()> {
     let mut claims: Vec<Claims> = Vec::new();
     for file in &a.files {
+        if a.list_controls {
+            list_controls(file)?;
+        }
         let c = check_one(file)?;
         for other in &claims {
             refuse_shared(other, &c)?;
@@ -44,6 +52,35 @@ pub fn run(a: Args) -> Result<()> {
         claims.push(c);
     }
     Ok(())
+}
+
+/// Prints the controls of the file's V4L2 camera.
+fn list_controls(file: &Path) -> Result<()> {
+    let loaded = Loaded::from_file(file)?;
+    let SourceConfig::V4l2(v) = &loaded.config.source else {
+        return Err(Error::Usage(format!(
+            "--list-controls lists a V4L2 camera's controls; the source of {} is {}",
+            file.display(),
+            loaded.config.source.kind()
+        )));
+    };
+    #[cfg(target_os = "linux")]
+    {
+        println!(
+            "{}: controls of {}",
+            file.display(),
+            v.device_path.display()
+        );
+        for line in crate::pipeline::source::v4l2::list_controls(v)? {
+            println!("{line}");
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(Error::device(
+        v.device_path.display().to_string(),
+        "V4L2 cameras are supported on Linux only",
+    ))
 }
 
 /// Refuses `b` when it claims what `a` does.
@@ -97,6 +134,17 @@ fn check_one(file: &Path) -> Result<Claims> {
             let dir = loaded.resolve(&r.dir);
             let n = crate::pipeline::source::replay::list(&dir)?.len();
             format!("replay of {n} images in {}", dir.display())
+        }
+        SourceConfig::Gstreamer(g) => {
+            // Printed before it runs, so a pipeline that fails is on screen.
+            println!(
+                "{}: pipeline: {}",
+                file.display(),
+                crate::pipeline::source::gst_spec::expand(g)
+            );
+            let metrics = std::sync::Arc::new(crate::pipeline::metrics::Metrics::default());
+            let s = crate::pipeline::source::open_gstreamer(&loaded, g, &metrics)?;
+            s.describe()
         }
         #[cfg(target_os = "linux")]
         SourceConfig::V4l2(v) => {

@@ -30,7 +30,9 @@ pub struct Latency {
     pub preprocess_ms: f64,
     /// Network forward and decision.
     pub infer_ms: f64,
-    /// From capture to the decision (the sum of the three, plus hand-overs).
+    /// From capture to the decision: the sum of the three, plus hand-overs,
+    /// plus, for a source that dates its frames (GStreamer), the time from
+    /// the capture to the hand-over.
     pub capture_to_decision_ms: f64,
 }
 
@@ -107,7 +109,7 @@ impl Infer {
 
     fn decide(&mut self, frame: Frame) -> Result<Option<Decided>> {
         let t0 = Instant::now();
-        let queue = t0.duration_since(frame.captured);
+        let queue = t0.duration_since(frame.queued);
         let b = self.bundle.clone();
         let prepared = match preprocess::prepare(&frame.data, &b.prep, b.predictor.device()) {
             Ok(p) => p,
@@ -206,6 +208,7 @@ mod tests {
         Frame {
             id,
             captured: Instant::now(),
+            queued: Instant::now(),
             captured_unix_us: 0,
             name: None,
             data: FrameData::Camera {

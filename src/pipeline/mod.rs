@@ -154,10 +154,15 @@ impl Capture {
                 Next::End => return Ok(CaptureEnd::Source),
                 Next::Stopped => return Ok(CaptureEnd::Stopped),
             };
+            // A source's capture time (a GStreamer buffer's) is at most a
+            // minute old: an older one is a clock the source misread.
+            let age = c.age.min(std::time::Duration::from_secs(60));
+            let now = Instant::now();
             let mut frame = Frame {
                 id: self.next_id,
-                captured: Instant::now(),
-                captured_unix_us: unix_us(),
+                captured: now.checked_sub(age).unwrap_or(now),
+                queued: now,
+                captured_unix_us: unix_us().saturating_sub(age.as_micros() as u64),
                 name: c.name,
                 data: c.data,
             };
@@ -695,6 +700,7 @@ mod tests {
                     height: 1,
                     bytes: vec![0],
                 },
+                age: std::time::Duration::ZERO,
             }))
         }
     }
@@ -862,6 +868,7 @@ mod tests {
                     let check = std::panic::catch_unwind(|| {
                         crate::cli::check_config::run(crate::cli::check_config::Args {
                             files: vec![file.clone()],
+                            list_controls: false,
                         })
                     });
                     prop_assert!(check.is_ok(), "check-config panicked on\n{text}");

@@ -1,11 +1,13 @@
-//! Camera pixel formats to images: YUYV, MJPEG and GREY buffers as V4L2
-//! delivers them (rows may be padded to `bytes_per_line`).
+//! Camera pixel formats to images: YUYV, NV12, RGB3, MJPEG and GREY buffers
+//! as V4L2 and GStreamer deliver them (rows may be padded to `bytes_per_line`).
 //!
 //! The colour step of the preprocessing contract on the CPU (the reference;
 //! [`super`] documents each format's conversion). Grey is never widened to
 //! colour (a grey camera on a colour model is refused when the daemon starts).
 
 use image::{DynamicImage, GrayImage, RgbImage};
+
+use super::{Bayer, BayerDepth};
 
 /// Why a frame could not be converted; the frame is skipped and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +155,106 @@ pub fn yuyv_to_rgb(buf: Buffer) -> Result<RgbImage, ConvertError> {
     Ok(RgbImage::from_raw(buf.width, buf.height, out).expect("sized"))
 }
 
+/// NV12 to RGB (BT.601, limited range, as [`yuyv_to_rgb`]): the Y plane's
+/// `height` rows, then the chroma plane's `ceil(height / 2)` rows of
+/// interleaved U, V, all `bytes_per_line` apart; the four pixels of a 2x2
+/// block share their U, V (an odd last column or row has a block of its own).
+pub fn nv12_to_rgb(buf: Buffer) -> Result<RgbImage, ConvertError> {
+    let (w, h) = (buf.width as usize, buf.height as usize);
+    let cw = w.div_ceil(2) * 2;
+    let s = buf.bytes_per_line.max(cw);
+    let ch = h.div_ceil(2);
+    let need = s * (h + ch.max(1) - 1) + cw;
+    if buf.bytes.len() < need || w == 0 {
+        return Err(ConvertError::Short {
+            have: buf.bytes.len(),
+            need,
+        });
+    }
+    let (y_plane, uv_plane) = buf.bytes.split_at(s * h);
+    let mut out = Vec::with_capacity(3 * w * h);
+    for r in 0..h {
+        let y_row = &y_plane[r * s..r * s + w];
+        let uv_row = &uv_plane[(r / 2) * s..(r / 2) * s + cw];
+        for (c, &y) in y_row.iter().enumerate() {
+            let k = c / 2 * 2;
+            out.extend_from_slice(&yuv_to_rgb(y, uv_row[k], uv_row[k + 1]));
+        }
+    }
+    Ok(RgbImage::from_raw(buf.width, buf.height, out).expect("sized"))
+}
+
+/// NV12 to grey: the luma of [`nv12_to_rgb`] (as for YUYV).
+pub fn nv12_to_luma(buf: Buffer) -> Result<GrayImage, ConvertError> {
+    Ok(DynamicImage::ImageRgb8(nv12_to_rgb(buf)?).to_luma8())
+}
+
+/// A Bayer row's samples as 8 bits: the top 8 of each sample's bits
+/// (10-bit and 12-bit samples above their range are clamped to it first).
+fn bayer_row_8bit(row: &[u8], width: usize, depth: BayerDepth, out: &mut Vec<u8>) {
+    match depth {
+        BayerDepth::Eight => out.extend_from_slice(&row[..width]),
+        BayerDepth::Ten | BayerDepth::Twelve => {
+            let (max, shift) = if depth == BayerDepth::Ten {
+                (1023, 2)
+            } else {
+                (4095, 4)
+            };
+            out.extend(
+                row.chunks_exact(2)
+                    .take(width)
+                    .map(|p| (u16::from_le_bytes([p[0], p[1]]).min(max) >> shift) as u8),
+            );
+        }
+        // RAW10: the first four bytes of each five are the high 8 bits.
+        BayerDepth::TenPacked => out.extend(
+            row.chunks(5)
+                .flat_map(|g| g.iter().take(4).copied())
+                .take(width),
+        ),
+    }
+}
+
+/// A Bayer mosaic to RGB, bilinear: each pixel keeps its own colour's
+/// sample, and takes each other colour as the rounded mean of that colour's
+/// samples in its 3x3 neighbourhood inside the frame (at a red or blue site
+/// the four green neighbours and the four diagonal blue or red ones; at a
+/// green site the two red and the two blue neighbours, one pair across, one
+/// along). Works on the top 8 bits of each sample ([`bayer_row_8bit`]), as a
+/// sensor's 8-bit mode would deliver them.
+pub fn demosaic(buf: Buffer, bayer: Bayer) -> Result<RgbImage, ConvertError> {
+    let (w, h) = (buf.width as usize, buf.height as usize);
+    let mut mosaic = Vec::with_capacity(w * h);
+    for row in buf.rows(bayer.row_bytes(w))? {
+        bayer_row_8bit(row, w, bayer.depth, &mut mosaic);
+    }
+    let order = bayer.order;
+    let mut out = Vec::with_capacity(3 * w * h);
+    for r in 0..h {
+        for c in 0..w {
+            let own = order.channel(r, c);
+            let mut sum = [0u32; 3];
+            let mut n = [0u32; 3];
+            for rr in r.saturating_sub(1)..(r + 2).min(h) {
+                for cc in c.saturating_sub(1)..(c + 2).min(w) {
+                    let k = order.channel(rr, cc);
+                    sum[k] += mosaic[rr * w + cc] as u32;
+                    n[k] += 1;
+                }
+            }
+            let v = mosaic[r * w + c];
+            for k in 0..3 {
+                out.push(if k == own || n[k] == 0 {
+                    v
+                } else {
+                    ((sum[k] + n[k] / 2) / n[k]) as u8
+                });
+            }
+        }
+    }
+    Ok(RgbImage::from_raw(buf.width, buf.height, out).expect("sized"))
+}
+
 /// An MJPEG frame: one whole JPEG image ([`crate::data::jpeg::decode_jpeg`]: a torn
 /// frame is corrupt, never filled in), with the standard Huffman tables when
 /// the frame carries none; cameras pad the buffer after the end of the image.
@@ -263,6 +365,203 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An NV12 buffer as a camera records it, from per-pixel (Y, U, V): the
+    /// chroma of a 2x2 block is its top-left pixel's; rows padded by `pad`.
+    fn record_nv12(w: usize, h: usize, pad: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
+        let cw = w.div_ceil(2) * 2;
+        let stride = cw + pad;
+        let mut buf = Vec::new();
+        for r in 0..h {
+            let start = buf.len();
+            buf.extend((0..w).map(|c| f(r, c)[0]));
+            buf.resize(start + stride, 0xEE);
+        }
+        for r in (0..h).step_by(2) {
+            let start = buf.len();
+            for c in (0..w).step_by(2) {
+                let p = f(r, c);
+                buf.extend_from_slice(&[p[1], p[2]]);
+            }
+            buf.resize(start + stride, 0xEE);
+        }
+        buf
+    }
+
+    /// NV12 and YUYV carry the same pixels when the chroma is constant over
+    /// each 2x2 block: the two conversions then agree exactly (one BT.601).
+    #[test]
+    fn nv12_is_the_yuyv_conversion_with_shared_blocks() {
+        let (w, h) = (6, 4);
+        let px = |r: usize, c: usize| {
+            [
+                (16 + r * 40 + c * 7) as u8,
+                (60 + (r / 2) * 50 + (c / 2) * 20) as u8,
+                (200 - (r / 2) * 30 - (c / 2) * 25) as u8,
+            ]
+        };
+        let nv12 = record_nv12(w, h, 2, px);
+        let yuyv = record_yuyv(w, h, 0, px);
+        let a = nv12_to_rgb(buffer(&nv12, w as u32, h as u32, w + 2)).unwrap();
+        let b = yuyv_to_rgb(buffer(&yuyv, w as u32, h as u32, 0)).unwrap();
+        assert_eq!(a, b);
+        let g = nv12_to_luma(buffer(&nv12, w as u32, h as u32, w + 2)).unwrap();
+        assert_eq!(g, DynamicImage::ImageRgb8(a).to_luma8());
+        // Known colours: limited-range red and white.
+        let red = record_nv12(2, 2, 0, |_, _| [81, 90, 240]);
+        let img = nv12_to_rgb(buffer(&red, 2, 2, 0)).unwrap();
+        for p in img.pixels() {
+            assert!(p.0[0] >= 253 && p.0[1] <= 2 && p.0[2] <= 2, "{:?}", p.0);
+        }
+    }
+
+    #[test]
+    fn nv12_odd_sizes_and_short_buffers() {
+        // 3x3: chroma rows of 4 bytes (2 pairs), 2 chroma rows.
+        let buf = record_nv12(3, 3, 0, |r, c| [(100 + r * 10 + c) as u8, 128, 128]);
+        assert_eq!(buf.len(), 4 * 3 + 4 * 2);
+        let g = nv12_to_rgb(buffer(&buf, 3, 3, 4)).unwrap();
+        let expand = |y: i32| ((298 * (y - 16) + 128) >> 8).clamp(0, 255) as u8;
+        assert_eq!(g.get_pixel(2, 2).0, [expand(122); 3]);
+        let e = nv12_to_rgb(buffer(&buf[..buf.len() - 1], 3, 3, 4)).unwrap_err();
+        assert_eq!(e, ConvertError::Short { have: 19, need: 20 });
+    }
+
+    /// The mosaic a sensor of `bayer` records of `img`, with `noise` in the
+    /// sample bits below the top 8 (which the conversion drops).
+    fn mosaic(img: &RgbImage, bayer: Bayer, pad: usize, noise: u16) -> Vec<u8> {
+        let (w, h) = img.dimensions();
+        let mut out = Vec::new();
+        for r in 0..h as usize {
+            let start = out.len();
+            let sample = |c: usize| img.get_pixel(c as u32, r as u32).0[bayer.order.channel(r, c)];
+            match bayer.depth {
+                BayerDepth::Eight => out.extend((0..w as usize).map(sample)),
+                BayerDepth::Ten | BayerDepth::Twelve => {
+                    let shift = if bayer.depth == BayerDepth::Ten { 2 } else { 4 };
+                    for c in 0..w as usize {
+                        let low = (noise + c as u16) % (1 << shift);
+                        let v = ((sample(c) as u16) << shift) | low;
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                BayerDepth::TenPacked => {
+                    for g in (0..w as usize).step_by(4) {
+                        let px: Vec<usize> = (g..g + 4).collect();
+                        let mut low = 0u8;
+                        for (i, &c) in px.iter().enumerate() {
+                            let v = if c < w as usize { sample(c) } else { 0 };
+                            out.push(v);
+                            low |= (((noise as usize + c) % 4) as u8) << (2 * i);
+                        }
+                        out.push(low);
+                    }
+                }
+            }
+            assert_eq!(out.len() - start, bayer.row_bytes(w as usize));
+            out.extend(std::iter::repeat_n(0xEE, pad));
+        }
+        out
+    }
+
+    /// A scene with smooth gradients (which bilinear interpolation
+    /// reproduces) and a sharp-edged square (which it blurs by a pixel).
+    fn scene(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            if (12..20).contains(&x) && (8..14).contains(&y) {
+                image::Rgb([230, 40, 90])
+            } else {
+                image::Rgb([
+                    (20 + 6 * x) as u8,
+                    (30 + 8 * y) as u8,
+                    (200 - 3 * x - 2 * y) as u8,
+                ])
+            }
+        })
+    }
+
+    /// Every Bayer format: a known scene mosaicked, then demosaiced, comes
+    /// back exactly inside the smooth regions (bilinear interpolation of a
+    /// linear ramp is exact up to rounding: 1 level) and within a mean of 6
+    /// levels over the whole frame (the square's edges blur); the same for
+    /// every storage of the same mosaic.
+    #[test]
+    fn demosaicing_a_mosaicked_scene_gives_the_scene_back() {
+        let (w, h) = (32u32, 24u32);
+        let img = scene(w, h);
+        for bayer in Bayer::all() {
+            let pad = 3;
+            let row = bayer.row_bytes(w as usize) + pad;
+            let raw = mosaic(&img, bayer, pad, 1);
+            let out = demosaic(buffer(&raw, w, h, row), bayer).unwrap();
+            let mut total = 0u64;
+            for (x, y, p) in out.enumerate_pixels() {
+                let want = img.get_pixel(x, y).0;
+                let near_square = (10..22).contains(&x) && (6..16).contains(&y);
+                let inside = x > 0 && y > 0 && x < w - 1 && y < h - 1;
+                for k in 0..3 {
+                    let d = (p.0[k] as i32 - want[k] as i32).unsigned_abs();
+                    total += d as u64;
+                    if inside && !near_square {
+                        assert!(
+                            d <= 1,
+                            "{}: ({x}, {y}) channel {k}: {:?} vs {want:?}",
+                            bayer.name(),
+                            p.0
+                        );
+                    }
+                }
+            }
+            let mean = total as f64 / (3 * w * h) as f64;
+            assert!(mean < 6.0, "{}: mean error {mean:.2}", bayer.name());
+            let eight = Bayer {
+                depth: BayerDepth::Eight,
+                ..bayer
+            };
+            let plain = mosaic(&img, eight, 0, 0);
+            assert_eq!(
+                out,
+                demosaic(buffer(&plain, w, h, 0), eight).unwrap(),
+                "{}",
+                bayer.name()
+            );
+        }
+    }
+
+    #[test]
+    fn bayer_sites_keep_their_own_sample_and_orders_differ() {
+        // A flat colour: every order gives it back exactly, everywhere.
+        let flat = RgbImage::from_pixel(6, 4, image::Rgb([200, 100, 50]));
+        for order in super::super::BayerOrder::ALL {
+            let b = Bayer {
+                order,
+                depth: BayerDepth::Eight,
+            };
+            let out = demosaic(buffer(&mosaic(&flat, b, 0, 0), 6, 4, 0), b).unwrap();
+            assert_eq!(out, flat, "{order:?}");
+        }
+        // The same bytes read in another order swap red and blue.
+        let rggb = Bayer {
+            order: super::super::BayerOrder::Rggb,
+            depth: BayerDepth::Eight,
+        };
+        let bggr = Bayer {
+            order: super::super::BayerOrder::Bggr,
+            depth: BayerDepth::Eight,
+        };
+        let raw = mosaic(&flat, rggb, 0, 0);
+        let swapped = demosaic(buffer(&raw, 6, 4, 0), bggr).unwrap();
+        assert_eq!(swapped.get_pixel(2, 2).0, [50, 100, 200]);
+        // 10-bit samples above their range are clamped, not wrapped.
+        let b10 = Bayer {
+            order: super::super::BayerOrder::Rggb,
+            depth: BayerDepth::Ten,
+        };
+        let over = 0xFFFFu16.to_le_bytes().repeat(4);
+        let out = demosaic(buffer(&over, 2, 2, 0), b10).unwrap();
+        assert!(out.pixels().all(|p| p.0 == [255, 255, 255]));
+        assert!(demosaic(buffer(&over[..7], 2, 2, 0), b10).is_err());
     }
 
     #[test]

@@ -250,7 +250,9 @@ impl CustomOp1 for PreprocessOp {
             PixelFormat::Grey => 0,
             PixelFormat::Yuyv => 1,
             PixelFormat::Rgb24 => 2,
-            PixelFormat::Mjpeg => candle_core::bail!("preprocess: MJPEG is decoded first"),
+            PixelFormat::Mjpeg | PixelFormat::Nv12 => {
+                candle_core::bail!("preprocess: {} is converted first", self.format.name())
+            }
         };
         let stride = self.bytes_per_line as u64;
         let r = &self.roi;

@@ -2,7 +2,7 @@
 //! with two backends.
 //!
 //! ```text
-//! bytes (GREY | YUYV | RGB3 | MJPEG | image file | synthetic grey), width x height
+//! bytes (GREY | YUYV | RGB3 | NV12 | MJPEG | image file | synthetic grey), width x height
 //!   -> colour: each camera pixel to the model's channels, 8-bit
 //!   -> crop to the region of interest (frame pixels)
 //!   -> resize to the model's input: Triangle filter, clamped, rounded to 8 bits
@@ -17,6 +17,8 @@
 //! | `GREY` | refused | the byte |
 //! | `YUYV` | BT.601 limited range (16-235), integer: `c = max(Y-16, 0)`, `R = (298c + 409V' + 128) >> 8`, `G = (298c - 100U' - 208V' + 128) >> 8`, `B = (298c + 516U' + 128) >> 8`, clamped; a pixel pair shares U, V | the luma of that RGB |
 //! | `RGB3` | the bytes | the luma |
+//! | `NV12` | as `YUYV` (the same integer BT.601), a 2x2 block sharing U, V | the luma of that RGB |
+//! | Bayer (`RGGB`, `BA81`, `RG10`, `pRAA`, ...) | the top 8 bits of each sample, demosaiced bilinearly ([`convert::demosaic`]) | the luma of that RGB |
 //! | `MJPEG`, image files | the decoded RGB | the decoded grey, or the luma of the decoded RGB |
 //!
 //! The luma is the `image` crate's `to_luma8` ([`convert::luma`] spells it
@@ -39,7 +41,8 @@
 //! multiply-adds, so its 8-bit input equals the CPU's bit for bit (the
 //! stated tolerance is zero levels; the host emulation of the kernels and the
 //! GPU tests hold it to that). MJPEG frames and image files are decoded on
-//! the CPU first (there is no JPEG decoder on the GPU path) and uploaded as
+//! the CPU first (there is no JPEG decoder on the GPU path), NV12 frames
+//! converted there and uploaded as
 //! 8-bit grey or RGB. The GPU returns only the 8-bit input (`D*R*C` bytes,
 //! for the frame-health checks and the evidence); the scaled f32 input stays
 //! on the device for the network.
@@ -60,40 +63,157 @@ use crate::model::config::ModelConfig;
 use crate::model::InputScaling;
 use convert::ConvertError;
 
-/// Pixel formats of camera frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Pixel formats of camera frames; in configs by their V4L2 four-character
+/// code (`YUYV`, `MJPEG`, `GREY`, `RGB3`, `NV12`, and the Bayer codes of
+/// [`Bayer::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub enum PixelFormat {
     /// YUV 4:2:2 packed, `Y0 U Y1 V` per pixel pair (V4L2 `YUYV`).
-    #[serde(rename = "YUYV")]
     Yuyv,
     /// Motion JPEG: every frame a JPEG image.
-    #[serde(rename = "MJPEG")]
     Mjpeg,
     /// 8-bit grey, one byte a pixel.
-    #[serde(rename = "GREY")]
     Grey,
     /// 8-bit R, G, B, three bytes a pixel (V4L2 `RGB3`).
-    #[serde(rename = "RGB3")]
     Rgb24,
+    /// YUV 4:2:0, two planes: `height` rows of Y, then `ceil(height / 2)`
+    /// rows of interleaved U, V (one pair for each 2x2 block), every row
+    /// `bytes_per_line` apart (V4L2 `NV12`, GStreamer `NV12`).
+    Nv12,
+    /// A raw Bayer mosaic (see [`convert::demosaic`]).
+    Bayer(Bayer),
 }
 
-impl PixelFormat {
-    /// The V4L2 four-character code.
-    pub fn fourcc(self) -> [u8; 4] {
-        match self {
-            PixelFormat::Yuyv => *b"YUYV",
-            PixelFormat::Mjpeg => *b"MJPG",
-            PixelFormat::Grey => *b"GREY",
-            PixelFormat::Rgb24 => *b"RGB3",
+/// The colour of the mosaic's top-left 2x2 block, row by row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BayerOrder {
+    Rggb,
+    Bggr,
+    Grbg,
+    Gbrg,
+}
+
+impl BayerOrder {
+    pub const ALL: [BayerOrder; 4] = [
+        BayerOrder::Rggb,
+        BayerOrder::Bggr,
+        BayerOrder::Grbg,
+        BayerOrder::Gbrg,
+    ];
+
+    /// The channel (0 R, 1 G, 2 B) of the sensor pixel at `(row, col)`.
+    pub fn channel(self, row: usize, col: usize) -> usize {
+        let quad: [usize; 4] = match self {
+            BayerOrder::Rggb => [0, 1, 1, 2],
+            BayerOrder::Bggr => [2, 1, 1, 0],
+            BayerOrder::Grbg => [1, 0, 2, 1],
+            BayerOrder::Gbrg => [1, 2, 0, 1],
+        };
+        quad[(row % 2) * 2 + col % 2]
+    }
+}
+
+/// How a Bayer sample is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BayerDepth {
+    /// One byte a sample.
+    Eight,
+    /// 10 bits in a 16-bit little-endian word (low bits).
+    Ten,
+    /// 12 bits in a 16-bit little-endian word (low bits).
+    Twelve,
+    /// MIPI CSI-2 RAW10: four samples in five bytes, the first four their
+    /// high 8 bits, the fifth their low 2 bits.
+    TenPacked,
+}
+
+/// A Bayer format: the mosaic's order and the samples' storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bayer {
+    pub order: BayerOrder,
+    pub depth: BayerDepth,
+}
+
+impl Bayer {
+    /// Every Bayer format taken.
+    pub fn all() -> impl Iterator<Item = Bayer> {
+        [
+            BayerDepth::Eight,
+            BayerDepth::Ten,
+            BayerDepth::Twelve,
+            BayerDepth::TenPacked,
+        ]
+        .into_iter()
+        .flat_map(|depth| BayerOrder::ALL.map(|order| Bayer { order, depth }))
+    }
+
+    /// The V4L2 four-character code: `RGGB BA81 GRBG GBRG` (8-bit),
+    /// `RG10 BG10 BA10 GB10`, `RG12 BG12 BA12 GB12`, `pRAA pBAA pgAA pGAA`.
+    pub fn name(self) -> &'static str {
+        use BayerDepth::*;
+        use BayerOrder::*;
+        match (self.depth, self.order) {
+            (Eight, Rggb) => "RGGB",
+            (Eight, Bggr) => "BA81",
+            (Eight, Grbg) => "GRBG",
+            (Eight, Gbrg) => "GBRG",
+            (Ten, Rggb) => "RG10",
+            (Ten, Bggr) => "BG10",
+            (Ten, Grbg) => "BA10",
+            (Ten, Gbrg) => "GB10",
+            (Twelve, Rggb) => "RG12",
+            (Twelve, Bggr) => "BG12",
+            (Twelve, Grbg) => "BA12",
+            (Twelve, Gbrg) => "GB12",
+            (TenPacked, Rggb) => "pRAA",
+            (TenPacked, Bggr) => "pBAA",
+            (TenPacked, Grbg) => "pgAA",
+            (TenPacked, Gbrg) => "pGAA",
         }
     }
 
+    /// Bytes of a row of `width` samples, unpadded.
+    pub fn row_bytes(self, width: usize) -> usize {
+        match self.depth {
+            BayerDepth::Eight => width,
+            BayerDepth::Ten | BayerDepth::Twelve => 2 * width,
+            BayerDepth::TenPacked => width.div_ceil(4) * 5,
+        }
+    }
+}
+
+impl PixelFormat {
+    /// Every format, for messages and tests.
+    pub fn all() -> Vec<PixelFormat> {
+        let mut v = vec![
+            PixelFormat::Yuyv,
+            PixelFormat::Mjpeg,
+            PixelFormat::Grey,
+            PixelFormat::Rgb24,
+            PixelFormat::Nv12,
+        ];
+        v.extend(Bayer::all().map(PixelFormat::Bayer));
+        v
+    }
+
+    /// The V4L2 four-character code.
+    pub fn fourcc(self) -> [u8; 4] {
+        match self {
+            PixelFormat::Mjpeg => *b"MJPG",
+            f => f.name().as_bytes().try_into().expect("four characters"),
+        }
+    }
+
+    /// The name in configs and messages (the V4L2 code; `MJPEG` for `MJPG`).
     pub fn name(self) -> &'static str {
         match self {
             PixelFormat::Yuyv => "YUYV",
             PixelFormat::Mjpeg => "MJPEG",
             PixelFormat::Grey => "GREY",
             PixelFormat::Rgb24 => "RGB3",
+            PixelFormat::Nv12 => "NV12",
+            PixelFormat::Bayer(b) => b.name(),
         }
     }
 
@@ -102,14 +222,52 @@ impl PixelFormat {
         !matches!(self, PixelFormat::Grey)
     }
 
-    /// Bytes per pixel of the uncompressed formats (`None` for MJPEG).
+    /// Bytes per pixel of the single-plane formats the GPU kernel converts
+    /// (`None` for those converted on the CPU first: MJPEG, NV12, Bayer).
     pub fn bytes_per_pixel(self) -> Option<usize> {
         match self {
             PixelFormat::Grey => Some(1),
             PixelFormat::Yuyv => Some(2),
             PixelFormat::Rgb24 => Some(3),
-            PixelFormat::Mjpeg => None,
+            PixelFormat::Mjpeg | PixelFormat::Nv12 | PixelFormat::Bayer(_) => None,
         }
+    }
+}
+
+impl TryFrom<String> for PixelFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        PixelFormat::all()
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PixelFormat::all().iter().map(|f| f.name()).collect();
+                format!("unknown pixel format {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// Read by name, the error raised at the value (so it names the value's line).
+impl<'de> Deserialize<'de> for PixelFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = PixelFormat;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a pixel format name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PixelFormat, E> {
+                PixelFormat::try_from(v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+impl From<PixelFormat> for String {
+    fn from(f: PixelFormat) -> String {
+        f.name().to_string()
     }
 }
 
@@ -276,6 +434,12 @@ pub fn camera_image(
         PixelFormat::Rgb24 => {
             with_channels(DynamicImage::ImageRgb8(convert::rgb24(buf)?), channels)
         }
+        PixelFormat::Nv12 if grey => DynamicImage::ImageLuma8(convert::nv12_to_luma(buf)?),
+        PixelFormat::Nv12 => DynamicImage::ImageRgb8(convert::nv12_to_rgb(buf)?),
+        PixelFormat::Bayer(b) => with_channels(
+            DynamicImage::ImageRgb8(convert::demosaic(buf, b)?),
+            channels,
+        ),
         PixelFormat::Mjpeg => {
             return Err(Skip::Corrupt(
                 "an MJPEG frame is not an uncompressed buffer".into(),
@@ -445,7 +609,7 @@ impl Upload<'_> {
 }
 
 /// What a GPU takes of a frame: an uncompressed camera buffer as it is;
-/// anything that must be decoded first (MJPEG, image files) decoded on the
+/// anything that must be decoded or converted first (MJPEG, NV12, image files) on the
 /// CPU to 8-bit grey or RGB at full size.
 fn upload_form(data: &FrameData, channels: usize) -> Result<Upload<'_>, Skip> {
     if let FrameData::Camera {
@@ -456,7 +620,7 @@ fn upload_form(data: &FrameData, channels: usize) -> Result<Upload<'_>, Skip> {
         bytes,
     } = data
     {
-        if *format != PixelFormat::Mjpeg {
+        if format.bytes_per_pixel().is_some() {
             if *format == PixelFormat::Grey && channels != 1 {
                 return Err(Skip::Channels(
                     "a GREY camera frame for a colour model".into(),

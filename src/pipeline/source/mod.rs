@@ -1,4 +1,5 @@
-//! Frame sources: one trait, three kinds (V4L2 camera, folder replay, synthetic).
+//! Frame sources: one trait, four kinds (V4L2 camera, GStreamer pipeline,
+//! folder replay, synthetic).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -8,6 +9,9 @@ use super::metrics::Metrics;
 use crate::config::{Loaded, SourceConfig};
 use crate::error::Result;
 
+#[cfg(feature = "gstreamer")]
+pub mod gst;
+pub mod gst_spec;
 pub mod replay;
 pub mod synthetic;
 #[cfg(target_os = "linux")]
@@ -47,6 +51,7 @@ pub fn open(loaded: &Loaded, metrics: &std::sync::Arc<Metrics>) -> Result<Box<dy
             r.dir = loaded.resolve(&r.dir);
             Box::new(replay::Replay::open(&r)?)
         }
+        SourceConfig::Gstreamer(g) => open_gstreamer(loaded, g, metrics)?,
         #[cfg(target_os = "linux")]
         SourceConfig::V4l2(v) => Box::new(v4l2::Camera::open(v, metrics.clone())?),
         #[cfg(not(target_os = "linux"))]
@@ -58,6 +63,38 @@ pub fn open(loaded: &Loaded, metrics: &std::sync::Arc<Metrics>) -> Result<Box<dy
             ));
         }
     })
+}
+
+/// Opens a GStreamer source (its credentials file relative to the config).
+#[cfg(feature = "gstreamer")]
+pub fn open_gstreamer(
+    loaded: &Loaded,
+    g: &crate::config::GstreamerConfig,
+    metrics: &std::sync::Arc<Metrics>,
+) -> Result<Box<dyn FrameSource>> {
+    let credentials = g
+        .rtsp
+        .as_ref()
+        .and_then(|r| r.credentials_file.as_ref())
+        .map(|f| loaded.resolve(f));
+    Ok(Box::new(gst::Source::open(
+        g,
+        credentials.as_deref(),
+        metrics.clone(),
+    )?))
+}
+
+/// Without the `gstreamer` feature a GStreamer source is refused.
+#[cfg(not(feature = "gstreamer"))]
+pub fn open_gstreamer(
+    _loaded: &Loaded,
+    g: &crate::config::GstreamerConfig,
+    _metrics: &std::sync::Arc<Metrics>,
+) -> Result<Box<dyn FrameSource>> {
+    Err(crate::error::Error::device(
+        gst_spec::kind(g),
+        "this gcm-inspect was built without the `gstreamer` feature",
+    ))
 }
 
 /// Sleeps until `deadline` in short slices, returning false if `stop` was raised.

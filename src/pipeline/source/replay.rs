@@ -97,6 +97,7 @@ impl FrameSource for Replay {
         Ok(Next::Frame(Captured {
             name: Some(name),
             data: FrameData::File { bytes },
+            age: std::time::Duration::ZERO,
         }))
     }
 }

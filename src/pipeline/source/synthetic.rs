@@ -65,6 +65,7 @@ impl FrameSource for Synthetic {
                 height: self.size as u32,
                 bytes,
             },
+            age: std::time::Duration::ZERO,
         }))
     }
 }

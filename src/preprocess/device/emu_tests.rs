@@ -18,7 +18,7 @@ fn code(format: PixelFormat) -> Option<i32> {
         PixelFormat::Grey => Some(0),
         PixelFormat::Yuyv => Some(1),
         PixelFormat::Rgb24 => Some(2),
-        PixelFormat::Mjpeg => None,
+        PixelFormat::Mjpeg | PixelFormat::Nv12 | PixelFormat::Bayer(_) => None,
     }
 }
 
