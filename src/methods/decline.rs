@@ -208,6 +208,41 @@ fn class_probs(
     }
 }
 
+/// A batch's images, each with the relevance ranking of the class its
+/// model decided.
+struct Ranked<'a> {
+    planes: &'a [Vec<f32>],
+    dims: (usize, usize, usize),
+    relevance: &'a [Vec<f32>],
+    pred: &'a [usize],
+}
+
+impl Ranked<'_> {
+    /// Each image's deletion, insertion and ROAD scores, added to `acc`.
+    fn add_to(
+        &self,
+        acc: &mut Accumulator,
+        logits_of: &dyn Fn(&Tensor) -> Result<Tensor>,
+        protocol: &Protocol,
+        rng: &mut Rng,
+    ) -> Result<()> {
+        let (_, r, c) = self.dims;
+        for (bi, plane) in self.planes.iter().enumerate() {
+            let mut probs = class_probs(logits_of, self.dims, self.pred[bi]);
+            acc.add(&faithfulness::score_image(
+                plane,
+                r,
+                c,
+                &self.relevance[bi],
+                protocol,
+                rng,
+                &mut probs,
+            )?);
+        }
+        Ok(())
+    }
+}
+
 /// The per-channel mean of a set's pixels, in [0, 1].
 pub fn set_mean(set: &ImageSet) -> Vec<f32> {
     let d = set.images.first().map_or(1, |p| p.channels);
@@ -327,18 +362,13 @@ pub fn decline_table(
                 }
             }
             count_correct(&mut correct[m], &scores, &labels);
-            for bi in 0..b {
-                let mut probs = class_probs(&cnn_logits, dims, pred[bi]);
-                faith[m].add(&faithfulness::score_image(
-                    &planes[bi],
-                    r,
-                    c,
-                    &relevance[bi],
-                    &protocol,
-                    &mut rng,
-                    &mut probs,
-                )?);
-            }
+            let ranked = Ranked {
+                planes: &planes,
+                dims,
+                relevance: &relevance,
+                pred: &pred,
+            };
+            ranked.add_to(&mut faith[m], &cnn_logits, &protocol, &mut rng)?;
         }
         if let Some(p) = gcm {
             let m = names.len() - 1;
@@ -372,18 +402,13 @@ pub fn decline_table(
                 }
             }
             count_correct(&mut correct[m], &scores, &labels);
-            for bi in 0..b {
-                let mut probs = class_probs(&gcm_logits, dims, gpred[bi]);
-                faith[m].add(&faithfulness::score_image(
-                    &planes[bi],
-                    r,
-                    c,
-                    &relevance[bi],
-                    &protocol,
-                    &mut rng,
-                    &mut probs,
-                )?);
-            }
+            let ranked = Ranked {
+                planes: &planes,
+                dims,
+                relevance: &relevance,
+                pred: &gpred,
+            };
+            ranked.add_to(&mut faith[m], &gcm_logits, &protocol, &mut rng)?;
         }
     }
     let images = set.len();
