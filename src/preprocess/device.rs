@@ -250,7 +250,7 @@ impl CustomOp1 for PreprocessOp {
             PixelFormat::Grey => 0,
             PixelFormat::Yuyv => 1,
             PixelFormat::Rgb24 => 2,
-            PixelFormat::Mjpeg | PixelFormat::Nv12 => {
+            PixelFormat::Mjpeg | PixelFormat::Nv12 | PixelFormat::Bayer(_) => {
                 candle_core::bail!("preprocess: {} is converted first", self.format.name())
             }
         };
