@@ -311,27 +311,13 @@ mod tests {
         let c = cav(&net, &x, &classes, 0).unwrap();
         let g = super::super::guided::input_gradient(&net, &x, &classes, &|t| t.relu()).unwrap();
         let want = (&x * g).unwrap();
-        let d = (&c.contributions - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = super::super::max_abs_diff(&c.contributions, &want);
         assert!(d < 1e-4, "{d}");
         let last = net.encoder().len();
         let c = cav(&net, &x, &classes, last).unwrap();
         let cam = super::super::cam::cam(&net, &x, &classes).unwrap();
         let (_, _, h, w) = c.contributions.dims4().unwrap();
-        let d = (&c.map - (cam / (h * w) as f64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = super::super::max_abs_diff(&c.map, &(cam / (h * w) as f64).unwrap());
         assert!(d < 1e-5, "{d}");
         assert!(cav(&net, &x, &classes, last + 1).is_err());
     }

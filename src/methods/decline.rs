@@ -208,6 +208,25 @@ fn class_probs(
     }
 }
 
+/// Each image's decided class: the argmax of its row of scores.
+fn decided(scores: &Tensor) -> Result<Vec<usize>> {
+    Ok(scores
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|p| p as usize)
+        .collect())
+}
+
+/// Keeps `class`'s map sums as the relevance of the images decided as it.
+fn keep_decided(relevance: &mut [Vec<f32>], sums: Vec<Vec<f32>>, pred: &[usize], class: usize) {
+    for (bi, s) in sums.into_iter().enumerate() {
+        if pred[bi] == class {
+            relevance[bi] = s;
+        }
+    }
+}
+
 /// A batch's images, each with the relevance ranking of the class its
 /// model decided.
 struct Ranked<'a> {
@@ -340,13 +359,7 @@ pub fn decline_table(
             .map(|p| p.iter().sum::<f32>() * 3.0 / d as f32)
             .collect();
         let scaled = net.scale_input(&x)?;
-        let pred: Vec<usize> = net
-            .logits(&net.features(&scaled, false)?)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|p| p as usize)
-            .collect();
+        let pred = decided(&net.logits(&net.features(&scaled, false)?)?)?;
         a_correct[0] += pred.iter().zip(&labels).filter(|(p, t)| p == t).count();
         for (m, &method) in Method::CNN.iter().enumerate() {
             let mut scores = new_scores(b, n);
@@ -354,12 +367,7 @@ pub fn decline_table(
             for class in 0..n {
                 let maps = cnn_maps(net, method, &scaled, &vec![class; b], o.cav_layer)?;
                 add_kinds(&mut scores, class, &maps.full, &x, &maps.blend, &rgb)?;
-                let sums = channel_sums(&maps.full)?;
-                for (bi, s) in sums.into_iter().enumerate() {
-                    if pred[bi] == class {
-                        relevance[bi] = s;
-                    }
-                }
+                keep_decided(&mut relevance, channel_sums(&maps.full)?, &pred, class);
             }
             count_correct(&mut correct[m], &scores, &labels);
             let ranked = Ranked {
@@ -373,19 +381,13 @@ pub fn decline_table(
         if let Some(p) = gcm {
             let m = names.len() - 1;
             let out = p.forward(Input::Raw(&x))?;
-            let gpred: Vec<usize> = out
-                .scores
-                .argmax(D::Minus1)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|p| p as usize)
-                .collect();
+            let gpred = decided(&out.scores)?;
             a_correct[1] += gpred.iter().zip(&labels).filter(|(p, t)| p == t).count();
             let mut scores = new_scores(b, n);
             let mut relevance = vec![Vec::new(); b];
             for class in 0..n {
-                let cwm = out.cwm.narrow(1, class, 1)?.contiguous()?; // [B, 1, R, C]
-                                                                      // (iv) with the scaled input as the image: the CCM.
+                // [B, 1, R, C]; (iv) with the scaled input as the image: the CCM.
+                let cwm = out.cwm.narrow(1, class, 1)?.contiguous()?;
                 add_kinds(
                     &mut scores,
                     class,
@@ -395,11 +397,7 @@ pub fn decline_table(
                     &rgb,
                 )?;
                 let ccm_maps = channel_sums(&out.scaled.broadcast_mul(&cwm)?)?;
-                for (bi, s) in ccm_maps.into_iter().enumerate() {
-                    if gpred[bi] == class {
-                        relevance[bi] = s;
-                    }
-                }
+                keep_decided(&mut relevance, ccm_maps, &gpred, class);
             }
             count_correct(&mut correct[m], &scores, &labels);
             let ranked = Ranked {

@@ -128,14 +128,7 @@ mod tests {
         let cam = super::super::cam::cam(&net, &x, &[1, 0]).unwrap();
         let (_, _, h, w) = gc.activations.dims4().unwrap();
         let want = (cam.relu().unwrap() / (h * w) as f64).unwrap();
-        let d = (&gc.map - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = super::super::max_abs_diff(&gc.map, &want);
         assert!(d < 1e-6, "{d}");
     }
 

@@ -235,14 +235,7 @@ mod tests {
             }
         }
         let again = net.features_with(&out.scaled, &|t| t.relu()).unwrap();
-        let d = (again - &out.features)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::methods::max_abs_diff(&again, &out.features);
         assert!(d < 1e-5, "{d}");
     }
 }
