@@ -733,26 +733,15 @@ impl Drop for DecisionLog {
 mod tests {
     use super::*;
 
+    /// The example line as frame `frame`, without source, checks or evidence.
     fn line(frame: u64) -> LogLine {
         LogLine {
-            schema: Some(LOG_SCHEMA.into()),
             frame,
-            captured_unix_us: 1,
             source: None,
-            class: "ok".into(),
-            class_index: 0,
-            classes: vec!["ok".into(), "crack".into()],
-            scores: vec![0.5, 0.25],
-            probabilities: vec![0.56, 0.44],
-            margin: 0.25,
-            verdict: Some(Verdict::Ok),
-            reason: Some("class ok p=0.56".into()),
-            latency: Latency::default(),
-            model: "abc".into(),
             checks: Checks::default(),
-            divergent: false,
             evidence: None,
             evidence_error: None,
+            ..example_line()
         }
     }
 
