@@ -39,9 +39,10 @@ pub struct DaemonConfig {
     /// Compute device for inference: `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "DaemonConfig::default_device")]
     pub device: String,
-    /// Test-time symmetry averaging: `none`, or `d4` (scores and evidence
-    /// averaged over the 8 flips and quarter turns of a square input; 8
-    /// forward passes a frame; see `crate::model::tta`).
+    /// Test-time symmetry averaging: `none`, `flips` (scores and evidence
+    /// averaged over the 4 mirror images: 4 forward passes a frame) or `d4`
+    /// (the 8 flips and quarter turns of a square input: 8 passes); see
+    /// `crate::model::tta`.
     #[serde(default)]
     pub tta: crate::model::tta::Tta,
     /// Where frames come from.

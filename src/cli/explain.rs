@@ -32,8 +32,10 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32, value_parser = super::positive)]
     pub batch_size: usize,
-    /// Test-time symmetry averaging: `d4` averages the scores (and the
-    /// evidence) over the 8 flips and quarter turns of a square input.
+    /// Test-time symmetry averaging: `flips` averages the scores (and the
+    /// evidence) over the 4 mirror images of the input, `d4` over the 8
+    /// flips and quarter turns of a square input. Use only symmetries the
+    /// model was trained with (a warning says when it was not).
     #[arg(long, value_enum, default_value = "none")]
     pub tta: crate::model::tta::Tta,
     /// The evidence method: gcm (a GCM model's own CWM and CCM), or, on the

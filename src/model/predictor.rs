@@ -79,6 +79,9 @@ impl Predictor {
         let c = self.config();
         tta.check(c.input_rows, c.input_cols)
             .map_err(|m| Error::model(&self.dir, m))?;
+        if let Some(why) = tta.untrained(self.card.training.as_ref()) {
+            tracing::warn!(model = %self.dir.display(), "{why}");
+        }
         self.tta = tta;
         Ok(self)
     }
@@ -100,7 +103,7 @@ impl Predictor {
             Input::Raw(x) => self.net.scale(&x.to_device(&self.device)?)?,
             Input::Scaled(x) => x.to_device(&self.device)?,
         };
-        let cwm = super::tta::d4_cwm(&scaled, |t| self.net.cwm(t))?;
+        let cwm = super::tta::averaged_cwm(self.tta, &scaled, |t| self.net.cwm(t))?;
         let scores = super::score::gcm_score(&cwm, &scaled)?;
         Ok(GcmOutput {
             scaled,

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use crate::config::{ChecksConfig, DecisionConfig, EvidenceConfig, Loaded};
 use crate::error::{Error, Result};
 use crate::model::score::gcm_score;
-use crate::model::tta::{d4_cwm, Tta};
+use crate::model::tta::{averaged_cwm, Tta};
 use crate::model::{Gcm, Predictor};
 use crate::preprocess::PreprocessSpec;
 
@@ -30,8 +30,8 @@ impl Reference {
         let out = self.0.forward_t(raw, false)?;
         let s = match self.1 {
             Tta::None => out.scores,
-            Tta::D4 => {
-                let cwm = d4_cwm(raw, |t| Ok(self.0.forward_t(t, false)?.cwm))?;
+            tta => {
+                let cwm = averaged_cwm(tta, raw, |t| Ok(self.0.forward_t(t, false)?.cwm))?;
                 gcm_score(&cwm, &out.scaled)?
             }
         };

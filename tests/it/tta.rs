@@ -1,13 +1,14 @@
 //! Test-time symmetry averaging end to end: the averaged score is the mean
-//! of the 8 symmetric images' scores, its evidence reproduces it, and the
-//! daemon's two divergence checks hold with it.
+//! of the 8 (d4) or 4 (flips) symmetric images' scores, its evidence
+//! reproduces it, the daemon's two divergence checks hold with it, and a
+//! model trained without the symmetries is warned of.
 
 use std::path::Path;
 
 use image::{imageops, GrayImage};
 
 use crate::daemon_util::{config, log_lines, summary, tiny_model, Daemon};
-use crate::util::{fails, ok, p};
+use crate::util::{fails, ok, p, run};
 
 /// The 8 symmetries of a square image: quarter turns, then the same after
 /// a left-right flip.
@@ -87,6 +88,78 @@ fn d4_scores_are_the_mean_of_the_eight_symmetric_images_and_their_evidence_repro
     for (a, b) in turned[0].iter().zip(avg) {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }
+}
+
+/// `--tta flips` is the mean over the identity, the half turn and the two
+/// mirror images (`symmetries` numbers them 0, 2, 4, 6), on a non-square
+/// input too; a model card that says it was trained without flips draws a
+/// warning naming the setting.
+#[test]
+fn flips_scores_are_the_mean_of_the_four_mirror_images_and_untrained_symmetries_are_warned_of() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let model = root.join("model");
+    tiny_model(&model, 7);
+    let (_, px) =
+        gcm_inspect::data::synth::sample(9, 1, 16, &[gcm_inspect::data::synth::Kind::Crack]);
+    let img = GrayImage::from_raw(16, 16, px).unwrap();
+    let mut files = Vec::new();
+    for (i, s) in symmetries(&img).iter().enumerate() {
+        if i % 2 == 0 {
+            let f = root.join(format!("s{i}.png"));
+            s.save(&f).unwrap();
+            files.push(f.display().to_string());
+        }
+    }
+    let mut args = vec!["explain", "--model", p(&model), "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let each = scores(&ok(&args));
+    let flips = ok(&[
+        "explain",
+        "--model",
+        p(&model),
+        "--json",
+        "--tta",
+        "flips",
+        "--out",
+        p(&root.join("ev")),
+        &files[0],
+    ]);
+    let avg = &scores(&flips)[0];
+    for (j, a) in avg.iter().enumerate() {
+        let mean = each.iter().map(|s| s[j]).sum::<f64>() / 4.0;
+        assert!(
+            (a - mean).abs() <= 1e-5 * mean.abs().max(1.0),
+            "class {j}: {a} vs {mean}"
+        );
+    }
+    let v: Vec<serde_json::Value> = serde_json::from_str(&flips).unwrap();
+    assert_eq!(v[0]["evidence_reproduces"], true, "{flips}");
+
+    // The card says the model was trained with flips but no quarter turns.
+    let card_path = model.join("model.json");
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["training"] =
+        serde_json::json!({"augment": {"hflip": true, "vflip": true, "rot90": false}});
+    std::fs::write(&card_path, serde_json::to_string_pretty(&card).unwrap()).unwrap();
+    let warned = |tta: &str| {
+        let o = run(&[
+            "explain",
+            "--model",
+            p(&model),
+            "--json",
+            "--tta",
+            tta,
+            &files[0],
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = warned("d4");
+    assert!(e.contains("rot90 false") && e.contains("tta flips"), "{e}");
+    let e = warned("flips");
+    assert!(!e.contains("not trained with"), "{e}");
 }
 
 #[test]
