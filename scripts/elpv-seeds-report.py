@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Figures of the ELPV seed series (scripts/elpv-seeds.sh).
 
-    scripts/elpv-seeds-report.py --run RUN --split S --seed N [--train-seconds T]
-        one run's JSON line, from RUN/{val,test}-{none,d4}/predictions.csv
-    scripts/elpv-seeds-report.py RESULTS.jsonl [--markdown]
-        mean +- sd over the seeds of each split, with and without --tta d4
+    scripts/elpv-seeds-report.py --run RUN --split S --seed N [--train-seconds T] [--results R]
+        one run's JSON line, from RUN/{val,test}-{none,flips,d4}/predictions.csv
+        (the modes present; none is required); with --results it replaces the
+        run's line in R (or is added to it) instead of going to stdout, and a
+        run without --train-seconds keeps the figure of its line there
+    scripts/elpv-seeds-report.py RESULTS.jsonl
+        mean +- sd over the seeds of each split, without and with --tta
 
 Per run and TTA mode, on the test split:
   accuracy, defect recall / precision and ok recall at the argmax;
@@ -23,6 +26,7 @@ import os
 import sys
 
 FRR_TARGETS = (0.05, 0.10)
+TTAS = ("none", "flips", "d4")
 BAND = 0.2
 
 
@@ -111,10 +115,13 @@ def report(path):
         rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
         if not rs:
             continue
-        for tta in ("none", "d4"):
-            g = [r[tta] for r in rs]
+        for tta in TTAS:
+            with_tta = [r for r in rs if tta in r]
+            if not with_tta:
+                continue
+            g = [r[tta] for r in with_tta]
             cells = [
-                split, tta, ", ".join(str(r["seed"]) for r in rs),
+                split, tta, ", ".join(str(r["seed"]) for r in with_tta),
                 pm([x["accuracy"] for x in g]),
                 pm([x["defect_recall"] for x in g]),
                 pm([x["defect_precision"] for x in g]),
@@ -134,14 +141,32 @@ def main():
     ap.add_argument("--split")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--train-seconds", type=int)
+    ap.add_argument("--results", dest="into")
     a = ap.parse_args()
     if a.run:
         if a.split is None or a.seed is None:
             fail("--run needs --split and --seed")
-        line = {"split": a.split, "seed": a.seed, "train_seconds": a.train_seconds}
-        for tta in ("none", "d4"):
-            line[tta] = one(a.run, tta)
-        print(json.dumps(line))
+        old = []
+        if a.into and os.path.exists(a.into):
+            old = [l for l in open(a.into) if l.strip()]
+        same = lambda r: r["split"] == a.split and r["seed"] == a.seed
+        seconds = a.train_seconds
+        if seconds is None:
+            seconds = next((r["train_seconds"] for r in map(json.loads, old) if same(r)), None)
+        line = {"split": a.split, "seed": a.seed, "train_seconds": seconds}
+        for tta in TTAS:
+            if tta == "none" or os.path.isdir(os.path.join(a.run, f"test-{tta}")):
+                line[tta] = one(a.run, tta)
+        text = json.dumps(line)
+        if not a.into:
+            print(text)
+            return
+        # Rewritten whole and renamed, so a reader never sees half a file.
+        keep = [l for l in old if not same(json.loads(l))]
+        tmp = a.into + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep + [text + "\n"])
+        os.replace(tmp, a.into)
     elif a.results:
         report(a.results)
     else:

@@ -795,6 +795,43 @@ fn the_seed_report_chooses_the_operating_point_on_validation_and_scores_it_on_te
         "{table}"
     );
     assert!(table.contains("25.0 +- 0.0 (25.0 +- 0.0)"), "{table}");
+    assert!(
+        !table.contains("| flips |"),
+        "no run was scored with flips: {table}"
+    );
+
+    // Scored again once flips predictions exist, into the results file: the
+    // run's line is replaced (not added), gains flips, and keeps its
+    // training time when none is given.
+    predictions(&run.join("val-flips"), &val);
+    predictions(&run.join("test-flips"), &[(true, 0.95), (false, 0.1)]);
+    let into = |extra: &[&str]| {
+        let o = Command::new("python3")
+            .arg(&script)
+            .args(["--run", p(&run), "--split", "grouped", "--seed", "3"])
+            .args(extra)
+            .args(["--results", p(&results)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout.is_empty());
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines
+    };
+    let lines = into(&["--train-seconds", "120"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let lines = into(&[]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let three = lines.iter().find(|l| l["seed"] == 3).unwrap();
+    assert_eq!(three["train_seconds"], 120);
+    close(&three["flips"]["accuracy"], 1.0);
+    assert!(lines
+        .iter()
+        .any(|l| l["seed"] == 4 && l.get("flips").is_none()));
 
     // A run folder without predictions is named.
     let missing = Command::new("python3")
