@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::methods::Method;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::gcm::{varmap_tensors, Gcm};
+use crate::model::tta::Tta;
 use crate::model::{bundled, checkpoint, Input, Predictor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -56,6 +57,9 @@ pub struct Options {
     pub method: Option<Method>,
     /// The layer CAV analyses.
     pub cav_layer: usize,
+    /// Test-time symmetry averaging of a GCM's inference, as the daemon's
+    /// `tta:` runs it (each image's K copies in one batch).
+    pub tta: Tta,
 }
 
 /// What `--json` prints.
@@ -74,6 +78,8 @@ pub struct Report {
     /// The evidence method timed, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<&'static str>,
+    /// The test-time symmetry averaging timed (`none`, `flips`, `d4`).
+    pub tta: &'static str,
     pub iterations: usize,
     pub images_per_second: f64,
     /// Per-batch latency.
@@ -103,6 +109,17 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
     let input = [cfg.input_channels, cfg.input_rows, cfg.input_cols];
     let x = Tensor::rand(0f32, 1.0, (o.batch, input[0], input[1], input[2]), dev)?;
     let arch = cfg.arch;
+    if o.tta != Tta::None && (o.mode == Mode::Train || arch != Arch::Gcm) {
+        return Err(Error::Usage(format!(
+            "--tta {}: symmetry averaging is timed in a GCM's inference; {}",
+            o.tta.name(),
+            if arch != Arch::Gcm {
+                "this is the baseline CNN"
+            } else {
+                "drop --mode train"
+            }
+        )));
+    }
     if let Some(m) = o.method {
         if o.mode == Mode::Train {
             return Err(Error::Usage(format!(
@@ -132,7 +149,7 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
     }
     let mut step: Step = match (o.mode, arch) {
         (Mode::Infer, Arch::Gcm) => {
-            let p = Predictor::from_loaded(&loaded, dev)?;
+            let p = Predictor::from_loaded(&loaded, dev)?.with_tta(o.tta)?;
             let ccm = o.method == Some(Method::Gcm);
             Box::new(move || {
                 let out = p.forward(Input::Raw(&x))?;
@@ -214,6 +231,7 @@ pub fn run(o: &Options, dev: &Device, device: &str) -> Result<Report> {
         input,
         arch: arch.name(),
         method: o.method.map(Method::name),
+        tta: o.tta.name(),
         iterations: times.len(),
         images_per_second: (o.batch * times.len()) as f64 / total_s,
         latency_ms: Latency {

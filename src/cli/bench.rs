@@ -48,6 +48,10 @@ pub struct Args {
     /// With --method cav: the layer analysed (the input of encoder layer N).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub cav_layer: usize,
+    /// Time a GCM's inference with test-time symmetry averaging, as the
+    /// daemon's `tta:` runs it: flips (4 passes an image) or d4 (8).
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: crate::model::tta::Tta,
     /// First write a randomly initialised model to --model (for
     /// benchmarking before any training), sized by --size, --channels, --classes.
     #[arg(long)]
@@ -96,6 +100,7 @@ pub fn run(a: Args) -> Result<()> {
             stock_ops: a.stock_ops,
             method: a.method,
             cav_layer: a.cav_layer,
+            tta: a.tta,
         },
         &dev,
         &a.device,
@@ -108,10 +113,13 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         let l = &report.latency_ms;
         let input = report.input;
-        let what = match report.method {
+        let mut what = match report.method {
             Some(m) => format!("{} {m}", report.arch),
             None => format!("{} {:?}", report.arch, report.mode),
         };
+        if report.tta != "none" {
+            what += &format!(" with tta {}", report.tta);
+        }
         println!(
             "{} {} on {} ({} ops, {}, {} threads), batch {}, input {}x{}x{}: {:.1} images/s; \
              latency per batch p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms ({} iterations)",

@@ -360,6 +360,30 @@ fn bench_reports_images_per_second_as_json() {
     assert_eq!(v["batch"], 2);
     assert_eq!(v["threads"], 1);
     assert_eq!(v["input"], serde_json::json!([1, 16, 16]));
+    assert_eq!(v["tta"], "none");
+    // With symmetry averaging the report says so.
+    let out = util::ok(&[
+        "bench",
+        "--model",
+        m,
+        "--tta",
+        "flips",
+        "--iters",
+        "1",
+        "--min-seconds",
+        "0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["tta"], "flips", "{out}");
+    let err = util::fails(
+        &["bench", "--model", m, "--mode", "train", "--tta", "d4"],
+        gcm_inspect::error::exit::USAGE,
+    );
+    assert!(
+        err.contains("--tta d4") && err.contains("--mode train"),
+        "{err}"
+    );
     // A training step on the model just written, in text form.
     let out = util::ok(&[
         "bench",
