@@ -6,8 +6,10 @@
         (the modes present; none is required); with --results it replaces the
         run's line in R (or is added to it) instead of going to stdout, and a
         run without --train-seconds keeps the figure of its line there
-    scripts/elpv-seeds-report.py RESULTS.jsonl
-        mean +- sd over the seeds of each split, without and with --tta
+    scripts/elpv-seeds-report.py RESULTS.jsonl [--floor SPLIT=MANIFEST ...]
+        mean +- sd over the seeds of each split, without and with --tta: a
+        summary table (with --floor, beside each split what file order alone
+        reaches on it, scripts/elpv-file-order-floor.py), then every figure
 
 Per run and TTA mode, on the test split:
   accuracy, defect recall / precision and ok recall at the argmax;
@@ -103,10 +105,64 @@ def pm(xs):
     return f"{m:.1f}" if math.isnan(sd) else f"{m:.1f} +- {sd:.1f}"
 
 
-def report(path):
+def floors(specs):
+    """{split: (best file-order accuracy over k, majority-class accuracy)}
+    from --floor SPLIT=MANIFEST, by scripts/elpv-file-order-floor.py."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("floor", os.path.join(here, "elpv-file-order-floor.py"))
+    fl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fl)
+    out = {}
+    for s in specs:
+        split, sep, manifest = s.partition("=")
+        if not sep or split not in ("random", "grouped"):
+            fail(f"--floor {s}: give SPLIT=MANIFEST with SPLIT random or grouped")
+        if not os.path.exists(manifest):
+            fail(f"--floor {s}: {manifest} does not exist")
+        rows = fl.load(manifest)
+        test = [r for r in rows if r["split"] == "test"]
+        labels = [r["label"] for r in rows if r["split"] == "train"]
+        major = max(set(labels), key=labels.count)
+        maj = sum(r["label"] == major for r in test) / len(test)
+        best = max(fl.score(rows, fl.predict(rows, k))[0] for k in (1, 2, 4, 8))
+        out[split] = (best, maj)
+    return out
+
+
+def summary(runs, floor):
+    print("| split | file order alone (best k) / majority class | TTA | seeds | accuracy "
+          "| defect recall at the argmax | defect recall at <= 5% FR (FR on test) |")
+    print("|---|---|---|---|---|---|---|")
+    for split in ("random", "grouped"):
+        rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
+        first = True
+        for tta in TTAS:
+            with_tta = [r for r in rs if tta in r]
+            if not with_tta:
+                continue
+            g = [r[tta] for r in with_tta]
+            f = floor.get(split)
+            cells = [
+                split if first else "",
+                (f"{100 * f[0]:.1f} / {100 * f[1]:.1f}" if f else "-") if first else "",
+                tta,
+                ", ".join(str(r["seed"]) for r in with_tta),
+                pm([x["accuracy"] for x in g]),
+                pm([x["defect_recall"] for x in g]),
+                f'{pm([x["at_frr_5"]["defect_recall"] for x in g])} ({pm([x["at_frr_5"]["false_reject"] for x in g])})',
+            ]
+            first = False
+            print("| " + " | ".join(cells) + " |")
+    print()
+
+
+def report(path, floor_specs=()):
     runs = [json.loads(l) for l in open(path) if l.strip()]
     if not runs:
         fail(f"{path} has no runs")
+    summary(runs, floors(floor_specs))
     print("| split | TTA | seeds | accuracy | defect recall (argmax) | defect precision | ok recall "
           "| defect recall at <= 5% FR (FR on test) | at <= 10% FR (FR on test) "
           "| REVIEW share (p in 0.5 +- 0.2) | accuracy outside REVIEW |")
@@ -142,6 +198,7 @@ def main():
     ap.add_argument("--seed", type=int)
     ap.add_argument("--train-seconds", type=int)
     ap.add_argument("--results", dest="into")
+    ap.add_argument("--floor", action="append", default=[])
     a = ap.parse_args()
     if a.run:
         if a.split is None or a.seed is None:
@@ -168,7 +225,7 @@ def main():
             f.writelines(keep + [text + "\n"])
         os.replace(tmp, a.into)
     elif a.results:
-        report(a.results)
+        report(a.results, a.floor)
     else:
         fail("give RESULTS.jsonl, or --run RUN --split S --seed N")
 

@@ -799,6 +799,45 @@ fn the_seed_report_chooses_the_operating_point_on_validation_and_scores_it_on_te
         !table.contains("| flips |"),
         "no run was scored with flips: {table}"
     );
+    assert!(
+        table.contains(
+            "| grouped | - | none | 3, 4 | 75.0 +- 0.0 | 75.0 +- 0.0 | 25.0 +- 0.0 (25.0 +- 0.0) |"
+        ),
+        "the summary, without a floor: {table}"
+    );
+
+    // With --floor the summary names what file order alone reaches: test
+    // cells b and e (defect, ok) between training cells; k = 1 takes the
+    // nearest (ties: the earlier), so it gets both right (100%), while the
+    // majority of training labels (ok, 3 of 4) gets half.
+    let manifest = tmp.path().join("m.csv");
+    std::fs::write(
+        &manifest,
+        "path,label,split\na,defect,train\nb,defect,test\nc,ok,train\nd,ok,train\ne,ok,test\nf,ok,train\n",
+    )
+    .unwrap();
+    let floor = format!("grouped={}", manifest.display());
+    let table = Command::new("python3")
+        .arg(&script)
+        .args([p(&results), "--floor", &floor])
+        .output()
+        .unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("| grouped | 100.0 / 50.0 | none | 3, 4 |"),
+        "{table}"
+    );
+    let bad = Command::new("python3")
+        .arg(&script)
+        .args([p(&results), "--floor", "grouped"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SPLIT=MANIFEST"));
 
     // Scored again once flips predictions exist, into the results file: the
     // run's line is replaced (not added), gains flips, and keeps its
