@@ -35,46 +35,66 @@ fn scores(json: &str) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// Writes the symmetric images of a synthetic cracked cell numbered `which`
+/// (as [`symmetries`] numbers them), scores each with `explain`, and checks
+/// that `explain --tta TTA` on the first gives their mean, with evidence that
+/// reproduces it. Returns the image files and the averaged scores.
+fn averaged_is_the_mean(
+    root: &Path,
+    model: &Path,
+    sample_seed: u64,
+    which: &[usize],
+    tta: &str,
+) -> (Vec<String>, Vec<f64>) {
+    let (_, px) = gcm_inspect::data::synth::sample(
+        sample_seed,
+        1,
+        16,
+        &[gcm_inspect::data::synth::Kind::Crack],
+    );
+    let img = GrayImage::from_raw(16, 16, px).unwrap();
+    let all = symmetries(&img);
+    let mut files = Vec::new();
+    for &i in which {
+        let f = root.join(format!("s{i}.png"));
+        all[i].save(&f).unwrap();
+        files.push(f.display().to_string());
+    }
+    let mut args = vec!["explain", "--model", p(model), "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let each = scores(&ok(&args));
+    let out = root.join(format!("ev-{tta}"));
+    let json = ok(&[
+        "explain",
+        "--model",
+        p(model),
+        "--json",
+        "--tta",
+        tta,
+        "--out",
+        p(&out),
+        &files[0],
+    ]);
+    let avg = scores(&json).remove(0);
+    for (j, a) in avg.iter().enumerate() {
+        let mean = each.iter().map(|s| s[j]).sum::<f64>() / which.len() as f64;
+        assert!(
+            (a - mean).abs() <= 1e-5 * mean.abs().max(1.0),
+            "{tta}, class {j}: {a} vs {mean}"
+        );
+    }
+    let v: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["evidence_reproduces"], true, "{json}");
+    (files, avg)
+}
+
 #[test]
 fn d4_scores_are_the_mean_of_the_eight_symmetric_images_and_their_evidence_reproduces() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     let model = root.join("model");
     tiny_model(&model, 3);
-    let (_, px) =
-        gcm_inspect::data::synth::sample(5, 1, 16, &[gcm_inspect::data::synth::Kind::Crack]);
-    let img = GrayImage::from_raw(16, 16, px).unwrap();
-    let mut files = Vec::new();
-    for (i, s) in symmetries(&img).iter().enumerate() {
-        let f = root.join(format!("s{i}.png"));
-        s.save(&f).unwrap();
-        files.push(f.display().to_string());
-    }
-    let mut args = vec!["explain", "--model", p(&model), "--json"];
-    args.extend(files.iter().map(String::as_str));
-    let each = scores(&ok(&args));
-    let out = root.join("ev");
-    let tta = ok(&[
-        "explain",
-        "--model",
-        p(&model),
-        "--json",
-        "--tta",
-        "d4",
-        "--out",
-        p(&out),
-        &files[0],
-    ]);
-    let avg = &scores(&tta)[0];
-    for (j, a) in avg.iter().enumerate() {
-        let mean = each.iter().map(|s| s[j]).sum::<f64>() / 8.0;
-        assert!(
-            (a - mean).abs() <= 1e-5 * mean.abs().max(1.0),
-            "class {j}: {a} vs {mean}"
-        );
-    }
-    let v: Vec<serde_json::Value> = serde_json::from_str(&tta).unwrap();
-    assert_eq!(v[0]["evidence_reproduces"], true, "{tta}");
+    let (files, avg) = averaged_is_the_mean(root, &model, 5, &[0, 1, 2, 3, 4, 5, 6, 7], "d4");
     // A turned image has the same averaged scores.
     let turned = scores(&ok(&[
         "explain",
@@ -91,50 +111,16 @@ fn d4_scores_are_the_mean_of_the_eight_symmetric_images_and_their_evidence_repro
 }
 
 /// `--tta flips` is the mean over the identity, the half turn and the two
-/// mirror images (`symmetries` numbers them 0, 2, 4, 6), on a non-square
-/// input too; a model card that says it was trained without flips draws a
-/// warning naming the setting.
+/// mirror images (`symmetries` numbers them 0, 2, 4, 6); a model card that
+/// says it was trained without quarter turns draws a warning for d4 naming
+/// the setting, and none for flips.
 #[test]
 fn flips_scores_are_the_mean_of_the_four_mirror_images_and_untrained_symmetries_are_warned_of() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     let model = root.join("model");
     tiny_model(&model, 7);
-    let (_, px) =
-        gcm_inspect::data::synth::sample(9, 1, 16, &[gcm_inspect::data::synth::Kind::Crack]);
-    let img = GrayImage::from_raw(16, 16, px).unwrap();
-    let mut files = Vec::new();
-    for (i, s) in symmetries(&img).iter().enumerate() {
-        if i % 2 == 0 {
-            let f = root.join(format!("s{i}.png"));
-            s.save(&f).unwrap();
-            files.push(f.display().to_string());
-        }
-    }
-    let mut args = vec!["explain", "--model", p(&model), "--json"];
-    args.extend(files.iter().map(String::as_str));
-    let each = scores(&ok(&args));
-    let flips = ok(&[
-        "explain",
-        "--model",
-        p(&model),
-        "--json",
-        "--tta",
-        "flips",
-        "--out",
-        p(&root.join("ev")),
-        &files[0],
-    ]);
-    let avg = &scores(&flips)[0];
-    for (j, a) in avg.iter().enumerate() {
-        let mean = each.iter().map(|s| s[j]).sum::<f64>() / 4.0;
-        assert!(
-            (a - mean).abs() <= 1e-5 * mean.abs().max(1.0),
-            "class {j}: {a} vs {mean}"
-        );
-    }
-    let v: Vec<serde_json::Value> = serde_json::from_str(&flips).unwrap();
-    assert_eq!(v[0]["evidence_reproduces"], true, "{flips}");
+    let (files, _) = averaged_is_the_mean(root, &model, 9, &[0, 2, 4, 6], "flips");
 
     // The card says the model was trained with flips but no quarter turns.
     let card_path = model.join("model.json");
