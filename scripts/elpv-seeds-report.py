@@ -11,7 +11,8 @@
         summary table (with --floor, beside each split what file order alone
         reaches on it, scripts/elpv-file-order-floor.py), then every figure
 
-Per run and TTA mode, on the test split:
+Per run and TTA mode, the accuracy on the run's validation cells and, on
+the test split:
   accuracy, defect recall / precision and ok recall at the argmax;
   defect recall and false-reject rate at the threshold on the defect
   probability chosen on the run's validation cells (never on test) as the
@@ -81,6 +82,7 @@ def one(run, tta):
     fp = sum(not c for _, _, c in o)
     rest = [r for r in test if abs(r[1] - 0.5) > BAND]
     out = {
+        "val_accuracy": sum(c for _, _, c in val) / len(val),
         "test_cells": len(test),
         "accuracy": sum(c for _, _, c in test) / len(test),
         "defect_recall": tp / len(d),
