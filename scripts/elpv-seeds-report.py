@@ -23,6 +23,7 @@ Standard library only.
 """
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -205,27 +206,36 @@ def main():
     if a.run:
         if a.split is None or a.seed is None:
             fail("--run needs --split and --seed")
-        old = []
-        if a.into and os.path.exists(a.into):
-            old = [l for l in open(a.into) if l.strip()]
         same = lambda r: r["split"] == a.split and r["seed"] == a.seed
-        seconds = a.train_seconds
-        if seconds is None:
-            seconds = next((r["train_seconds"] for r in map(json.loads, old) if same(r)), None)
-        line = {"split": a.split, "seed": a.seed, "train_seconds": seconds}
+        line = {"split": a.split, "seed": a.seed, "train_seconds": a.train_seconds}
         for tta in TTAS:
             if tta == "none" or os.path.isdir(os.path.join(a.run, f"test-{tta}")):
                 line[tta] = one(a.run, tta)
-        text = json.dumps(line)
         if not a.into:
-            print(text)
+            print(json.dumps(line))
             return
-        # Rewritten whole and renamed, so a reader never sees half a file.
-        keep = [l for l in old if not same(json.loads(l))]
-        tmp = a.into + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep + [text + "\n"])
-        os.replace(tmp, a.into)
+        # Two series side by side (elpv-seeds.sh's advice) finish runs at the
+        # same second: the read-modify-write holds an exclusive lock, and the
+        # file is rewritten whole and renamed, so no line is lost and a reader
+        # never sees half a file.
+        with open(a.into + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = []
+            if os.path.exists(a.into):
+                for n, l in enumerate(open(a.into), 1):
+                    if not l.strip():
+                        continue
+                    try:
+                        old.append((l, json.loads(l)))
+                    except json.JSONDecodeError as e:
+                        fail(f"{a.into}:{n}: not a JSON line ({e}); mend or remove it first")
+            if line["train_seconds"] is None:
+                line["train_seconds"] = next((r["train_seconds"] for _, r in old if same(r)), None)
+            keep = [l for l, r in old if not same(r)]
+            tmp = f"{a.into}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep + [json.dumps(line) + "\n"])
+            os.replace(tmp, a.into)
     elif a.results:
         report(a.results, a.floor)
     else:

@@ -890,3 +890,57 @@ fn the_seed_report_chooses_the_operating_point_on_validation_and_scores_it_on_te
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("val-none/predictions.csv"));
 }
+
+#[test]
+fn seed_runs_written_at_once_by_side_by_side_series_are_all_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    predictions(&run.join("val-none"), &[(false, 0.1), (true, 0.9)]);
+    predictions(&run.join("test-none"), &[(false, 0.2), (true, 0.8)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/elpv-seeds-report.py");
+    let results = tmp.path().join("runs.jsonl");
+    let write = |seed: usize| {
+        Command::new("python3")
+            .arg(&script)
+            .args(["--run", p(&run), "--split", "random", "--seed"])
+            .arg(seed.to_string())
+            .args(["--train-seconds", "60", "--results", p(&results)])
+            .spawn()
+            .unwrap()
+    };
+    // Two series finishing in the same second once lost a line; eight
+    // writers started together must leave eight whole lines.
+    for round in 0..3 {
+        let seeds: Vec<usize> = (round * 8..round * 8 + 8).collect();
+        let children: Vec<_> = seeds.iter().map(|&s| write(s)).collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let text = std::fs::read_to_string(&results).unwrap();
+        let got: BTreeSet<u64> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                v["seed"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(got, (0..round as u64 * 8 + 8).collect(), "{text}");
+    }
+
+    // A results file with a broken line is refused, naming file and line,
+    // rather than rewritten without it.
+    let mut text = std::fs::read_to_string(&results).unwrap();
+    text += "ld\": 0.99, \"defect_recall\": 0.5}\n";
+    std::fs::write(&results, &text).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--run", p(&run), "--split", "grouped", "--seed", "0"])
+        .args(["--results", p(&results)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs.jsonl:25: not a JSON line"), "{err}");
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), text);
+}
