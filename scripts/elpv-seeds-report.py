@@ -134,30 +134,44 @@ def floors(specs):
     return out
 
 
+def groups(runs):
+    """(split, tta, runs scored with tta, their figures) in table order."""
+    for split in ("random", "grouped"):
+        rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
+        for tta in TTAS:
+            with_tta = [r for r in rs if tta in r]
+            if with_tta:
+                yield split, tta, with_tta, [r[tta] for r in with_tta]
+
+
+def seeds(rs):
+    return ", ".join(str(r["seed"]) for r in rs)
+
+
+def at_frr(g, frr):
+    k = f"at_frr_{frr}"
+    return f'{pm([x[k]["defect_recall"] for x in g])} ({pm([x[k]["false_reject"] for x in g])})'
+
+
 def summary(runs, floor):
     print("| split | file order alone (best k) / majority class | TTA | seeds | accuracy "
           "| defect recall at the argmax | defect recall at <= 5% FR (FR on test) |")
     print("|---|---|---|---|---|---|---|")
-    for split in ("random", "grouped"):
-        rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
-        first = True
-        for tta in TTAS:
-            with_tta = [r for r in rs if tta in r]
-            if not with_tta:
-                continue
-            g = [r[tta] for r in with_tta]
-            f = floor.get(split)
-            cells = [
-                split if first else "",
-                (f"{100 * f[0]:.1f} / {100 * f[1]:.1f}" if f else "-") if first else "",
-                tta,
-                ", ".join(str(r["seed"]) for r in with_tta),
-                pm([x["accuracy"] for x in g]),
-                pm([x["defect_recall"] for x in g]),
-                f'{pm([x["at_frr_5"]["defect_recall"] for x in g])} ({pm([x["at_frr_5"]["false_reject"] for x in g])})',
-            ]
-            first = False
-            print("| " + " | ".join(cells) + " |")
+    shown = set()
+    for split, tta, rs, g in groups(runs):
+        first = split not in shown
+        shown.add(split)
+        f = floor.get(split)
+        cells = [
+            split if first else "",
+            (f"{100 * f[0]:.1f} / {100 * f[1]:.1f}" if f else "-") if first else "",
+            tta,
+            seeds(rs),
+            pm([x["accuracy"] for x in g]),
+            pm([x["defect_recall"] for x in g]),
+            at_frr(g, 5),
+        ]
+        print("| " + " | ".join(cells) + " |")
     print()
 
 
@@ -170,27 +184,12 @@ def report(path, floor_specs=()):
           "| defect recall at <= 5% FR (FR on test) | at <= 10% FR (FR on test) "
           "| REVIEW share (p in 0.5 +- 0.2) | accuracy outside REVIEW |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for split in ("random", "grouped"):
-        rs = sorted((r for r in runs if r["split"] == split), key=lambda r: r["seed"])
-        if not rs:
-            continue
-        for tta in TTAS:
-            with_tta = [r for r in rs if tta in r]
-            if not with_tta:
-                continue
-            g = [r[tta] for r in with_tta]
-            cells = [
-                split, tta, ", ".join(str(r["seed"]) for r in with_tta),
-                pm([x["accuracy"] for x in g]),
-                pm([x["defect_recall"] for x in g]),
-                pm([x["defect_precision"] for x in g]),
-                pm([x["ok_recall"] for x in g]),
-                f'{pm([x["at_frr_5"]["defect_recall"] for x in g])} ({pm([x["at_frr_5"]["false_reject"] for x in g])})',
-                f'{pm([x["at_frr_10"]["defect_recall"] for x in g])} ({pm([x["at_frr_10"]["false_reject"] for x in g])})',
-                pm([x["review_share"] for x in g]),
-                pm([x["accuracy_outside_review"] for x in g]),
-            ]
-            print("| " + " | ".join(cells) + " |")
+    for split, tta, rs, g in groups(runs):
+        cells = [split, tta, seeds(rs)]
+        cells += [pm([x[k] for x in g]) for k in ("accuracy", "defect_recall", "defect_precision", "ok_recall")]
+        cells += [at_frr(g, 5), at_frr(g, 10)]
+        cells += [pm([x[k] for x in g]) for k in ("review_share", "accuracy_outside_review")]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main():
