@@ -43,6 +43,17 @@ TTAS=(none flips d4)
 mkdir -p "$WORK"
 touch "$RESULTS"
 
+# step DIR COMMAND...: runs COMMAND unless DIR holds its .done marker. A step
+# counts as done only by its marker: an interrupted training leaves the best
+# model so far, which must not pass for a finished one, so DIR starts empty.
+step() {
+    local dir="$1"; shift
+    [ -f "$dir/.done" ] && return
+    rm -rf "$dir"
+    "$@" >&2
+    touch "$dir/.done"
+}
+
 for seed in "${SEEDS[@]}"; do
     [[ "$seed" =~ ^[0-9]+$ ]] || die "seed '$seed' is not a number"
     line=$(grep "\"split\": \"$SPLIT\", \"seed\": $seed," "$RESULTS" || true)
@@ -61,25 +72,11 @@ for seed in "${SEEDS[@]}"; do
     # trained earlier keeps the figure of its line.
     trained=()
     [ -f "$R/model/.done" ] || trained=(--train-seconds)
-    # A step counts as done only by its marker: an interrupted training
-    # leaves the best model so far, which must not pass for a finished one.
-    if [ ! -f "$R/painted/.done" ]; then
-        rm -rf "$R/painted"
-        "$BIN" paint-cracks --data "$MANIFEST" --out "$R/painted" --seed "$seed" >&2
-        touch "$R/painted/.done"
-    fi
-    if [ ! -f "$R/pre/.done" ]; then
-        rm -rf "$R/pre"
-        "$BIN" train --data "$R/painted/pretrain.csv" --config "$PRETRAIN" \
-            --out "$R/pre" --seed "$seed" >&2
-        touch "$R/pre/.done"
-    fi
-    if [ ! -f "$R/model/.done" ]; then
-        rm -rf "$R/model"
-        "$BIN" train --init "$R/pre" --data "$R/painted/joint.csv" \
-            --config "$FINETUNE" --out "$R/model" --seed "$seed" >&2
-        touch "$R/model/.done"
-    fi
+    step "$R/painted" "$BIN" paint-cracks --data "$MANIFEST" --out "$R/painted" --seed "$seed"
+    step "$R/pre" "$BIN" train --data "$R/painted/pretrain.csv" --config "$PRETRAIN" \
+        --out "$R/pre" --seed "$seed"
+    step "$R/model" "$BIN" train --init "$R/pre" --data "$R/painted/joint.csv" \
+        --config "$FINETUNE" --out "$R/model" --seed "$seed"
     [ ${#trained[@]} = 0 ] || trained+=("$(( $(date +%s) - start ))")
     for tta in "${TTAS[@]}"; do
         [ -f "$R/val-$tta/predictions.csv" ] ||
